@@ -1,0 +1,301 @@
+"""Types shared by every kind: Kafka endpoints, secret references, worker settings, status."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+
+def rule(rule: str, message: str, **extra: str) -> dict[str, str]:
+    """One CEL validation rule as the CRD's `x-kubernetes-validations` carries it."""
+    return {"rule": rule, "message": message, **extra}
+
+
+def validations(*rules: dict[str, str]) -> dict[str, Any]:
+    return {"x-kubernetes-validations": list(rules)}
+
+
+class ApiModel(BaseModel):
+    """camelCase on the wire, snake_case in Python; unknown fields are an error (typos must not pass)."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", use_enum_values=False
+    )
+
+    def wire(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+class TaskState(StrEnum):
+    """What the user asks for in `spec.state`."""
+
+    RUNNING = "Running"
+    PAUSED = "Paused"
+
+
+class Phase(StrEnum):
+    """What `status.state` reports."""
+
+    UNASSIGNED = "Unassigned"
+    RUNNING = "Running"
+    PAUSED = "Paused"
+    FAILED = "Failed"
+    TERMINATING = "Terminating"
+
+
+class StartFrom(StrEnum):
+    EARLIEST = "earliest"
+    LATEST = "latest"
+
+
+class SecurityProtocol(StrEnum):
+    PLAINTEXT = "PLAINTEXT"
+    SSL = "SSL"
+    SASL_PLAINTEXT = "SASL_PLAINTEXT"
+    SASL_SSL = "SASL_SSL"
+
+
+class SaslMechanism(StrEnum):
+    PLAIN = "PLAIN"
+    SCRAM_SHA_256 = "SCRAM-SHA-256"
+    SCRAM_SHA_512 = "SCRAM-SHA-512"
+
+
+K8S_NAME = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
+SECRET_KEY = r"^[-._a-zA-Z0-9]{1,253}$"
+# host:port[,host:port...]; IPv6 literals in brackets.
+BOOTSTRAP = r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?)(:[0-9]{1,5})?(,\s*(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?)(:[0-9]{1,5})?)*$"
+KAFKA_TOPIC = r"^[a-zA-Z0-9._-]{1,249}$"
+DURATION = r"^([0-9]+(\.[0-9]+)?(s|m|h))+$"
+DEFAULT_KAFKA_PORT = 9092
+
+
+class KafkaCredentialsRef(ApiModel):
+    """A Secret in the task's namespace holding the SASL username and password."""
+
+    name: str = Field(description="Name of the Secret.", pattern=K8S_NAME, max_length=253)
+    username_key: str = Field("username", description="Key of the username in the Secret.", pattern=SECRET_KEY)
+    password_key: str = Field("password", description="Key of the password in the Secret.", pattern=SECRET_KEY)
+
+
+class SecretKeyRef(ApiModel):
+    name: str = Field(description="Name of the Secret.", pattern=K8S_NAME, max_length=253)
+    key: str = Field(description="Key in the Secret.", pattern=SECRET_KEY)
+
+
+class KafkaTls(ApiModel):
+    ca_secret_ref: SecretKeyRef | None = Field(
+        None, description="Secret key holding the PEM CA bundle that signed the brokers' certificates."
+    )
+
+
+class KafkaEndpoint(ApiModel):
+    """How to reach one Kafka instance. Passwords are never inline: only Secret references."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            rule(
+                "!self.securityProtocol.startsWith('SASL') || "
+                "(has(self.saslMechanism) && has(self.credentialsSecretRef))",
+                "securityProtocol SASL_PLAINTEXT and SASL_SSL need saslMechanism and credentialsSecretRef",
+            ),
+            rule(
+                "self.securityProtocol.startsWith('SASL') || !has(self.saslMechanism)",
+                "saslMechanism is only used with securityProtocol SASL_PLAINTEXT or SASL_SSL",
+            ),
+        )
+    )
+
+    bootstrap_servers: str = Field(
+        description="Comma-separated host:port list of the instance's brokers (port defaults to 9092).",
+        pattern=BOOTSTRAP,
+        max_length=2048,
+    )
+    instance_id: str | None = Field(
+        None,
+        description="Stable name of the Kafka instance; defaults to the normalised bootstrap list. "
+        "Tasks on the same instance share its limits.",
+        pattern=r"^[A-Za-z0-9][-A-Za-z0-9_.:,\[\]]{0,252}$",
+        max_length=253,
+    )
+    security_protocol: SecurityProtocol = Field(
+        SecurityProtocol.PLAINTEXT, description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."
+    )
+    sasl_mechanism: SaslMechanism | None = Field(
+        None, description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512; required with SASL_* protocols."
+    )
+    credentials_secret_ref: KafkaCredentialsRef | None = Field(
+        None, description="Secret with the SASL username and password."
+    )
+    tls: KafkaTls | None = Field(None, description="TLS settings for SSL and SASL_SSL.")
+
+    @model_validator(mode="after")
+    def _sasl_is_complete(self) -> KafkaEndpoint:
+        sasl = self.security_protocol.startswith("SASL")
+        if sasl and (self.sasl_mechanism is None or self.credentials_secret_ref is None):
+            raise ValueError(
+                "securityProtocol SASL_PLAINTEXT and SASL_SSL need saslMechanism and credentialsSecretRef"
+            )
+        if not sasl and self.sasl_mechanism is not None:
+            raise ValueError("saslMechanism is only used with securityProtocol SASL_PLAINTEXT or SASL_SSL")
+        return self
+
+    @property
+    def instance(self) -> str:
+        """The instance identity used for limits: the explicit id, or the normalised broker list."""
+        return self.instance_id or normalise_bootstrap(self.bootstrap_servers)
+
+
+def normalise_bootstrap(servers: str) -> str:
+    """`B:1, a:9092,b:1` and `a,b:1` name the same instance: lower-case, default port, sorted, unique."""
+    hosts = set()
+    for raw in servers.split(","):
+        host = raw.strip().lower()
+        if not re.search(r":[0-9]+$", host):
+            host = f"{host}:{DEFAULT_KAFKA_PORT}"
+        hosts.add(host)
+    return ",".join(sorted(hosts))
+
+
+def parse_duration(text: str) -> timedelta:
+    """Go-style durations as Kubernetes users write them: `24h`, `90m`, `1h30m`, `45s`."""
+    if not re.fullmatch(DURATION, text):
+        raise ValueError(f"invalid duration {text!r}: use forms like 24h, 90m, 1h30m or 45s")
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
+    seconds = sum(float(n) * units[u] for n, _, u in re.findall(r"([0-9]+(\.[0-9]+)?)(s|m|h)", text))
+    return timedelta(seconds=seconds)
+
+
+class Toleration(ApiModel):
+    key: str | None = Field(None, max_length=316)
+    operator: str | None = Field(None, description="Exists or Equal.", pattern=r"^(Exists|Equal)$")
+    value: str | None = Field(None, max_length=63)
+    effect: str | None = Field(None, pattern=r"^(NoSchedule|PreferNoSchedule|NoExecute)$")
+    toleration_seconds: int | None = None
+
+
+# Bounds keep the CRD's CEL equality rules within the API server's cost budget.
+StringMap = dict[Annotated[str, Field(max_length=316)], Annotated[str, Field(max_length=4096)]]
+MAX_64_ENTRIES: dict[str, Any] = {"maxProperties": 64}
+
+
+class PodTemplate(ApiModel):
+    """Scheduling and metadata overrides applied to the worker pods."""
+
+    node_selector: StringMap | None = Field(
+        None, description="Node labels the worker pods require.", json_schema_extra=MAX_64_ENTRIES
+    )
+    tolerations: list[Toleration] | None = Field(None, description="Tolerations of the worker pods.", max_length=32)
+    annotations: StringMap | None = Field(
+        None, description="Extra annotations on the worker pods.", json_schema_extra=MAX_64_ENTRIES
+    )
+    labels: StringMap | None = Field(
+        None, description="Extra labels on the worker pods.", json_schema_extra=MAX_64_ENTRIES
+    )
+    priority_class_name: str | None = Field(None, description="PriorityClass of the worker pods.", max_length=253)
+
+
+Quantity = int | Annotated[str, Field(max_length=64)]
+ResourceMap = dict[Annotated[str, Field(max_length=253)], Quantity]
+
+
+class Resources(ApiModel):
+    """Compute resources of one worker container, as in a Pod spec."""
+
+    requests: ResourceMap | None = Field(
+        None, description="Minimum resources, e.g. cpu: 100m.", json_schema_extra={"maxProperties": 16}
+    )
+    limits: ResourceMap | None = Field(
+        None, description="Maximum resources, e.g. memory: 512Mi.", json_schema_extra={"maxProperties": 16}
+    )
+
+
+class TaskSpec(ApiModel):
+    """Fields every task kind has."""
+
+    state: TaskState = Field(
+        TaskState.RUNNING,
+        description="Running (default) or Paused. Creating a task Paused defines it without starting it.",
+    )
+    replicas: int = Field(
+        1, ge=1, le=64, description="Worker pods; they share the work as members of one consumer group."
+    )
+    resume_window: str = Field(
+        "24h",
+        pattern=DURATION,
+        max_length=32,
+        description="After a pause shorter than this the task resumes from its saved offsets; "
+        "after a longer one it starts from startFrom.",
+    )
+    resources: Resources | None = Field(None, description="Compute resources of each worker container.")
+    pod_template: PodTemplate | None = Field(None, description="Overrides for the worker pods.")
+
+    @field_validator("resume_window")
+    @classmethod
+    def _window_parses(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+    @property
+    def resume_window_delta(self) -> timedelta:
+        return parse_duration(self.resume_window)
+
+
+class ConditionStatus(StrEnum):
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+class Condition(ApiModel):
+    type: str = Field(description="Ready, Paused, or a kind-specific condition.")
+    status: ConditionStatus
+    reason: str = Field(description="CamelCase reason.")
+    message: str = ""
+    last_transition_time: str
+    observed_generation: int | None = None
+
+
+class PartitionProgress(ApiModel):
+    topic: str
+    partition: int
+    committed_offset: int | None = Field(None, description="Next offset to read, as committed.")
+    end_offset: int | None = Field(None, description="High watermark last seen.")
+    lag: int | None = Field(None, description="Records not yet delivered.")
+
+
+class Totals(ApiModel):
+    records: int = 0
+    bytes: int = 0
+
+
+class WorkerError(ApiModel):
+    reason: str
+    message: str
+    time: str
+
+
+class TaskStatus(ApiModel):
+    """Status common to every kind; the operator owns state and conditions, the worker its progress."""
+
+    state: Phase | None = None
+    reason: str | None = None
+    message: str | None = None
+    observed_generation: int | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    paused_at: str | None = None
+    consumer_group: str | None = Field(None, description="Consumer group the workers commit offsets in.")
+    offset_epoch: int | None = Field(
+        None, description="Increments when a resume after the window restarts from startFrom."
+    )
+    last_heartbeat_time: str | None = None
+    lag: int | None = Field(None, description="Total lag over all partitions.")
+    partitions: list[PartitionProgress] | None = None
+    totals: Totals | None = None
+    last_error: WorkerError | None = None
+    worker_epoch: int | None = Field(None, description="offsetEpoch the reporting worker runs with.")

@@ -1,0 +1,82 @@
+"""librdkafka configuration for a Kafka endpoint, and the admin look-ups every kind needs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient
+
+from ferry.api.base import KafkaEndpoint
+from ferry.credentials import SecretRef, Sensitive
+from ferry.errors import TaskError
+
+
+def endpoint_secret_refs(endpoint: KafkaEndpoint, role: str) -> dict[str, SecretRef]:
+    """The Secret keys an endpoint needs, named `<ROLE>_SASL_USERNAME` and so on."""
+    refs = {}
+    if endpoint.credentials_secret_ref is not None:
+        creds = endpoint.credentials_secret_ref
+        refs[f"{role}_SASL_USERNAME"] = SecretRef(creds.name, creds.username_key)
+        refs[f"{role}_SASL_PASSWORD"] = SecretRef(creds.name, creds.password_key)
+    if endpoint.tls is not None and endpoint.tls.ca_secret_ref is not None:
+        refs[f"{role}_TLS_CA"] = SecretRef(endpoint.tls.ca_secret_ref.name, endpoint.tls.ca_secret_ref.key)
+    return refs
+
+
+def client_config(endpoint: KafkaEndpoint, role: str, secrets: Mapping[str, Sensitive]) -> dict[str, Any]:
+    """librdkafka settings for the endpoint; secrets come from `secrets` by the roles above."""
+    config: dict[str, Any] = {
+        "bootstrap.servers": endpoint.bootstrap_servers.replace(" ", ""),
+        "security.protocol": endpoint.security_protocol.value,
+    }
+    if endpoint.sasl_mechanism is not None:
+        config["sasl.mechanism"] = endpoint.sasl_mechanism.value
+        config["sasl.username"] = secrets[f"{role}_SASL_USERNAME"].reveal()
+        config["sasl.password"] = secrets[f"{role}_SASL_PASSWORD"].reveal()
+    if f"{role}_TLS_CA" in secrets:
+        config["ssl.ca.pem"] = secrets[f"{role}_TLS_CA"].reveal()
+    return config
+
+
+def describe_kafka_error(err: KafkaError | KafkaException | BaseException, bootstrap: str) -> TaskError:
+    """Translate a client error into a reason and a message that says what to check."""
+    kerr = err.args[0] if isinstance(err, KafkaException) and err.args else err
+    code = kerr.code() if isinstance(kerr, KafkaError) else None
+    if code in (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT, KafkaError._RESOLVE):
+        return TaskError(
+            "KafkaUnreachable",
+            f"cannot reach the Kafka brokers at {bootstrap}: check bootstrapServers, DNS and network policies",
+        )
+    if code in (
+        KafkaError._AUTHENTICATION,
+        KafkaError.SASL_AUTHENTICATION_FAILED,
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.GROUP_AUTHORIZATION_FAILED,
+        KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+    ):
+        return TaskError(
+            "KafkaAuthenticationFailed",
+            f"the Kafka brokers at {bootstrap} refused the credentials or ACLs: check the credentials Secret "
+            "and the user's ACLs",
+        )
+    text = kerr.str() if isinstance(kerr, KafkaError) else str(kerr)
+    return TaskError("KafkaError", f"Kafka at {bootstrap}: {text}")
+
+
+def existing_topics(admin: AdminClient, bootstrap: str, timeout: float = 10.0) -> dict[str, int]:
+    """Topic name to partition count, without internal topics; unreachable brokers raise a TaskError."""
+    try:
+        metadata = admin.list_topics(timeout=timeout)
+    except KafkaException as err:
+        raise describe_kafka_error(err, bootstrap) from None
+    return {
+        name: len(topic.partitions)
+        for name, topic in metadata.topics.items()
+        if topic.error is None and not name.startswith("__")
+    }
+
+
+def missing_topics(wanted: Iterable[str], existing: Mapping[str, int]) -> list[str]:
+    return sorted(set(wanted) - set(existing))

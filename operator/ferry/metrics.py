@@ -1,0 +1,101 @@
+"""Prometheus metrics every worker exposes, and the small HTTP server for /metrics and /healthz."""
+
+from __future__ import annotations
+
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class WorkerMetrics:
+    """One registry per worker so tests and `ferry run` can hold several side by side."""
+
+    def __init__(self, kind: str, task: str) -> None:
+        self.registry = CollectorRegistry()
+        self.labels = {"kind": kind, "task": task}
+        base = ["kind", "task"]
+        tp = [*base, "topic", "partition"]
+        self.records = Counter(
+            "ferry_records_total", "Records delivered to the target.", tp, registry=self.registry
+        )
+        self.bytes = Counter(
+            "ferry_bytes_total", "Bytes of record payload delivered to the target.", tp, registry=self.registry
+        )
+        self.lag = Gauge("ferry_lag_records", "Records not yet delivered, per partition.", tp, registry=self.registry)
+        self.committed = Gauge(
+            "ferry_committed_offset", "Next offset to read, as committed.", tp, registry=self.registry
+        )
+        self.errors = Counter("ferry_errors_total", "Errors by reason.", [*base, "reason"], registry=self.registry)
+        self.dump_latency = Histogram(
+            "ferry_dump_latency_seconds",
+            "Time to write one object to the object store.",
+            base,
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=self.registry,
+        )
+        self.objects = Counter(
+            "ferry_objects_total", "Objects written to the object store.", [*base, "topic"], registry=self.registry
+        )
+        self.up = Gauge("ferry_worker_healthy", "1 while the worker makes progress.", base, registry=self.registry)
+        self.last_progress = time.monotonic()
+
+    def partition(self, metric: Counter | Gauge, topic: str, partition: int) -> Counter | Gauge:
+        return metric.labels(**self.labels, topic=topic, partition=str(partition))
+
+    def error(self, reason: str) -> None:
+        self.errors.labels(**self.labels, reason=reason).inc()
+
+    def tick(self) -> None:
+        """The main loop is alive; /healthz reads this."""
+        self.last_progress = time.monotonic()
+
+    def healthy(self, stall_seconds: float) -> bool:
+        return time.monotonic() - self.last_progress < stall_seconds
+
+
+class MetricsServer:
+    """Serves /metrics and /healthz; /healthz fails only when the main loop has stalled, not on a
+    Failed task, so that a worker waiting for a user's fix is not restarted in a crash loop."""
+
+    def __init__(self, metrics: WorkerMetrics, port: int, host: str = "0.0.0.0", stall_seconds: float = 120) -> None:
+        handler = _handler(metrics, stall_seconds)
+        self.server = ThreadingHTTPServer((host, port), handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, name="metrics", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+    def start(self) -> MetricsServer:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _handler(metrics: WorkerMetrics, stall_seconds: float) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path == "/metrics":
+                self._send(200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
+            elif self.path in ("/healthz", "/readyz"):
+                ok = metrics.healthy(stall_seconds)
+                self._send(200 if ok else 503, b"ok\n" if ok else b"stalled\n", "text/plain")
+            else:
+                self._send(404, b"not found\n", "text/plain")
+
+        def _send(self, code: int, body: bytes, content_type: str) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            return  # probes every few seconds would drown the worker's log
+
+    return Handler

@@ -1,0 +1,386 @@
+"""The ObsDumpTask worker: consume topics, cut one object per topic-partition per period, commit after upload.
+
+Exactly once in the bucket: a batch's object key depends only on its first record, and the offset after
+the batch is committed only once the object is complete. A worker that dies between the two re-reads
+the batch from the committed offset and overwrites the same object. Any failure while writing a batch
+(upload, completion or commit) drops the batch and seeks back to its first offset, so the next attempt
+rebuilds the same object; nothing is skipped and nothing is written twice under two keys. The retry
+pace is set by the store client's own backoff and by the period (a failed cut is retried at the next).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from ferry.api.base import PartitionProgress, Totals, WorkerError
+from ferry.errors import TaskError
+from ferry.kafka import describe_kafka_error, existing_topics, missing_topics
+from ferry.metrics import WorkerMetrics
+from ferry.obsdump.model import ObsDumpTaskSpec
+from ferry.obsdump.records import Record, dump_batch_key, encode_record, object_key_pattern
+from ferry.obsdump.storage import ObjectStore, ObjectUpload
+from ferry.reporting import Progress, Reporter, utc_now
+
+log = logging.getLogger(__name__)
+
+TP = tuple[str, int]
+
+
+@dataclass
+class DumpSettings:
+    """Knobs that are not part of the task's contract (tests and benchmarks turn them)."""
+
+    report_interval: float = 10.0
+    topic_refresh_interval: float = 30.0
+    retry_backoff_max: float = 60.0
+    session_timeout_ms: int = 45000
+    consume_batch: int = 5000
+    part_bytes: int = 8 * 1024 * 1024
+    extra_consumer_config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Batch:
+    """The records of one topic-partition since its last object."""
+
+    topic: str
+    partition: int
+    start_offset: int
+    upload: ObjectUpload
+    last_offset: int
+    records: int = 0
+    payload_bytes: int = 0
+
+
+@dataclass
+class PartitionState:
+    committed: int | None = None  # next offset to read, as committed by us or found in the group
+    batch: Batch | None = None
+
+
+class DumpPipeline:
+    def __init__(
+        self,
+        spec: ObsDumpTaskSpec,
+        kafka_config: dict[str, Any],
+        consumer_group: str,
+        store: ObjectStore,
+        reporter: Reporter,
+        metrics: WorkerMetrics,
+        settings: DumpSettings | None = None,
+        epoch: int = 0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.spec = spec
+        self.target = spec.target
+        self.kafka_config = kafka_config
+        self.group = consumer_group
+        self.store = store
+        self.reporter = reporter
+        self.metrics = metrics
+        self.settings = settings or DumpSettings()
+        self.epoch = epoch
+        self.clock = clock
+        self.separator = spec.target.record_separator.encode("utf-8")
+        self.partitions: dict[TP, PartitionState] = {}
+        self.subscribed: list[str] = []
+        self.totals = Totals()
+        self.objects_written = 0
+        self.last_dump_time: str | None = None
+        self.last_object_key: str | None = None
+        self.error: TaskError | None = None
+        self.consumer: Consumer | None = None
+        # Partitions sought back during the current consume() result: the rest of it is stale for them.
+        self.sought_back: set[TP] = set()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Run until `stop` is set, then write what was read, commit it and leave the group."""
+        if not self._wait_until_workable(stop):
+            return
+        self.consumer = Consumer(self._consumer_config())
+        try:
+            self._refresh_subscription(force=True)
+            self._loop(stop)
+            self._cut_all()
+        finally:
+            self._report("Stopped")
+            self.consumer.close()
+
+    def _consumer_config(self) -> dict[str, Any]:
+        return {
+            **self.kafka_config,
+            "group.id": self.group,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": self.spec.start_from.value,
+            "session.timeout.ms": self.settings.session_timeout_ms,
+            "client.id": f"ferry-obsdump-{self.group}",
+            **self.settings.extra_consumer_config,
+        }
+
+    def _wait_until_workable(self, stop: threading.Event) -> bool:
+        """Check the bucket and the topics; on failure report Failed and retry with backoff (no crash loop)."""
+        backoff = 1.0
+        while not stop.is_set():
+            try:
+                self.store.check()
+                self._check_topics()
+                self.error = None
+                return True
+            except TaskError as err:
+                self._fail(err)
+                stop.wait(backoff)
+                backoff = min(backoff * 2, self.settings.retry_backoff_max)
+        return False
+
+    def _check_topics(self) -> None:
+        existing = existing_topics(AdminClient(self.kafka_config), self.kafka_config["bootstrap.servers"])
+        if self.spec.topics is not None:
+            missing = missing_topics(self.spec.topics, existing)
+            if missing:
+                raise TaskError(
+                    "TopicNotFound",
+                    f"topics {', '.join(missing)} do not exist on {self.kafka_config['bootstrap.servers']}: "
+                    "create them or fix spec.topics",
+                )
+
+    def _loop(self, stop: threading.Event) -> None:
+        assert self.consumer is not None
+        period = self.spec.dump_period_seconds
+        next_cut = (self.clock() // period + 1) * period
+        next_report = 0.0
+        next_refresh = time.monotonic() + self.settings.topic_refresh_interval
+        while not stop.is_set():
+            self.metrics.tick()
+            wait = max(0.05, min(0.5, next_cut - self.clock()))
+            self.sought_back.clear()
+            for message in self.consumer.consume(self.settings.consume_batch, timeout=wait):
+                self._take(message)
+            if self.clock() >= next_cut:
+                self._cut_all()
+                next_cut = (self.clock() // period + 1) * period
+            if time.monotonic() >= next_refresh:
+                self._refresh_subscription()
+                next_refresh = time.monotonic() + self.settings.topic_refresh_interval
+            if time.monotonic() >= next_report:
+                self._report("Failed" if self.error else "Running")
+                next_report = time.monotonic() + self.settings.report_interval
+
+    # -- topics and assignment -------------------------------------------------------------------
+
+    def _matching_topics(self) -> list[str]:
+        if self.spec.topics is not None:
+            return sorted(self.spec.topics)
+        assert self.consumer is not None and self.spec.topic_regex is not None
+        pattern = re.compile(self.spec.topic_regex)
+        metadata = self.consumer.list_topics(timeout=10)
+        return sorted(t for t in metadata.topics if not t.startswith("__") and pattern.fullmatch(t))
+
+    def _refresh_subscription(self, force: bool = False) -> None:
+        assert self.consumer is not None
+        try:
+            topics = self._matching_topics()
+        except KafkaException as err:
+            self._fail(describe_kafka_error(err, self.kafka_config["bootstrap.servers"]))
+            return
+        if topics and (force or topics != self.subscribed):
+            log.info("subscribing to %d topics: %s", len(topics), ", ".join(topics))
+            self.consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
+            self.subscribed = topics
+        elif not topics and self.spec.topic_regex is not None:
+            self._fail(TaskError("NoMatchingTopics", f"no topic matches {self.spec.topic_regex!r} yet"))
+
+    def _on_assign(self, consumer: Consumer, assigned: list[TopicPartition]) -> None:
+        committed = consumer.committed(assigned, timeout=10)
+        for tp in committed:
+            offset = tp.offset if tp.offset >= 0 else None
+            self.partitions[(tp.topic, tp.partition)] = PartitionState(committed=offset)
+            self.store.abort_stale_uploads(object_key_pattern(tp.topic, tp.partition))
+        log.info("assigned %s", ", ".join(f"{tp.topic}[{tp.partition}]" for tp in assigned))
+
+    def _on_revoke(self, consumer: Consumer, revoked: list[TopicPartition]) -> None:
+        for tp in revoked:
+            key = (tp.topic, tp.partition)
+            if key in self.partitions:
+                self._cut(key)
+                self.partitions.pop(key, None)
+
+    def _on_lost(self, consumer: Consumer, lost: list[TopicPartition]) -> None:
+        for tp in lost:  # another member owns them now: drop, never commit
+            state = self.partitions.pop((tp.topic, tp.partition), None)
+            if state and state.batch:
+                state.batch.upload.abort()
+
+    # -- records ---------------------------------------------------------------------------------
+
+    def _take(self, message: Message) -> None:
+        err = message.error()
+        if err is not None:
+            if err.code() == KafkaError._PARTITION_EOF:
+                return
+            if err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                self._fail(TaskError("TopicNotFound", f"topic {message.topic()} no longer exists: {err.str()}"))
+                return
+            self._fail(describe_kafka_error(KafkaException(err), self.kafka_config["bootstrap.servers"]))
+            return
+        topic, partition, offset = message.topic(), message.partition(), message.offset()
+        assert topic is not None and partition is not None and offset is not None
+        if (topic, partition) in self.sought_back:
+            return
+        state = self.partitions.setdefault((topic, partition), PartitionState())
+        _, timestamp = message.timestamp()
+        record = Record(offset, timestamp, message.key(), message.value(), message.headers() or ())
+        if state.batch is None:
+            key = dump_batch_key(self.target, topic, partition, offset, timestamp)
+            state.batch = Batch(topic, partition, offset, self.store.open(key), offset)
+        batch = state.batch
+        encoded = encode_record(record, self.target.store_keys, self.separator)
+        try:
+            batch.upload.write(encoded)
+        except Exception as err:
+            self._redo(state, err)
+            return
+        batch.last_offset = offset
+        batch.records += 1
+        batch.payload_bytes += len(record.value or b"") + len(record.key or b"")
+
+    # -- cutting objects -------------------------------------------------------------------------
+
+    def _cut_all(self) -> bool:
+        """Write every pending batch; True when all succeeded."""
+        ok = True
+        for key in list(self.partitions):
+            ok = self._cut(key) and ok
+        return ok
+
+    def _cut(self, key: TP) -> bool:
+        state = self.partitions.get(key)
+        if state is None:
+            return True
+        if state.batch is None:
+            self._advance_idle(key, state)
+            return True
+        batch = state.batch
+        started = time.monotonic()
+        try:
+            batch.upload.finish()
+            self._commit(batch.topic, batch.partition, batch.last_offset + 1)
+        except Exception as err:
+            self._redo(state, err)
+            return False
+        self.metrics.dump_latency.labels(**self.metrics.labels).observe(time.monotonic() - started)
+        self.metrics.partition(self.metrics.records, *key).inc(batch.records)
+        self.metrics.partition(self.metrics.bytes, *key).inc(batch.payload_bytes)
+        self.metrics.objects.labels(**self.metrics.labels, topic=batch.topic).inc()
+        self.totals.records += batch.records
+        self.totals.bytes += batch.payload_bytes
+        self.objects_written += 1
+        self.last_dump_time = utc_now()
+        self.last_object_key = batch.upload.key
+        state.committed = batch.last_offset + 1
+        state.batch = None
+        self.error = None
+        return True
+
+    def _commit(self, topic: str, partition: int, offset: int) -> None:
+        assert self.consumer is not None
+        result = self.consumer.commit(offsets=[TopicPartition(topic, partition, offset)], asynchronous=False)
+        for tp in result or []:
+            if tp.error is not None:
+                raise KafkaException(tp.error)
+
+    def _advance_idle(self, key: TP, state: PartitionState) -> None:
+        """With nothing buffered, everything before the position is delivered (or was skipped by
+        startFrom): commit it, so a restart before the first record does not re-resolve `latest`."""
+        assert self.consumer is not None
+        try:
+            [position] = self.consumer.position([TopicPartition(*key)])
+        except KafkaException:
+            return
+        if position.offset == OFFSET_INVALID or position.offset < 0:
+            return
+        if state.committed is None or position.offset > state.committed:
+            try:
+                self._commit(key[0], key[1], position.offset)
+                state.committed = position.offset
+            except KafkaException as err:
+                log.info("idle commit of %s[%d] failed: %s", key[0], key[1], err)
+
+    def _redo(self, state: PartitionState, err: Exception) -> None:
+        """Drop a batch that could not be written and seek back to its first record."""
+        assert self.consumer is not None and state.batch is not None
+        batch = state.batch
+        batch.upload.abort()
+        state.batch = None
+        bootstrap = self.kafka_config["bootstrap.servers"]
+        self._fail(err if isinstance(err, TaskError) else describe_kafka_error(err, bootstrap))
+        self.sought_back.add((batch.topic, batch.partition))
+        try:
+            self.consumer.seek(TopicPartition(batch.topic, batch.partition, batch.start_offset))
+        except KafkaException as seek_err:
+            # Not assigned any more: the next owner starts from the committed offset, which is the same.
+            log.info("seek back of %s[%d] failed: %s", batch.topic, batch.partition, seek_err)
+
+    # -- reporting -------------------------------------------------------------------------------
+
+    def _fail(self, err: TaskError) -> None:
+        changed = self.error is None or self.error.reason != err.reason
+        self.error = err
+        self.metrics.error(err.reason)
+        if changed:  # report at once; repeats wait for the periodic report
+            log.warning("%s", err)
+            self._report("Failed")
+
+    def _partition_progress(self) -> list[PartitionProgress]:
+        progress = []
+        for (topic, partition), state in sorted(self.partitions.items()):
+            delivered = state.batch.start_offset if state.batch else state.committed
+            high = None
+            if self.consumer is not None:
+                try:
+                    _, high = self.consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
+                except KafkaException:
+                    high = None
+                high = high if high is not None and high >= 0 else None
+            lag = max(high - delivered, 0) if high is not None and delivered is not None else None
+            if lag is not None:
+                self.metrics.partition(self.metrics.lag, topic, partition).set(lag)
+            if state.committed is not None:
+                self.metrics.partition(self.metrics.committed, topic, partition).set(state.committed)
+            progress.append(
+                PartitionProgress(
+                    topic=topic, partition=partition, committed_offset=state.committed, end_offset=high, lag=lag
+                )
+            )
+        return progress
+
+    def _report(self, phase: str) -> None:
+        error = None
+        if self.error is not None and phase == "Failed":
+            error = WorkerError(reason=self.error.reason, message=self.error.message, time=utc_now())
+        self.metrics.up.labels(**self.metrics.labels).set(0 if error else 1)
+        self.reporter.report(
+            Progress(
+                phase=phase,
+                partitions=self._partition_progress(),
+                totals=self.totals.model_copy(),
+                error=error,
+                epoch=self.epoch,
+                extra={
+                    "lastDumpTime": self.last_dump_time,
+                    "objectsWritten": self.objects_written,
+                    "lastObjectKey": self.last_object_key,
+                },
+            )
+        )

@@ -1,0 +1,151 @@
+"""Writing dump objects to an S3-compatible store: single PUT for small batches, multipart for large ones,
+with memory bounded by one part per open object."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
+
+from ferry.credentials import Sensitive
+from ferry.errors import TaskError
+from ferry.obsdump.model import ObsDumpTarget
+
+log = logging.getLogger(__name__)
+
+MIN_PART_BYTES = 5 * 1024 * 1024  # S3's smallest allowed part (except the last)
+ACCESS_KEY_ROLE = "TARGET_ACCESS_KEY"
+SECRET_KEY_ROLE = "TARGET_SECRET_KEY"
+_AUTH_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken", "403"}
+
+
+def s3_client(target: ObsDumpTarget, secrets: dict[str, Sensitive]) -> Any:
+    config = Config(
+        s3={"addressing_style": "path" if target.path_style else "virtual"},
+        retries={"mode": "standard", "max_attempts": 4},
+        connect_timeout=5,
+        read_timeout=60,
+        # Many S3-compatible stores (OBS, older MinIO/Ceph) reject the default CRC32 trailers of new boto3.
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+    )
+    return boto3.client(
+        "s3",
+        endpoint_url=target.endpoint,
+        region_name=target.region,
+        aws_access_key_id=secrets[ACCESS_KEY_ROLE].reveal(),
+        aws_secret_access_key=secrets[SECRET_KEY_ROLE].reveal(),
+        config=config,
+    )
+
+
+def describe_store_error(err: Exception, target: ObsDumpTarget) -> TaskError:
+    """A reason and an actionable message; never the credentials."""
+    where = f"bucket {target.bucket!r} at {target.endpoint}"
+    if isinstance(err, EndpointConnectionError):
+        return TaskError("ObjectStoreUnreachable", f"cannot connect to {target.endpoint}: check target.endpoint")
+    if isinstance(err, ClientError):
+        code = str(err.response.get("Error", {}).get("Code", ""))
+        if code in ("NoSuchBucket", "404"):
+            return TaskError("BucketNotFound", f"{where} does not exist: create it or fix target.bucket")
+        if code in _AUTH_CODES:
+            return TaskError(
+                "ObjectStoreAuthFailed",
+                f"{where} refused the credentials ({code}): check the access key and secret key in the "
+                "Secret named by target.credentialsSecretRef and the key's permissions on the bucket",
+            )
+        return TaskError("ObjectStoreError", f"{where}: {code or type(err).__name__}")
+    return TaskError("ObjectStoreError", f"{where}: {type(err).__name__}")
+
+
+class ObjectStore:
+    def __init__(self, client: Any, target: ObsDumpTarget, part_bytes: int = 8 * 1024 * 1024) -> None:
+        self.client = client
+        self.target = target
+        self.part_bytes = max(part_bytes, MIN_PART_BYTES)
+
+    def check(self) -> None:
+        """Fail early, with a reason, when the bucket is missing or the keys are wrong."""
+        try:
+            self.client.list_objects_v2(Bucket=self.target.bucket, Prefix=self.target.directory, MaxKeys=1)
+        except (BotoCoreError, ClientError) as err:
+            raise describe_store_error(err, self.target) from None
+
+    def open(self, key: str) -> ObjectUpload:
+        return ObjectUpload(self, key)
+
+    def abort_stale_uploads(self, key_pattern: str) -> int:
+        """Abort unfinished multipart uploads a killed worker left for keys matching the pattern."""
+        aborted = 0
+        try:
+            listing = self.client.list_multipart_uploads(Bucket=self.target.bucket, Prefix=self.target.directory)
+            for upload in listing.get("Uploads", []):
+                if re.search(key_pattern, upload["Key"]):
+                    self.client.abort_multipart_upload(
+                        Bucket=self.target.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                    )
+                    aborted += 1
+        except (BotoCoreError, ClientError) as err:
+            log.info("could not list or abort stale multipart uploads: %s", type(err).__name__)
+        return aborted
+
+
+class ObjectUpload:
+    """One object being written: bytes are buffered until a part is full, then sent as a multipart part."""
+
+    def __init__(self, store: ObjectStore, key: str) -> None:
+        self.store = store
+        self.key = key
+        self.buffer = bytearray()
+        self.upload_id: str | None = None
+        self.parts: list[dict[str, Any]] = []
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        self.buffer += data
+        self.size += len(data)
+        if len(self.buffer) >= self.store.part_bytes:
+            self._send_part()
+
+    def _send_part(self) -> None:
+        client, bucket = self.store.client, self.store.target.bucket
+        if self.upload_id is None:
+            self.upload_id = client.create_multipart_upload(Bucket=bucket, Key=self.key)["UploadId"]
+        number = len(self.parts) + 1
+        response = client.upload_part(
+            Bucket=bucket, Key=self.key, UploadId=self.upload_id, PartNumber=number, Body=bytes(self.buffer)
+        )
+        self.parts.append({"PartNumber": number, "ETag": response["ETag"]})
+        self.buffer.clear()
+
+    def finish(self) -> None:
+        """Make the object visible; raises on failure (the caller re-reads the batch from Kafka)."""
+        client, bucket = self.store.client, self.store.target.bucket
+        try:
+            if self.upload_id is None:
+                client.put_object(Bucket=bucket, Key=self.key, Body=bytes(self.buffer))
+            else:
+                if self.buffer:
+                    self._send_part()
+                client.complete_multipart_upload(
+                    Bucket=bucket, Key=self.key, UploadId=self.upload_id, MultipartUpload={"Parts": self.parts}
+                )
+        except (BotoCoreError, ClientError) as err:
+            self.abort()
+            raise describe_store_error(err, self.store.target) from None
+        self.buffer = bytearray()
+
+    def abort(self) -> None:
+        if self.upload_id is None:
+            return
+        try:
+            self.store.client.abort_multipart_upload(
+                Bucket=self.store.target.bucket, Key=self.key, UploadId=self.upload_id
+            )
+        except (BotoCoreError, ClientError) as err:
+            log.info("abort of multipart upload for %s failed: %s", self.key, type(err).__name__)
+        self.upload_id = None

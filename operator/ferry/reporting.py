@@ -1,0 +1,98 @@
+"""How a worker tells the world how it is doing: one interface, a Kubernetes and a console implementation.
+
+The pipeline does not know Kubernetes exists; it hands a `Progress` to whatever reporter it was given.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol, TextIO
+
+from ferry.api.base import PartitionProgress, Totals, WorkerError
+
+log = logging.getLogger(__name__)
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class Progress:
+    """One worker's view: the partitions it owns, its totals, and the error stopping it, if any."""
+
+    phase: str  # Running, Failed or Stopped
+    partitions: list[PartitionProgress] = field(default_factory=list)
+    totals: Totals = field(default_factory=Totals)
+    error: WorkerError | None = None
+    epoch: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def lag(self) -> int:
+        return sum(p.lag or 0 for p in self.partitions)
+
+    def wire(self) -> dict[str, Any]:
+        return {
+            "phase": self.phase,
+            "heartbeatTime": utc_now(),
+            "epoch": self.epoch,
+            "lag": self.lag,
+            "partitions": [p.wire() for p in self.partitions],
+            "totals": self.totals.wire(),
+            "error": self.error.wire() if self.error else None,
+            **self.extra,
+        }
+
+
+class Reporter(Protocol):
+    def report(self, progress: Progress) -> None: ...
+
+
+class ConsoleReporter:
+    """`ferry run`: a line per report, like Kafka Connect standalone's log."""
+
+    def __init__(self, stream: TextIO = sys.stdout) -> None:
+        self.stream = stream
+
+    def report(self, progress: Progress) -> None:
+        parts = ", ".join(
+            f"{p.topic}[{p.partition}]@{p.committed_offset} lag {p.lag}" for p in progress.partitions
+        )
+        extra = " ".join(f"{k}={v}" for k, v in progress.extra.items() if v is not None)
+        line = (
+            f"{utc_now()} {progress.phase} records={progress.totals.records} bytes={progress.totals.bytes} "
+            f"lag={progress.lag} {extra} [{parts}]"
+        )
+        if progress.error:
+            line += f" error={progress.error.reason}: {progress.error.message}"
+        print(line, file=self.stream, flush=True)
+
+
+class KubernetesReporter:
+    """Under the operator: merge-patch this worker's entry in the CR's `status.workers` map.
+
+    Each pod writes only its own key, so replicas never overwrite each other; the operator
+    aggregates the entries into the task's top-level status.
+    """
+
+    def __init__(self, api: Any, plural: str, namespace: str, name: str, worker_id: str) -> None:
+        self.api = api  # kubernetes.client.CustomObjectsApi
+        self.plural = plural
+        self.namespace = namespace
+        self.name = name
+        self.worker_id = worker_id
+
+    def report(self, progress: Progress) -> None:
+        from ferry.api import GROUP, VERSION
+
+        body = {"status": {"workers": {self.worker_id: progress.wire()}}}
+        try:
+            self.api.patch_namespaced_custom_object_status(
+                GROUP, VERSION, self.namespace, self.plural, self.name, body
+            )
+        except Exception as err:  # a missed heartbeat must never stop the data path
+            log.warning("status report failed: %s", type(err).__name__)

@@ -1,0 +1,100 @@
+"""Shared fixtures: real Tansu brokers and a SeaweedFS store, started only when a test asks for them."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]  # not re-exported in its stubs
+
+from tests.support.servers import KafkaBroker, ObjectStore, start_seaweedfs, start_tansu
+
+TopicFactory = Callable[..., str]
+BucketFactory = Callable[..., str]
+
+
+@pytest.fixture(scope="session")
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    with start_tansu(tmp_path_factory.mktemp("tansu"), "ferry-test-1") as broker:
+        yield broker
+
+
+@pytest.fixture(scope="session")
+def kafka2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    """A second, independent broker (e.g. the target of a topic sync)."""
+    with start_tansu(tmp_path_factory.mktemp("tansu2"), "ferry-test-2") as broker:
+        yield broker
+
+
+@pytest.fixture(scope="session")
+def object_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ObjectStore]:
+    access_key = "FERRY" + secrets.token_hex(8).upper()
+    secret_key = secrets.token_hex(20)
+    with start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"), access_key, secret_key) as store:
+        yield store
+
+
+@pytest.fixture
+def topic_factory(request: pytest.FixtureRequest) -> Iterator[TopicFactory]:
+    """make(partitions=1, broker=None, prefix="t", config=None) -> name of a new, unique topic.
+
+    broker defaults to the `kafka` fixture; topics are deleted after the test.
+    """
+    created: list[tuple[KafkaBroker, str]] = []
+
+    def make(
+        partitions: int = 1,
+        broker: KafkaBroker | None = None,
+        prefix: str = "t",
+        config: dict[str, str] | None = None,
+    ) -> str:
+        target: KafkaBroker = broker or request.getfixturevalue("kafka")
+        name = f"{prefix}-{uuid.uuid4().hex[:12]}"
+        topic = NewTopic(name, num_partitions=partitions, replication_factor=1, config=config or {})
+        target.admin().create_topics([topic])[name].result(timeout=15)
+        created.append((target, name))
+        return name
+
+    yield make
+    for broker, name in created:
+        _delete_topic(broker, name)
+
+
+def _delete_topic(broker: KafkaBroker, name: str) -> None:
+    try:
+        broker.admin().delete_topics([name])[name].result(timeout=15)
+    except Exception as err:  # cleanup only: a failed delete must not fail the test
+        print(f"could not delete topic {name}: {err}")
+
+
+@pytest.fixture
+def bucket_factory(object_store: ObjectStore) -> Iterator[BucketFactory]:
+    """make(prefix="b") -> name of a new, unique, empty bucket; buckets are deleted after the test."""
+    client: Any = object_store.client()
+    created: list[str] = []
+
+    def make(prefix: str = "b") -> str:
+        name = f"{prefix.lower()}-{uuid.uuid4().hex[:12]}"
+        client.create_bucket(Bucket=name)
+        created.append(name)
+        return name
+
+    yield make
+    for name in created:
+        _empty_and_delete_bucket(client, name)
+
+
+def _empty_and_delete_bucket(client: Any, name: str) -> None:
+    try:
+        for upload in client.list_multipart_uploads(Bucket=name).get("Uploads", []):
+            client.abort_multipart_upload(Bucket=name, Key=upload["Key"], UploadId=upload["UploadId"])
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
+            keys = [{"Key": obj["Key"]} for obj in page.get("Contents", [])]
+            if keys:
+                client.delete_objects(Bucket=name, Delete={"Objects": keys})
+        client.delete_bucket(Bucket=name)
+    except Exception as err:  # cleanup only
+        print(f"could not delete bucket {name}: {err}")
