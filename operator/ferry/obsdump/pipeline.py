@@ -15,7 +15,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -29,23 +29,13 @@ from ferry.obsdump.model import ObsDumpTaskSpec
 from ferry.obsdump.records import Record, dump_batch_key, encode_record, object_key_pattern
 from ferry.obsdump.storage import ObjectStore, ObjectUpload
 from ferry.reporting import Progress, Reporter, utc_now
+from ferry.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 
 TP = tuple[str, int]
-
-
-@dataclass
-class DumpSettings:
-    """Knobs that are not part of the task's contract (tests and benchmarks turn them)."""
-
-    report_interval: float = 10.0
-    topic_refresh_interval: float = 30.0
-    retry_backoff_max: float = 60.0
-    session_timeout_ms: int = 45000
-    consume_batch: int = 5000
-    part_bytes: int = 8 * 1024 * 1024
-    extra_consumer_config: dict[str, Any] = field(default_factory=dict)
+CONSUME_BATCH = 5000
+RETRY_BACKOFF_MAX = 60.0
 
 
 @dataclass
@@ -76,7 +66,7 @@ class DumpPipeline:
         store: ObjectStore,
         reporter: Reporter,
         metrics: WorkerMetrics,
-        settings: DumpSettings | None = None,
+        settings: WorkerSettings | None = None,
         epoch: int = 0,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -87,7 +77,7 @@ class DumpPipeline:
         self.store = store
         self.reporter = reporter
         self.metrics = metrics
-        self.settings = settings or DumpSettings()
+        self.settings = settings or WorkerSettings()
         self.epoch = epoch
         self.clock = clock
         self.separator = spec.target.record_separator.encode("utf-8")
@@ -126,7 +116,6 @@ class DumpPipeline:
             "auto.offset.reset": self.spec.start_from.value,
             "session.timeout.ms": self.settings.session_timeout_ms,
             "client.id": f"ferry-obsdump-{self.group}",
-            **self.settings.extra_consumer_config,
         }
 
     def _wait_until_workable(self, stop: threading.Event) -> bool:
@@ -141,7 +130,7 @@ class DumpPipeline:
             except TaskError as err:
                 self._fail(err)
                 stop.wait(backoff)
-                backoff = min(backoff * 2, self.settings.retry_backoff_max)
+                backoff = min(backoff * 2, RETRY_BACKOFF_MAX)
         return False
 
     def _check_topics(self) -> None:
@@ -165,7 +154,7 @@ class DumpPipeline:
             self.metrics.tick()
             wait = max(0.05, min(0.5, next_cut - self.clock()))
             self.sought_back.clear()
-            for message in self.consumer.consume(self.settings.consume_batch, timeout=wait):
+            for message in self.consumer.consume(CONSUME_BATCH, timeout=wait):
                 self._take(message)
             if self.clock() >= next_cut:
                 self._cut_all()

@@ -1,0 +1,147 @@
+"""`ferry operator | worker | run | crds`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ferry import credentials
+from ferry.api import API_VERSION
+from ferry.errors import TaskError
+from ferry.registry import KINDS, PLUGINS
+from ferry.reporting import ConsoleReporter, KubernetesReporter
+from ferry.runtime import run_task, stop_on_signals
+from ferry.settings import WorkerSettings
+from ferry.tasks import parse_task
+
+log = logging.getLogger("ferry")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="ferry", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    op = sub.add_parser("operator", help="run the Kopf operator")
+    scope = op.add_mutually_exclusive_group()
+    scope.add_argument("--namespace", "-n", action="append", help="watch only these namespaces")
+    scope.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace (default)")
+    op.add_argument("--liveness", default="http://0.0.0.0:8081/healthz", help="Kopf liveness endpoint")
+
+    sub.add_parser("worker", help="run one task's worker (configured by env, as in the worker Deployment)")
+
+    run = sub.add_parser("run", help="run a task from manifests, no Kubernetes needed")
+    run.add_argument("-f", "--file", action="append", required=True, type=Path,
+                     help="YAML with the task and the Secrets it references (repeatable)")
+    run.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
+                     help="override a field, e.g. spec.source.bootstrapServers=localhost:9092")
+    run.add_argument("--group", help="consumer group (default ferry-run.<namespace>.<name>)")
+    run.add_argument("--duration", type=float, help="stop (flushing and committing) after this many seconds")
+    run.add_argument("--metrics-port", type=int, default=-1, help="serve /metrics and /healthz on this port")
+
+    crds = sub.add_parser("crds", help="write the CRDs generated from the models")
+    crds.add_argument("--out", type=Path, default=Path("crds"), help="directory (default ./crds)")
+
+    args = parser.parse_args(argv)
+    settings = WorkerSettings.from_env()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "operator":
+            _operator(args)
+        elif args.command == "worker":
+            _worker(settings)
+        elif args.command == "run":
+            _run(args, settings)
+        else:
+            from ferry.api.crd import write_crds
+
+            for path in write_crds(KINDS, args.out):
+                print(path)
+    except TaskError as err:
+        print(f"ferry: {err.reason}: {err.message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _operator(args: argparse.Namespace) -> None:
+    import kopf
+
+    import ferry.operator  # noqa: F401  (registers the handlers)
+
+    kopf.configure(verbose=False)
+    kopf.run(
+        standalone=True,
+        clusterwide=not args.namespace,
+        namespaces=args.namespace or [],
+        liveness_endpoint=args.liveness,
+    )
+
+
+def _worker(settings: WorkerSettings) -> None:
+    """In a worker pod: task from FERRY_TASK, secrets from env, progress to the CR's status."""
+    from kubernetes import client, config
+
+    doc = json.loads(os.environ["FERRY_TASK"])
+    task = parse_task(doc, PLUGINS)
+    plugin = PLUGINS[task.definition.kind]
+    secrets = credentials.from_environment(plugin.secret_refs(task.spec))
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    worker_id = os.environ.get("FERRY_WORKER_ID") or os.environ.get("HOSTNAME", "worker")
+    reporter = KubernetesReporter(
+        client.CustomObjectsApi(), task.definition.plural, task.namespace, task.name, worker_id
+    )
+    stop = threading.Event()
+    stop_on_signals(stop)
+    run_task(
+        plugin, task, secrets, os.environ["FERRY_CONSUMER_GROUP"], reporter, settings, stop,
+        epoch=int(os.environ.get("FERRY_OFFSET_EPOCH", "0")),
+    )
+
+
+def _set_path(doc: dict[str, Any], assignment: str) -> None:
+    path, sep, raw = assignment.partition("=")
+    if not sep:
+        raise TaskError("InvalidArgument", f"--set needs PATH=VALUE, got {assignment!r}")
+    *parents, leaf = path.split(".")
+    node = doc
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = yaml.safe_load(raw)
+
+
+def _run(args: argparse.Namespace, settings: WorkerSettings) -> None:
+    docs = [d for f in args.file for d in yaml.safe_load_all(f.read_text()) if d]
+    tasks = [d for d in docs if d.get("apiVersion") == API_VERSION]
+    if len(tasks) != 1:
+        raise TaskError("InvalidArgument", f"the files must hold exactly one {API_VERSION} task, found {len(tasks)}")
+    doc = tasks[0]
+    for assignment in args.set:
+        _set_path(doc, assignment)
+    task = parse_task(doc, PLUGINS)
+    plugin = PLUGINS[task.definition.kind]
+    refs = plugin.secret_refs(task.spec)
+    from_env = {r for r in refs if credentials.env_name(r) in os.environ}
+    secrets = credentials.from_environment(from_env)
+    secrets.update(credentials.from_secret_manifests({r: v for r, v in refs.items() if r not in from_env}, docs))
+    stop = threading.Event()
+    stop_on_signals(stop)
+    if args.duration:
+        threading.Timer(args.duration, stop.set).start()
+    group = args.group or f"ferry-run.{task.namespace}.{task.name}"
+    print(f"running {task.definition.kind} {task.namespace}/{task.name} as consumer group {group}", flush=True)
+    run_task(plugin, task, secrets, group, ConsoleReporter(), settings_with_port(settings, args.metrics_port), stop)
+
+
+def settings_with_port(settings: WorkerSettings, port: int) -> WorkerSettings:
+    from dataclasses import replace
+
+    return replace(settings, metrics_port=port)

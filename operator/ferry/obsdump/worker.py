@@ -1,0 +1,38 @@
+"""ObsDumpTask's worker plug-in: which secrets it needs and how its pipeline is assembled."""
+
+from __future__ import annotations
+
+from ferry.credentials import SecretRef
+from ferry.kafka import client_config, endpoint_secret_refs
+from ferry.obsdump.model import OBS_DUMP_TASK, ObsDumpTaskSpec
+from ferry.obsdump.pipeline import DumpPipeline
+from ferry.obsdump.storage import ACCESS_KEY_ROLE, SECRET_KEY_ROLE, ObjectStore, s3_client
+from ferry.tasks import KindPlugin, Task, WorkerContext
+
+
+def secret_refs(spec: ObsDumpTaskSpec) -> dict[str, SecretRef]:
+    creds = spec.target.credentials_secret_ref
+    return {
+        **endpoint_secret_refs(spec.source, "SOURCE"),
+        ACCESS_KEY_ROLE: SecretRef(creds.name, creds.access_key_key),
+        SECRET_KEY_ROLE: SecretRef(creds.name, creds.secret_key_key),
+    }
+
+
+def build_pipeline(task: Task, ctx: WorkerContext) -> DumpPipeline:
+    assert isinstance(task.spec, ObsDumpTaskSpec)
+    spec = task.spec
+    store = ObjectStore(s3_client(spec.target, ctx.secrets), spec.target, ctx.settings.part_bytes)
+    return DumpPipeline(
+        spec,
+        client_config(spec.source, "SOURCE", ctx.secrets),
+        ctx.consumer_group,
+        store,
+        ctx.reporter,
+        ctx.metrics,
+        ctx.settings,
+        epoch=ctx.epoch,
+    )
+
+
+PLUGIN = KindPlugin(definition=OBS_DUMP_TASK, secret_refs=secret_refs, build_pipeline=build_pipeline)

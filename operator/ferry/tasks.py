@@ -1,0 +1,80 @@
+"""A task as the worker runtime sees it, and the per-kind plug-in that builds its pipeline."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from pydantic import ValidationError
+
+from ferry.api import API_VERSION
+from ferry.api.base import TaskSpec
+from ferry.api.kinds import KindDef
+from ferry.credentials import SecretRef, Sensitive
+from ferry.errors import TaskError
+from ferry.metrics import WorkerMetrics
+from ferry.reporting import Reporter
+from ferry.settings import WorkerSettings
+
+
+@dataclass(frozen=True)
+class Task:
+    definition: KindDef
+    name: str
+    namespace: str
+    spec: TaskSpec
+    uid: str | None = None
+
+
+class Pipeline(Protocol):
+    def run(self, stop: Any) -> None: ...
+
+
+@dataclass(frozen=True)
+class WorkerContext:
+    """Everything a pipeline gets besides the task: no Kubernetes in here."""
+
+    secrets: dict[str, Sensitive]
+    consumer_group: str
+    reporter: Reporter
+    metrics: WorkerMetrics
+    settings: WorkerSettings
+    epoch: int = 0
+
+
+@dataclass(frozen=True)
+class KindPlugin:
+    definition: KindDef
+    secret_refs: Callable[[Any], dict[str, SecretRef]]
+    build_pipeline: Callable[[Task, WorkerContext], Pipeline]
+
+
+def validation_message(err: ValidationError) -> str:
+    """pydantic's errors as `spec.a.b: message` lines, without echoing input values (they may be secrets)."""
+    lines = []
+    for item in err.errors(include_input=False, include_url=False):
+        path = ".".join(str(p) for p in item["loc"])
+        lines.append(f"spec.{path}: {item['msg']}" if path else f"spec: {item['msg']}")
+    return "; ".join(lines)
+
+
+def parse_task(doc: Mapping[str, Any], plugins: Mapping[str, KindPlugin]) -> Task:
+    """Validate a manifest (as applied or as read from a file) into a Task; bad input is a TaskError."""
+    if doc.get("apiVersion") != API_VERSION:
+        raise TaskError("InvalidSpec", f"apiVersion must be {API_VERSION}, not {doc.get('apiVersion')!r}")
+    plugin = plugins.get(str(doc.get("kind")))
+    if plugin is None:
+        raise TaskError("InvalidSpec", f"unknown kind {doc.get('kind')!r}: expected one of {', '.join(plugins)}")
+    metadata = doc.get("metadata") or {}
+    try:
+        spec = plugin.definition.spec_model.model_validate(doc.get("spec") or {})
+    except ValidationError as err:
+        raise TaskError("InvalidSpec", validation_message(err)) from None
+    return Task(
+        definition=plugin.definition,
+        name=str(metadata.get("name", "")),
+        namespace=str(metadata.get("namespace") or "default"),
+        spec=spec,
+        uid=metadata.get("uid"),
+    )
