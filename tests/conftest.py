@@ -54,7 +54,8 @@ def topic_factory(request: pytest.FixtureRequest) -> Iterator[TopicFactory]:
         target: KafkaBroker = broker or request.getfixturevalue("kafka")
         name = f"{prefix}-{uuid.uuid4().hex[:12]}"
         topic = NewTopic(name, num_partitions=partitions, replication_factor=1, config=config or {})
-        target.admin().create_topics([topic])[name].result(timeout=15)
+        admin = target.admin()  # must outlive the future: a collected client cancels it
+        admin.create_topics([topic])[name].result(timeout=15)
         created.append((target, name))
         return name
 
@@ -65,7 +66,8 @@ def topic_factory(request: pytest.FixtureRequest) -> Iterator[TopicFactory]:
 
 def _delete_topic(broker: KafkaBroker, name: str) -> None:
     try:
-        broker.admin().delete_topics([name])[name].result(timeout=15)
+        admin = broker.admin()
+        admin.delete_topics([name])[name].result(timeout=15)
     except Exception as err:  # cleanup only: a failed delete must not fail the test
         print(f"could not delete topic {name}: {err}")
 

@@ -38,10 +38,21 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("worker", help="run one task's worker (configured by env, as in the worker Deployment)")
 
     run = sub.add_parser("run", help="run a task from manifests, no Kubernetes needed")
-    run.add_argument("-f", "--file", action="append", required=True, type=Path,
-                     help="YAML with the task and the Secrets it references (repeatable)")
-    run.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
-                     help="override a field, e.g. spec.source.bootstrapServers=localhost:9092")
+    run.add_argument(
+        "-f",
+        "--file",
+        action="append",
+        required=True,
+        type=Path,
+        help="YAML with the task and the Secrets it references (repeatable)",
+    )
+    run.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="PATH=VALUE",
+        help="override a field, e.g. spec.source.bootstrapServers=localhost:9092",
+    )
     run.add_argument("--group", help="consumer group (default ferry-run.<namespace>.<name>)")
     run.add_argument("--duration", type=float, help="stop (flushing and committing) after this many seconds")
     run.add_argument("--metrics-port", type=int, default=-1, help="serve /metrics and /healthz on this port")
@@ -102,7 +113,13 @@ def _worker(settings: WorkerSettings) -> None:
     stop = threading.Event()
     stop_on_signals(stop)
     run_task(
-        plugin, task, secrets, os.environ["FERRY_CONSUMER_GROUP"], reporter, settings, stop,
+        plugin,
+        task,
+        secrets,
+        os.environ["FERRY_CONSUMER_GROUP"],
+        reporter,
+        settings,
+        stop,
         epoch=int(os.environ.get("FERRY_OFFSET_EPOCH", "0")),
     )
 

@@ -44,7 +44,12 @@ def describe_kafka_error(err: KafkaError | KafkaException | BaseException, boots
     """Translate a client error into a reason and a message that says what to check."""
     kerr = err.args[0] if isinstance(err, KafkaException) and err.args else err
     code = kerr.code() if isinstance(kerr, KafkaError) else None
-    if code in (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT, KafkaError._RESOLVE):
+    if code in (
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError._TIMED_OUT,
+        KafkaError._RESOLVE,
+    ):
         return TaskError(
             "KafkaUnreachable",
             f"cannot reach the Kafka brokers at {bootstrap}: check bootstrapServers, DNS and network policies",

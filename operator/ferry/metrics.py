@@ -6,7 +6,14 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 
 class WorkerMetrics:
@@ -17,11 +24,12 @@ class WorkerMetrics:
         self.labels = {"kind": kind, "task": task}
         base = ["kind", "task"]
         tp = [*base, "topic", "partition"]
-        self.records = Counter(
-            "ferry_records_total", "Records delivered to the target.", tp, registry=self.registry
-        )
+        self.records = Counter("ferry_records_total", "Records delivered to the target.", tp, registry=self.registry)
         self.bytes = Counter(
-            "ferry_bytes_total", "Bytes of record payload delivered to the target.", tp, registry=self.registry
+            "ferry_bytes_total",
+            "Bytes of record payload delivered to the target.",
+            tp,
+            registry=self.registry,
         )
         self.lag = Gauge("ferry_lag_records", "Records not yet delivered, per partition.", tp, registry=self.registry)
         self.committed = Gauge(
@@ -36,7 +44,10 @@ class WorkerMetrics:
             registry=self.registry,
         )
         self.objects = Counter(
-            "ferry_objects_total", "Objects written to the object store.", [*base, "topic"], registry=self.registry
+            "ferry_objects_total",
+            "Objects written to the object store.",
+            [*base, "topic"],
+            registry=self.registry,
         )
         self.up = Gauge("ferry_worker_healthy", "1 while the worker makes progress.", base, registry=self.registry)
         self.last_progress = time.monotonic()

@@ -59,9 +59,7 @@ class ConsoleReporter:
         self.stream = stream
 
     def report(self, progress: Progress) -> None:
-        parts = ", ".join(
-            f"{p.topic}[{p.partition}]@{p.committed_offset} lag {p.lag}" for p in progress.partitions
-        )
+        parts = ", ".join(f"{p.topic}[{p.partition}]@{p.committed_offset} lag {p.lag}" for p in progress.partitions)
         extra = " ".join(f"{k}={v}" for k, v in progress.extra.items() if v is not None)
         line = (
             f"{utc_now()} {progress.phase} records={progress.totals.records} bytes={progress.totals.bytes} "
@@ -91,8 +89,6 @@ class KubernetesReporter:
 
         body = {"status": {"workers": {self.worker_id: progress.wire()}}}
         try:
-            self.api.patch_namespaced_custom_object_status(
-                GROUP, VERSION, self.namespace, self.plural, self.name, body
-            )
+            self.api.patch_namespaced_custom_object_status(GROUP, VERSION, self.namespace, self.plural, self.name, body)
         except Exception as err:  # a missed heartbeat must never stop the data path
             log.warning("status report failed: %s", type(err).__name__)

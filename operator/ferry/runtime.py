@@ -7,11 +7,11 @@ import signal
 import threading
 from types import FrameType
 
+from ferry.credentials import Sensitive
 from ferry.metrics import MetricsServer, WorkerMetrics
 from ferry.reporting import Reporter
 from ferry.settings import WorkerSettings
 from ferry.tasks import KindPlugin, Task, WorkerContext
-from ferry.credentials import Sensitive
 
 log = logging.getLogger(__name__)
 

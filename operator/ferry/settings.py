@@ -14,7 +14,7 @@ def _read(cls: type[Any], environ: Mapping[str, str], prefix: str) -> Any:
         raw = environ.get(prefix + f.name.upper())
         if raw is None:
             continue
-        kind = type(f.default)
+        kind: Any = type(f.default)
         values[f.name] = raw.lower() in ("1", "true", "yes") if kind is bool else kind(raw)
     return cls(**values)
 

@@ -48,6 +48,8 @@ class KindPlugin:
     definition: KindDef
     secret_refs: Callable[[Any], dict[str, SecretRef]]
     build_pipeline: Callable[[Task, WorkerContext], Pipeline]
+    # Operator-side check against the other tasks of the kind (e.g. per-instance limits).
+    admission: Callable[[Task, list[dict[str, Any]]], TaskError | None] | None = None
 
 
 def validation_message(err: ValidationError) -> str:

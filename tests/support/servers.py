@@ -291,15 +291,18 @@ def _stop_all() -> None:
 
 
 def _trap_sigterm() -> None:
-    # Default SIGTERM skips atexit; turn it into SystemExit so the servers get stopped too.
+    # A default SIGTERM/SIGHUP skips atexit: stop the servers first, then die from the signal as usual.
     if threading.current_thread() is not threading.main_thread():
         return
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) is signal.SIG_DFL:
+            signal.signal(sig, _stop_all_then_die)
 
 
-def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
+def _stop_all_then_die(signum: int, frame: FrameType | None) -> None:
+    _stop_all()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
 
 
 @dataclass

@@ -23,9 +23,7 @@ def validations(*rules: dict[str, str]) -> dict[str, Any]:
 class ApiModel(BaseModel):
     """camelCase on the wire, snake_case in Python; unknown fields are an error (typos must not pass)."""
 
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", use_enum_values=False
-    )
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", use_enum_values=False)
 
     def wire(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
@@ -69,7 +67,8 @@ class SaslMechanism(StrEnum):
 K8S_NAME = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
 SECRET_KEY = r"^[-._a-zA-Z0-9]{1,253}$"
 # host:port[,host:port...]; IPv6 literals in brackets.
-BOOTSTRAP = r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?)(:[0-9]{1,5})?(,\s*(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?)(:[0-9]{1,5})?)*$"
+_HOST_PORT = r"(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?)(:[0-9]{1,5})?"
+BOOTSTRAP = rf"^{_HOST_PORT}(,\s*{_HOST_PORT})*$"
 KAFKA_TOPIC = r"^[a-zA-Z0-9._-]{1,249}$"
 DURATION = r"^([0-9]+(\.[0-9]+)?(s|m|h))+$"
 DEFAULT_KAFKA_PORT = 9092
@@ -138,9 +137,7 @@ class KafkaEndpoint(ApiModel):
     def _sasl_is_complete(self) -> KafkaEndpoint:
         sasl = self.security_protocol.startswith("SASL")
         if sasl and (self.sasl_mechanism is None or self.credentials_secret_ref is None):
-            raise ValueError(
-                "securityProtocol SASL_PLAINTEXT and SASL_SSL need saslMechanism and credentialsSecretRef"
-            )
+            raise ValueError("securityProtocol SASL_PLAINTEXT and SASL_SSL need saslMechanism and credentialsSecretRef")
         if not sasl and self.sasl_mechanism is not None:
             raise ValueError("saslMechanism is only used with securityProtocol SASL_PLAINTEXT or SASL_SSL")
         return self

@@ -26,7 +26,9 @@ class PrinterColumn:
         return column
 
 
-STATE_COLUMN = PrinterColumn("State", ".status.state", description="Unassigned, Running, Paused, Failed or Terminating.")
+STATE_COLUMN = PrinterColumn(
+    "State", ".status.state", description="Unassigned, Running, Paused, Failed or Terminating."
+)
 READY_COLUMN = PrinterColumn("Ready", '.status.conditions[?(@.type=="Ready")].status')
 LAG_COLUMN = PrinterColumn("Lag", ".status.lag", "integer", "Records not yet delivered.")
 AGE_COLUMN = PrinterColumn("Age", ".metadata.creationTimestamp", "date")

@@ -190,9 +190,7 @@ class ObsDumpTaskSpec(TaskSpec):
         if (self.topics is None) == (self.topic_regex is None):
             raise ValueError("set exactly one of topics and topicRegex")
         if self.target.store_keys and not re.fullmatch(r"[\x00-\x1f]+", self.target.record_separator):
-            raise ValueError(
-                "with storeKeys the recordSeparator must be made of control characters such as a newline"
-            )
+            raise ValueError("with storeKeys the recordSeparator must be made of control characters such as a newline")
         return self
 
     def effective_task_name(self, metadata_name: str) -> str:

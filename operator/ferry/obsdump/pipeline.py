@@ -57,6 +57,16 @@ class PartitionState:
     batch: Batch | None = None
 
 
+def _raw(data: str | bytes | None) -> bytes | None:
+    return data.encode() if isinstance(data, str) else data
+
+
+def _headers(message: Message) -> list[tuple[str, bytes | None]]:
+    headers = message.headers() or []
+    items = headers.items() if isinstance(headers, dict) else headers
+    return [(name, _raw(value)) for name, value in items]
+
+
 class DumpPipeline:
     def __init__(
         self,
@@ -229,7 +239,7 @@ class DumpPipeline:
             return
         state = self.partitions.setdefault((topic, partition), PartitionState())
         _, timestamp = message.timestamp()
-        record = Record(offset, timestamp, message.key(), message.value(), message.headers() or ())
+        record = Record(offset, timestamp, _raw(message.key()), _raw(message.value()), _headers(message))
         if state.batch is None:
             key = dump_batch_key(self.target, topic, partition, offset, timestamp)
             state.batch = Batch(topic, partition, offset, self.store.open(key), offset)
@@ -237,8 +247,8 @@ class DumpPipeline:
         encoded = encode_record(record, self.target.store_keys, self.separator)
         try:
             batch.upload.write(encoded)
-        except Exception as err:
-            self._redo(state, err)
+        except Exception as failure:
+            self._redo(state, failure)
             return
         batch.last_offset = offset
         batch.records += 1
@@ -344,12 +354,18 @@ class DumpPipeline:
                 high = high if high is not None and high >= 0 else None
             lag = max(high - delivered, 0) if high is not None and delivered is not None else None
             if lag is not None:
-                self.metrics.partition(self.metrics.lag, topic, partition).set(lag)
+                self.metrics.lag.labels(**self.metrics.labels, topic=topic, partition=str(partition)).set(lag)
             if state.committed is not None:
-                self.metrics.partition(self.metrics.committed, topic, partition).set(state.committed)
+                self.metrics.committed.labels(**self.metrics.labels, topic=topic, partition=str(partition)).set(
+                    state.committed
+                )
             progress.append(
                 PartitionProgress(
-                    topic=topic, partition=partition, committed_offset=state.committed, end_offset=high, lag=lag
+                    topic=topic,
+                    partition=partition,
+                    committed_offset=state.committed,
+                    end_offset=high,
+                    lag=lag,
                 )
             )
         return progress

@@ -132,7 +132,10 @@ class ObjectUpload:
                 if self.buffer:
                     self._send_part()
                 client.complete_multipart_upload(
-                    Bucket=bucket, Key=self.key, UploadId=self.upload_id, MultipartUpload={"Parts": self.parts}
+                    Bucket=bucket,
+                    Key=self.key,
+                    UploadId=self.upload_id,
+                    MultipartUpload={"Parts": self.parts},
                 )
         except (BotoCoreError, ClientError) as err:
             self.abort()

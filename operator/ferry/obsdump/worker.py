@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ferry.credentials import SecretRef
 from ferry.kafka import client_config, endpoint_secret_refs
+from ferry.obsdump.admission import check_limit
 from ferry.obsdump.model import OBS_DUMP_TASK, ObsDumpTaskSpec
 from ferry.obsdump.pipeline import DumpPipeline
 from ferry.obsdump.storage import ACCESS_KEY_ROLE, SECRET_KEY_ROLE, ObjectStore, s3_client
@@ -35,4 +36,6 @@ def build_pipeline(task: Task, ctx: WorkerContext) -> DumpPipeline:
     )
 
 
-PLUGIN = KindPlugin(definition=OBS_DUMP_TASK, secret_refs=secret_refs, build_pipeline=build_pipeline)
+PLUGIN = KindPlugin(
+    definition=OBS_DUMP_TASK, secret_refs=secret_refs, build_pipeline=build_pipeline, admission=check_limit
+)

@@ -1,0 +1,348 @@
+"""The operator's decisions, as a pure function: task + what was observed in, desired children and status out.
+
+Level-based: nothing here depends on which event woke the operator, so running it twice gives the same
+answer, and a missed event is repaired by the next periodic run.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from ferry.api.base import ConditionStatus, Phase, TaskSpec, TaskState
+from ferry.control.render import Owner, render_worker_deployment
+from ferry.errors import TaskError
+from ferry.settings import OperatorSettings
+from ferry.tasks import KindPlugin, parse_task
+
+ACCEPTED_SPEC_ANNOTATION = "ferry.dev/accepted-spec"
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the operator read from the API before deciding."""
+
+    deployment: dict[str, Any] | None = None
+    pods: list[dict[str, Any]] = field(default_factory=list)
+    # Secret name to the keys it has (never the values); None when the Secret does not exist.
+    secrets: dict[str, set[str] | None] = field(default_factory=dict)
+    # Every task of the same kind in the cluster (for per-instance limits).
+    peers: list[dict[str, Any]] = field(default_factory=list)
+    now: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal or Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class Outcome:
+    deployment: dict[str, Any] | None
+    status: dict[str, Any]
+    annotations: dict[str, str] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+
+
+def rfc3339(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def consumer_group(owner: Owner, epoch: int) -> str:
+    """Unique per task object (uid), renewed when a late resume must forget the saved offsets."""
+    group = f"ferry.{owner.namespace}.{owner.name}.{owner.uid[:8]}"
+    return group if epoch == 0 else f"{group}.e{epoch}"
+
+
+def owner_of(body: dict[str, Any]) -> Owner:
+    meta = body["metadata"]
+    return Owner(body["kind"], meta["name"], meta.get("namespace") or "default", meta.get("uid") or "")
+
+
+def _immutable_part(spec: dict[str, Any], mutable: frozenset[str]) -> dict[str, Any]:
+    return {k: v for k, v in spec.items() if k not in mutable}
+
+
+def accepted_spec(plugin: KindPlugin, body: dict[str, Any]) -> tuple[dict[str, Any], TaskError | None]:
+    """The spec to run: the current one, or for kinds with immutable specs the one accepted at creation
+    (with the current state), plus an error naming the fields that changed."""
+    spec = dict(body.get("spec") or {})
+    mutable = plugin.definition.mutable_fields
+    saved = (body["metadata"].get("annotations") or {}).get(ACCEPTED_SPEC_ANNOTATION)
+    if mutable is None or saved is None:
+        return spec, None
+    accepted = json.loads(saved)
+    current = _immutable_part(spec, mutable)
+    if current == accepted:
+        return spec, None
+    changed = sorted(k for k in set(accepted) | set(current) if accepted.get(k) != current.get(k))
+    fields = ", ".join(f"spec.{k}" for k in changed)
+    error = TaskError(
+        "SpecImmutable",
+        f"{fields} changed after creation, but only spec.state may change: revert the change, or create a "
+        f"new {plugin.definition.kind}; the worker keeps running the accepted spec",
+    )
+    return {**accepted, **{k: spec[k] for k in mutable if k in spec}}, error
+
+
+def check_secrets(plugin: KindPlugin, spec: TaskSpec, observed: Observed) -> TaskError | None:
+    for role, ref in sorted(plugin.secret_refs(spec).items()):
+        keys = observed.secrets.get(ref.secret)
+        if keys is None:
+            return TaskError(
+                "SecretNotFound",
+                f"Secret {ref.secret!r} (for {role.lower()}) does not exist in this namespace: create it",
+            )
+        if ref.key not in keys:
+            return TaskError("SecretKeyNotFound", f"Secret {ref.secret!r} has no key {ref.key!r} (for {role.lower()})")
+    return None
+
+
+def crash_looping(pods: list[dict[str, Any]]) -> TaskError | None:
+    for pod in pods:
+        for container in (pod.get("status") or {}).get("containerStatuses") or []:
+            waiting = (container.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") == "CrashLoopBackOff":
+                last = ((container.get("lastState") or {}).get("terminated") or {}).get("message", "")
+                return TaskError(
+                    "WorkerCrashLoop",
+                    f"worker pod {pod['metadata']['name']} keeps crashing"
+                    + (f": {last.strip()[-300:]}" if last else "; see its logs"),
+                )
+    return None
+
+
+@dataclass
+class _Verdict:
+    phase: Phase
+    reason: str
+    message: str
+    replicas: int
+
+
+def _live_workers(status: dict[str, Any], now: datetime, timeout: float) -> tuple[dict[str, Any], list[str]]:
+    live, stale = {}, []
+    for worker_id, report in (status.get("workers") or {}).items():
+        beat = parse_time((report or {}).get("heartbeatTime"))
+        if beat is not None and now - beat <= timedelta(seconds=timeout):
+            live[worker_id] = report
+        else:
+            stale.append(worker_id)
+    return live, stale
+
+
+def summarize_workers(live: dict[str, Any]) -> dict[str, Any]:
+    """Top-level progress from each worker's own entry."""
+    reports = list(live.values())
+    partitions = sorted(
+        (p for r in reports for p in r.get("partitions") or []), key=lambda p: (p["topic"], p["partition"])
+    )
+    summary: dict[str, Any] = {
+        "partitions": partitions,
+        "lag": sum(r.get("lag") or 0 for r in reports),
+        "totals": {
+            "records": sum((r.get("totals") or {}).get("records", 0) for r in reports),
+            "bytes": sum((r.get("totals") or {}).get("bytes", 0) for r in reports),
+        },
+        "lastHeartbeatTime": max((r["heartbeatTime"] for r in reports), default=None),
+    }
+    dumps = [r for r in reports if r.get("lastDumpTime")]
+    if dumps:
+        latest = max(dumps, key=lambda r: r["lastDumpTime"])
+        summary["lastDumpTime"] = latest["lastDumpTime"]
+        summary["lastObjectKey"] = latest.get("lastObjectKey")
+        summary["objectsWritten"] = sum(r.get("objectsWritten") or 0 for r in reports)
+    return summary
+
+
+def _running_verdict(spec: TaskSpec, live: dict[str, Any], epoch: int, observed: Observed) -> _Verdict:
+    failed = [r for r in live.values() if r.get("phase") == "Failed" and r.get("error")]
+    if failed:
+        error = failed[0]["error"]
+        return _Verdict(Phase.FAILED, error["reason"], error["message"], spec.replicas)
+    crash = crash_looping(observed.pods)
+    if crash:
+        return _Verdict(Phase.FAILED, crash.reason, crash.message, spec.replicas)
+    current = [r for r in live.values() if r.get("phase") == "Running" and r.get("epoch", 0) == epoch]
+    if current:
+        return _Verdict(
+            Phase.RUNNING,
+            "WorkerRunning",
+            f"{len(current)} of {spec.replicas} workers reporting",
+            spec.replicas,
+        )
+    return _Verdict(Phase.UNASSIGNED, "WaitingForWorker", "no worker has reported yet", spec.replicas)
+
+
+def _stopped(deployment: dict[str, Any] | None) -> bool:
+    if deployment is None:
+        return True
+    return not (deployment.get("status") or {}).get("replicas")
+
+
+def decide(
+    plugin: KindPlugin,
+    body: dict[str, Any],
+    observed: Observed,
+    settings: OperatorSettings,
+) -> Outcome:
+    """Everything the operator does for one task, decided without touching the API."""
+    owner = owner_of(body)
+    status = dict(body.get("status") or {})
+    generation = body["metadata"].get("generation")
+    now = observed.now
+    events: list[Event] = []
+    annotations: dict[str, str] = {}
+    patch: dict[str, Any] = {"observedGeneration": generation}
+
+    spec_doc, immutable_error = accepted_spec(plugin, body)
+    try:
+        task = parse_task({**body, "spec": spec_doc}, {plugin.definition.kind: plugin})
+    except TaskError as err:
+        return _finish(body, status, patch, _Verdict(Phase.FAILED, err.reason, err.message, 0), None, events, {})
+    spec = task.spec
+    mutable = plugin.definition.mutable_fields
+    if mutable is not None and ACCEPTED_SPEC_ANNOTATION not in (body["metadata"].get("annotations") or {}):
+        annotations[ACCEPTED_SPEC_ANNOTATION] = json.dumps(_immutable_part(spec_doc, mutable), sort_keys=True)
+
+    epoch = int(status.get("offsetEpoch") or 0)
+    paused_at = parse_time(status.get("pausedAt"))
+    live, stale = _live_workers(status, now, settings.heartbeat_timeout)
+    if stale:
+        patch["workers"] = {w: None for w in stale}
+    patch.update(summarize_workers(live))
+
+    admission = plugin.admission(task, observed.peers) if plugin.admission else None
+    blocking = admission or check_secrets(plugin, spec, observed)
+    if spec.state == TaskState.PAUSED:
+        if _stopped(observed.deployment):
+            verdict = _Verdict(Phase.PAUSED, "Paused", "paused by spec.state; offsets are saved", 0)
+            if paused_at is None:
+                patch["pausedAt"] = rfc3339(now)
+        else:
+            verdict = _Verdict(
+                Phase(status.get("state") or Phase.UNASSIGNED),
+                "Pausing",
+                "workers are flushing and stopping",
+                0,
+            )
+    elif blocking is not None:
+        verdict = _Verdict(Phase.FAILED, blocking.reason, blocking.message, 0)
+    else:
+        if paused_at is not None:
+            window = spec.resume_window_delta
+            if now - paused_at > window:
+                epoch += 1
+                start = getattr(spec, "start_from", None)
+                events.append(
+                    Event(
+                        "Normal",
+                        "ResumedFromStartFrom",
+                        f"paused for {_human(now - paused_at)}, longer than the resume window {spec.resume_window}: "
+                        f"starting from startFrom={start.value if start else 'latest'} in a new consumer group",
+                    )
+                )
+                patch["resumedFrom"] = "startFrom"
+            else:
+                events.append(Event("Normal", "Resumed", "resumed within the resume window from saved offsets"))
+                patch["resumedFrom"] = "savedOffsets"
+            patch["pausedAt"] = None
+        verdict = _running_verdict(spec, live, epoch, observed)
+    if immutable_error is not None and verdict.phase != Phase.PAUSED:
+        verdict = _Verdict(Phase.FAILED, immutable_error.reason, immutable_error.message, verdict.replicas)
+
+    group = consumer_group(owner, epoch)
+    patch["consumerGroup"] = group
+    patch["offsetEpoch"] = epoch
+    deployment = render_worker_deployment(
+        plugin, owner, spec, group=group, epoch=epoch, replicas=verdict.replicas, settings=settings
+    )
+    return _finish(body, status, patch, verdict, deployment, events, annotations, now)
+
+
+def _human(delta: timedelta) -> str:
+    hours = delta.total_seconds() / 3600
+    return f"{hours:.1f}h" if hours >= 1 else f"{delta.total_seconds() / 60:.0f}m"
+
+
+def _condition(
+    previous: list[dict[str, Any]],
+    kind: str,
+    status: ConditionStatus,
+    reason: str,
+    message: str,
+    generation: int | None,
+    now: datetime,
+) -> dict[str, Any]:
+    before = next((c for c in previous if c.get("type") == kind), None)
+    changed = before is None or before.get("status") != status.value
+    return {
+        "type": kind,
+        "status": status.value,
+        "reason": reason,
+        "message": message,
+        "observedGeneration": generation,
+        "lastTransitionTime": rfc3339(now) if changed else before["lastTransitionTime"],  # type: ignore[index]
+    }
+
+
+def _finish(
+    body: dict[str, Any],
+    status: dict[str, Any],
+    patch: dict[str, Any],
+    verdict: _Verdict,
+    deployment: dict[str, Any] | None,
+    events: list[Event],
+    annotations: dict[str, str],
+    now: datetime | None = None,
+) -> Outcome:
+    now = now or datetime.now(UTC)
+    generation = body["metadata"].get("generation")
+    previous = status.get("conditions") or []
+    ready = verdict.phase == Phase.RUNNING
+    paused = verdict.phase == Phase.PAUSED
+    patch.update(
+        state=verdict.phase.value,
+        reason=verdict.reason,
+        message=verdict.message,
+        conditions=[
+            _condition(
+                previous,
+                "Ready",
+                ConditionStatus.TRUE if ready else ConditionStatus.FALSE,
+                verdict.reason,
+                verdict.message,
+                generation,
+                now,
+            ),
+            _condition(
+                previous,
+                "Paused",
+                ConditionStatus.TRUE if paused else ConditionStatus.FALSE,
+                "Paused" if paused else "NotPaused",
+                "spec.state is Paused" if paused else "",
+                generation,
+                now,
+            ),
+        ],
+    )
+    if status.get("state") != verdict.phase.value or status.get("reason") != verdict.reason:
+        warning = verdict.phase == Phase.FAILED
+        events.append(
+            Event(
+                "Warning" if warning else "Normal",
+                verdict.reason,
+                f"{verdict.phase.value}: {verdict.message}",
+            )
+        )
+    return Outcome(deployment, patch, annotations, events)

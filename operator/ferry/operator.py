@@ -1,0 +1,189 @@
+"""Kopf handlers, registered in one place. They read, call the pure `decide`, and apply: nothing more."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import kopf
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from ferry.api import GROUP, VERSION
+from ferry.api.base import Phase
+from ferry.control.reconcile import Observed, Outcome, decide, owner_of
+from ferry.control.render import SPEC_HASH_ANNOTATION, selector_labels, worker_name
+from ferry.registry import PLUGINS
+from ferry.settings import OperatorSettings
+from ferry.tasks import KindPlugin
+
+log = logging.getLogger(__name__)
+SETTINGS = OperatorSettings.from_env()
+FINALIZER = "ferry.dev/flush-worker"
+# One reconcile at a time per task, whichever handler (change, timer) triggers it.
+_locks: dict[str, threading.Lock] = {}
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    # Keep Kopf's bookkeeping out of the status that users and Argo CD read.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="ferry.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="ferry.dev")
+    settings.persistence.finalizer = FINALIZER
+    settings.posting.level = logging.INFO
+    settings.watching.server_timeout = 300
+
+
+def _observe(plugin: KindPlugin, body: dict[str, Any]) -> Observed:
+    owner = owner_of(body)
+    apps, core, custom = client.AppsV1Api(), client.CoreV1Api(), client.CustomObjectsApi()
+    deployment = _read_deployment(apps, owner.namespace, worker_name(owner))
+    selector = ",".join(f"{k}={v}" for k, v in selector_labels(owner).items())
+    pods = core.list_namespaced_pod(owner.namespace, label_selector=selector).to_dict()["items"]
+    secrets: dict[str, set[str] | None] = {}
+    try:
+        spec = plugin.definition.spec_model.model_validate(body.get("spec") or {})
+        names = {ref.secret for ref in plugin.secret_refs(spec).values()}
+    except ValueError:
+        names = set()
+    for name in names:
+        secrets[name] = _secret_keys(core, owner.namespace, name)
+    peers = []
+    if plugin.admission is not None:
+        peers = custom.list_cluster_custom_object(GROUP, VERSION, plugin.definition.plural)["items"]
+    return Observed(deployment=deployment, pods=_camel_pods(pods), secrets=secrets, peers=peers)
+
+
+def _camel_pods(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The client's to_dict() is snake_case; decide() reads the API's camelCase."""
+    result = []
+    for pod in pods:
+        statuses = []
+        for cs in (pod.get("status") or {}).get("container_statuses") or []:
+            waiting = ((cs.get("state") or {}).get("waiting")) or {}
+            terminated = ((cs.get("last_state") or {}).get("terminated")) or {}
+            statuses.append(
+                {"state": {"waiting": waiting}, "lastState": {"terminated": terminated}, "name": cs.get("name")}
+            )
+        result.append({"metadata": {"name": pod["metadata"]["name"]}, "status": {"containerStatuses": statuses}})
+    return result
+
+
+def _read_deployment(apps: client.AppsV1Api, namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        result: dict[str, Any] = client.ApiClient().sanitize_for_serialization(
+            apps.read_namespaced_deployment(name, namespace)
+        )
+        return result
+    except ApiException as err:
+        if err.status == 404:
+            return None
+        raise
+
+
+def _secret_keys(core: client.CoreV1Api, namespace: str, name: str) -> set[str] | None:
+    """Which keys a Secret has; the values are read by the API client but never kept or logged."""
+    try:
+        secret = core.read_namespaced_secret(name, namespace)
+    except ApiException as err:
+        if err.status == 404:
+            return None
+        raise
+    return set((secret.data or {}).keys()) | set((secret.string_data or {}).keys())
+
+
+def _apply_deployment(desired: dict[str, Any], current: dict[str, Any] | None) -> None:
+    apps = client.AppsV1Api()
+    meta = desired["metadata"]
+    if current is None:
+        apps.create_namespaced_deployment(meta["namespace"], desired)
+        log.info("created Deployment %s/%s", meta["namespace"], meta["name"])
+        return
+    have = (current.get("metadata", {}).get("annotations") or {}).get(SPEC_HASH_ANNOTATION)
+    if have != meta["annotations"][SPEC_HASH_ANNOTATION]:
+        apps.patch_namespaced_deployment(meta["name"], meta["namespace"], desired)
+        log.info("updated Deployment %s/%s (replicas %s)", meta["namespace"], meta["name"], desired["spec"]["replicas"])
+
+
+def _post_events(body: kopf.Body, outcome: Outcome) -> None:
+    for event in outcome.events:
+        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+
+
+def reconcile(plugin: KindPlugin, body: kopf.Body, patch: kopf.Patch) -> None:
+    """Read what is there, decide, apply children, and leave the status and annotations in `patch`."""
+    raw = dict(body)
+    if raw["metadata"].get("deletionTimestamp"):
+        return
+    key = f"{raw['metadata'].get('namespace')}/{raw['metadata']['name']}/{plugin.definition.kind}"
+    with _locks.setdefault(key, threading.Lock()):
+        observed = _observe(plugin, raw)
+        outcome = decide(plugin, raw, observed, SETTINGS)
+        if outcome.deployment is not None:
+            _apply_deployment(outcome.deployment, observed.deployment)
+        _post_events(body, outcome)
+        patch.status.update(outcome.status)
+        for name, value in outcome.annotations.items():
+            patch.metadata.annotations[name] = value
+
+
+def finalize(plugin: KindPlugin, body: kopf.Body, retry: int, started: Any, **_: Any) -> None:
+    """Deletion: Terminating, scale the workers to zero so they flush and commit, then let go."""
+    raw = dict(body)
+    owner = owner_of(raw)
+    custom, apps = client.CustomObjectsApi(), client.AppsV1Api()
+    if (raw.get("status") or {}).get("state") != Phase.TERMINATING.value:
+        status = {
+            "state": Phase.TERMINATING.value,
+            "reason": "Deleting",
+            "message": "deletion requested: workers are flushing what they read",
+        }
+        custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, owner.namespace, plugin.definition.plural, owner.name, {"status": status}
+        )
+        kopf.event(body, type="Normal", reason="Terminating", message=status["message"])
+    name = worker_name(owner)
+    deployment = _read_deployment(apps, owner.namespace, name)
+    if deployment is not None:
+        if deployment["spec"].get("replicas"):
+            apps.patch_namespaced_deployment(name, owner.namespace, {"spec": {"replicas": 0}})
+        running = (deployment.get("status") or {}).get("replicas")
+        waited = time.time() - started.timestamp()
+        if running and waited < SETTINGS.flush_timeout:
+            raise kopf.TemporaryError(f"waiting for {running} workers to flush", delay=2)
+        # The ownerReference would collect it too; deleting now frees the name for a re-created task.
+        try:
+            apps.delete_namespaced_deployment(name, owner.namespace)
+        except ApiException as err:
+            if err.status != 404:
+                raise
+    log.info("%s %s/%s: workers stopped, finalizer released", plugin.definition.kind, owner.namespace, owner.name)
+
+
+def _register(plugin: KindPlugin) -> None:
+    resource = (GROUP, VERSION, plugin.definition.plural)
+
+    def on_change(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+        reconcile(plugin, body, patch)
+
+    def on_timer(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+        reconcile(plugin, body, patch)
+
+    def on_delete(body: kopf.Body, retry: int, started: Any, **_: Any) -> None:
+        finalize(plugin, body, retry, started)
+
+    kopf.on.resume(*resource, id="reconcile")(on_change)
+    kopf.on.create(*resource, id="reconcile")(on_change)
+    kopf.on.update(*resource, id="reconcile")(on_change)
+    kopf.timer(*resource, id="reconcile-timer", interval=SETTINGS.reconcile_interval, sharp=False)(on_timer)
+    kopf.on.delete(*resource, id="flush-worker", timeout=SETTINGS.flush_timeout + 60)(on_delete)
+
+
+for _plugin in PLUGINS.values():
+    _register(_plugin)
