@@ -152,6 +152,7 @@ EMPTY_OPENAPI_V2: JsonDict = {
     "paths": {},
     "definitions": {},
 }
+OPENAPI_V2_PROTOBUF = "application/com.github.proto-openapi.spec.v2@v1.0+protobuf"
 
 # Built-in resources served, as "group/version/plural" ("v1/plural" for the core group).
 BUILTIN_RESOURCES = (
@@ -1353,6 +1354,17 @@ def _api_group(group: str, versions: list[str]) -> JsonDict:
     return {"name": group, "versions": entries, "preferredVersion": entries[0]}
 
 
+def _openapi_v2(request: aiohttp.web.Request) -> aiohttp.web.Response:
+    """An OpenAPI v2 document without definitions: kubectl's client-side validation then checks nothing.
+
+    kubectl asks for (and always parses) protobuf; an empty message is a valid, empty document.
+    """
+    if OPENAPI_V2_PROTOBUF in request.headers.get("Accept", ""):
+        content_type = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf"  # what real servers send
+        return aiohttp.web.Response(body=b"", content_type=content_type)
+    return _json(EMPTY_OPENAPI_V2)
+
+
 def _json(body: Any, status: int = 200) -> aiohttp.web.Response:
     return aiohttp.web.json_response(body, status=status)
 
@@ -1415,8 +1427,8 @@ class ApiHandler:
             return None
         if parts in (["healthz"], ["readyz"], ["livez"]):
             return aiohttp.web.Response(text="ok")
-        if parts == ["openapi", "v2"]:  # empty: kubectl validates nothing client-side, needs the document
-            return _json(EMPTY_OPENAPI_V2)
+        if parts == ["openapi", "v2"]:
+            return _openapi_v2(request)
         if parts == ["openapi", "v3"]:
             return _json({"paths": {}})
         if parts == ["version"]:

@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any, ClassVar, Self, TypeVar
@@ -58,8 +59,9 @@ REGION = "us-east-1"
 _MAX_SOCKET_PATH = 100
 _PORT_ATTEMPTS = 3
 
-# Processes started here and not yet stopped or detached, by PID.
+# Processes started here and not yet stopped or detached, by PID, and what to clean after they exit.
 _LIVE: dict[int, subprocess.Popen[bytes]] = {}
+_CLEANUPS: dict[int, Callable[[], None]] = {}
 _HANDED_OUT: set[int] = set()
 
 _T = TypeVar("_T")
@@ -139,7 +141,9 @@ def _accepts(host: str, port: int) -> bool:
 # Process handling
 
 
-def _spawn(argv: Sequence[str], cwd: Path, log_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+def _spawn(
+    argv: Sequence[str], cwd: Path, log_path: Path, env: dict[str, str], cleanup: Callable[[], None] | None
+) -> subprocess.Popen[bytes]:
     _trap_sigterm()
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
@@ -152,6 +156,8 @@ def _spawn(argv: Sequence[str], cwd: Path, log_path: Path, env: dict[str, str]) 
             start_new_session=True,
         )
     _LIVE[proc.pid] = proc
+    if cleanup is not None:
+        _CLEANUPS[proc.pid] = cleanup
     return proc
 
 
@@ -162,14 +168,17 @@ def _start(
     env: dict[str, str],
     probe: Callable[[], str | None],
     timeout: float = STARTUP_TIMEOUT,
+    cleanup: Callable[[], None] | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Spawn argv and wait until probe() returns None (ready); it returns why not ready otherwise."""
-    proc = _spawn(argv, cwd, log_path, env)
+    """Spawn argv and wait until probe() returns None (ready); it returns why not ready otherwise.
+
+    cleanup runs once the process has exited, whoever stops it.
+    """
+    proc = _spawn(argv, cwd, log_path, env, cleanup)
     try:
         _await_ready(proc, Path(argv[0]).name, log_path, probe, timeout)
     except BaseException:
-        _LIVE.pop(proc.pid, None)
-        _terminate([proc.pid], {proc.pid: proc}, STOP_TIMEOUT)
+        _forget_and_terminate({proc.pid: proc}, STOP_TIMEOUT)
         raise
     return proc
 
@@ -190,9 +199,7 @@ def _await_ready(
         if not reason:
             return
         time.sleep(0.05)
-    raise ServerStartError(
-        f"{name} not ready after {timeout:.0f}s (last check: {reason})\n{_log_tail(log_path)}"
-    )
+    raise ServerStartError(f"{name} not ready after {timeout:.0f}s (last check: {reason})\n{_log_tail(log_path)}")
 
 
 def _retry_port_clash(attempt: Callable[[], _T]) -> _T:
@@ -283,11 +290,18 @@ def _still_running(pid: int, proc: subprocess.Popen[bytes] | None) -> bool:
     return proc.poll() is None if proc is not None else _alive(pid)
 
 
+def _forget_and_terminate(procs: dict[int, subprocess.Popen[bytes]], timeout: float) -> None:
+    cleanups = [_CLEANUPS.pop(pid) for pid in procs if pid in _CLEANUPS]
+    for pid in procs:
+        _LIVE.pop(pid, None)
+    _terminate(procs, procs, timeout)
+    for cleanup in cleanups:
+        cleanup()
+
+
 @atexit.register
 def _stop_all() -> None:
-    live = dict(_LIVE)
-    _LIVE.clear()
-    _terminate(live, live, timeout=5.0)
+    _forget_and_terminate(dict(_LIVE), timeout=5.0)
 
 
 def _trap_sigterm() -> None:
@@ -317,14 +331,21 @@ class _Server:
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """SIGTERM the process group, SIGKILL it after timeout, and wait for the exit."""
-        _LIVE.pop(self.pid, None)
-        if self._proc is None and not _is_program(self.pid, self.program):
-            return  # already gone, or the PID now belongs to something else
-        _terminate([self.pid], {} if self._proc is None else {self.pid: self._proc}, timeout)
+        if self._proc is not None:
+            _forget_and_terminate({self.pid: self._proc}, timeout)  # also runs the registered cleanup
+            return
+        if _is_program(self.pid, self.program):  # else gone, or the PID now belongs to something else
+            _terminate([self.pid], {}, timeout)
+        if not _alive(self.pid):
+            self._after_stop()
+
+    def _after_stop(self) -> None:
+        """Clean what an exited server left behind, for servers known only by PID (servers.json)."""
 
     def detach(self) -> None:
         """Leave the server running when this interpreter exits."""
         _LIVE.pop(self.pid, None)
+        _CLEANUPS.pop(self.pid, None)
 
     def running(self) -> bool:
         return _still_running(self.pid, self._proc)
@@ -367,9 +388,7 @@ def start_tansu(workdir: Path, cluster_id: str) -> KafkaBroker:
         argv = [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url]
         argv += ["--cluster-id", cluster_id, "--storage-engine", "memory://tansu/"]
         proc = _start(argv, workdir, log_path, _tansu_env(), lambda: _kafka_not_ready(bootstrap))
-        return KafkaBroker(
-            pid=proc.pid, log_path=log_path, bootstrap=bootstrap, cluster_id=cluster_id, _proc=proc
-        )
+        return KafkaBroker(pid=proc.pid, log_path=log_path, bootstrap=bootstrap, cluster_id=cluster_id, _proc=proc)
 
     return _retry_port_clash(attempt)
 
@@ -428,10 +447,8 @@ class ObjectStore(_Server):
         """A boto3 S3 client for this store (path-style addressing; config is merged on top)."""
         return _s3_client(self.endpoint, self.access_key, self.secret_key, self.region, config)
 
-    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
-        super().stop(timeout)
-        if not self.running():
-            _remove_weed_sockets(self.ports)
+    def _after_stop(self) -> None:
+        _remove_weed_sockets(self.ports)
 
 
 def start_seaweedfs(workdir: Path, access_key: str, secret_key: str) -> ObjectStore:
@@ -447,7 +464,8 @@ def start_seaweedfs(workdir: Path, access_key: str, secret_key: str) -> ObjectSt
         endpoint = f"http://{LOOPBACK}:{ports['s3']}"
         client = _s3_client(endpoint, access_key, secret_key, REGION, _PROBE_CONFIG)
         argv = _weed_argv(binary, workdir, ports)
-        proc = _start(argv, workdir, log_path, env, lambda: _s3_not_ready(client, ports["s3"]))
+        probe = partial(_s3_not_ready, client, ports["s3"])
+        proc = _start(argv, workdir, log_path, env, probe, cleanup=partial(_remove_weed_sockets, ports))
         return ObjectStore(
             pid=proc.pid,
             log_path=log_path,
@@ -516,7 +534,7 @@ def _s3_not_ready(client: Any, port: int) -> str | None:
 
 
 def _remove_weed_sockets(ports: dict[str, int]) -> None:
-    # weed removes its gRPC unix sockets on a clean exit only; SIGKILL leaves them in /tmp.
+    # weed leaves its s3 and admin gRPC unix sockets in /tmp even after a clean SIGTERM exit.
     for name, port in ports.items():
         path = Path(f"/tmp/seaweedfs-{name}-grpc-{port + WEED_GRPC_OFFSET}.sock")
         with contextlib.suppress(OSError):
@@ -558,9 +576,7 @@ def _cmd_up(state_dir: Path, access_key: str, secret_key: str) -> int:
 
 def _servers_from(state_path: Path) -> list[_Server]:
     state = json.loads(state_path.read_text())
-    broker = KafkaBroker(
-        pid=state["kafka_pid"], log_path=Path(state["kafka_log"]), bootstrap=state["bootstrap"]
-    )
+    broker = KafkaBroker(pid=state["kafka_pid"], log_path=Path(state["kafka_log"]), bootstrap=state["bootstrap"])
     store = ObjectStore(
         pid=state["s3_pid"],
         log_path=Path(state["s3_log"]),
@@ -586,9 +602,7 @@ def _cmd_down(state_dir: Path) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m tests.support.servers", description="Local Tansu + SeaweedFS."
-    )
+    parser = argparse.ArgumentParser(prog="python -m tests.support.servers", description="Local Tansu + SeaweedFS.")
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start Tansu and SeaweedFS, write DIR/servers.json, leave them running")
     up.add_argument("--dir", type=Path, required=True)

@@ -277,6 +277,20 @@ class WorkerError(ApiModel):
     time: str
 
 
+class WorkerReport(ApiModel):
+    """What one worker pod last reported (kind-specific fields are kept as they come)."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
+
+    phase: str = Field(description="Running, Failed or Stopped.")
+    heartbeat_time: str
+    epoch: int = 0
+    lag: int | None = None
+    partitions: list[PartitionProgress] | None = None
+    totals: Totals | None = None
+    error: WorkerError | None = None
+
+
 class TaskStatus(ApiModel):
     """Status common to every kind; the operator owns state and conditions, the worker its progress."""
 
@@ -295,4 +309,9 @@ class TaskStatus(ApiModel):
     partitions: list[PartitionProgress] | None = None
     totals: Totals | None = None
     last_error: WorkerError | None = None
-    worker_epoch: int | None = Field(None, description="offsetEpoch the reporting worker runs with.")
+    resumed_from: str | None = Field(
+        None, description="How the last resume started: savedOffsets (within the window) or startFrom."
+    )
+    workers: dict[str, WorkerReport] | None = Field(
+        None, description="Each worker pod's own report, keyed by pod name; the fields above summarise them."
+    )

@@ -222,7 +222,7 @@ def decide(
         patch["workers"] = {w: None for w in stale}
     patch.update(summarize_workers(live))
 
-    admission = plugin.admission(task, observed.peers) if plugin.admission else None
+    admission = plugin.admission(task, _with_self(observed.peers, body)) if plugin.admission else None
     blocking = admission or check_secrets(plugin, spec, observed)
     if spec.state == TaskState.PAUSED:
         if _stopped(observed.deployment):
@@ -268,6 +268,14 @@ def decide(
         plugin, owner, spec, group=group, epoch=epoch, replicas=verdict.replicas, settings=settings
     )
     return _finish(body, status, patch, verdict, deployment, events, annotations, now)
+
+
+def _with_self(peers: list[dict[str, Any]], body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The list the API returned may predate this task's creation: it always competes for a slot itself."""
+    me = (body["metadata"].get("namespace"), body["metadata"]["name"])
+    if any((p["metadata"].get("namespace"), p["metadata"]["name"]) == me for p in peers):
+        return peers
+    return [*peers, body]
 
 
 def _human(delta: timedelta) -> str:

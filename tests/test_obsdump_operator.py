@@ -1,0 +1,245 @@
+"""The operator's decisions for ObsDumpTask, without an API server: spec and observations in, outcome out."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from ferry.control.reconcile import ACCEPTED_SPEC_ANNOTATION, Observed, Outcome, decide, rfc3339
+from ferry.obsdump.worker import PLUGIN
+from ferry.settings import OperatorSettings
+
+NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
+SETTINGS = OperatorSettings(heartbeat_timeout=60)
+SECRETS: dict[str, set[str] | None] = {"obs": {"accessKey", "secretKey"}}
+
+
+def task(
+    name: str = "dump",
+    namespace: str = "team-a",
+    created: str = "2026-11-21T10:00:00Z",
+    status: dict[str, Any] | None = None,
+    bootstrap: str = "kafka:9092",
+    **spec: Any,
+) -> dict[str, Any]:
+    body = {
+        "apiVersion": "ferry.dev/v1alpha1",
+        "kind": "ObsDumpTask",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "uid": f"uid-{namespace}-{name}",
+            "generation": 1,
+            "creationTimestamp": created,
+            "annotations": {},
+        },
+        "spec": {
+            "source": {"bootstrapServers": bootstrap},
+            "topics": ["orders"],
+            "target": {"endpoint": "http://s3:8333", "bucket": "dumps", "credentialsSecretRef": {"name": "obs"}},
+            **spec,
+        },
+        "status": status or {},
+    }
+    return body
+
+
+def run(body: dict[str, Any], now: datetime = NOW, **observed: Any) -> Outcome:
+    observed.setdefault("secrets", SECRETS)
+    return decide(PLUGIN, body, Observed(now=now, **observed), SETTINGS)
+
+
+def report(phase: str = "Running", age: float = 5, epoch: int = 0, **extra: Any) -> dict[str, Any]:
+    return {
+        "phase": phase,
+        "heartbeatTime": rfc3339(NOW - timedelta(seconds=age)),
+        "epoch": epoch,
+        "lag": 3,
+        "partitions": [{"topic": "orders", "partition": 0, "committedOffset": 10, "lag": 3}],
+        "totals": {"records": 10, "bytes": 100},
+        **extra,
+    }
+
+
+def deployed(replicas: int = 1, running: int = 1) -> dict[str, Any]:
+    return {"metadata": {"annotations": {}}, "spec": {"replicas": replicas}, "status": {"replicas": running}}
+
+
+def test_new_task_is_unassigned_gets_a_worker_and_its_spec_is_recorded() -> None:
+    outcome = run(task())
+    assert outcome.status["state"] == "Unassigned"
+    assert outcome.deployment is not None and outcome.deployment["spec"]["replicas"] == 1
+    assert outcome.status["consumerGroup"] == "ferry.team-a.dump.uid-team"
+    assert json.loads(outcome.annotations[ACCEPTED_SPEC_ANNOTATION])["target"]["bucket"] == "dumps"
+    assert outcome.status["observedGeneration"] == 1
+
+
+def test_a_recent_running_worker_makes_the_task_running_and_ready() -> None:
+    outcome = run(task(status={"workers": {"pod-1": report(lastDumpTime="2026-11-21T11:59:00Z")}}))
+    assert outcome.status["state"] == "Running"
+    ready = next(c for c in outcome.status["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "True" and ready["reason"] == "WorkerRunning"
+    assert outcome.status["lag"] == 3 and outcome.status["totals"] == {"records": 10, "bytes": 100}
+    assert outcome.status["lastDumpTime"] == "2026-11-21T11:59:00Z"
+
+
+def test_a_worker_report_from_an_old_offset_epoch_does_not_count() -> None:
+    outcome = run(task(status={"offsetEpoch": 1, "workers": {"pod-1": report(epoch=0)}}))
+    assert outcome.status["state"] == "Unassigned"
+
+
+def test_a_silent_worker_is_dropped_and_the_task_is_unassigned() -> None:
+    outcome = run(task(status={"state": "Running", "workers": {"pod-1": report(age=600)}}))
+    assert outcome.status["state"] == "Unassigned"
+    assert outcome.status["workers"] == {"pod-1": None}
+    assert any(e.reason == "WaitingForWorker" for e in outcome.events)
+
+
+def test_a_worker_error_becomes_failed_with_its_reason_and_keeps_the_worker() -> None:
+    error = {"reason": "BucketNotFound", "message": "bucket 'dumps' does not exist", "time": "x"}
+    outcome = run(task(status={"workers": {"pod-1": report("Failed", error=error)}}))
+    assert (outcome.status["state"], outcome.status["reason"]) == ("Failed", "BucketNotFound")
+    assert outcome.deployment is not None and outcome.deployment["spec"]["replicas"] == 1
+    assert any(e.type == "Warning" and e.reason == "BucketNotFound" for e in outcome.events)
+
+
+def test_crash_looping_worker_is_failed() -> None:
+    pod = {
+        "metadata": {"name": "dump-obsdumptask-1"},
+        "status": {
+            "containerStatuses": [
+                {"state": {"waiting": {"reason": "CrashLoopBackOff"}}, "lastState": {"terminated": {"message": "boom"}}}
+            ]
+        },
+    }
+    outcome = run(task(), pods=[pod])
+    assert outcome.status["reason"] == "WorkerCrashLoop" and "boom" in outcome.status["message"]
+
+
+def test_missing_secret_and_missing_key_fail_without_starting_a_worker() -> None:
+    missing = run(task(), secrets={"obs": None})
+    assert missing.status["reason"] == "SecretNotFound" and "'obs'" in missing.status["message"]
+    assert missing.deployment is not None and missing.deployment["spec"]["replicas"] == 0
+    no_key = run(task(), secrets={"obs": {"accessKey"}})
+    assert no_key.status["reason"] == "SecretKeyNotFound" and "'secretKey'" in no_key.status["message"]
+
+
+def test_pause_scales_to_zero_and_is_paused_once_workers_stopped() -> None:
+    stopping = run(task(state="Paused", status={"state": "Running"}), deployment=deployed(1, 1))
+    assert stopping.deployment is not None and stopping.deployment["spec"]["replicas"] == 0
+    assert stopping.status["state"] == "Running" and stopping.status["reason"] == "Pausing"
+    stopped = run(task(state="Paused", status={"state": "Running"}), deployment=deployed(0, 0))
+    assert stopped.status["state"] == "Paused" and stopped.status["pausedAt"] == rfc3339(NOW)
+    paused = next(c for c in stopped.status["conditions"] if c["type"] == "Paused")
+    assert paused["status"] == "True"
+
+
+def test_created_paused_never_starts_a_worker() -> None:
+    outcome = run(task(state="Paused"))
+    assert outcome.deployment is not None and outcome.deployment["spec"]["replicas"] == 0
+    assert outcome.status["state"] == "Paused"
+
+
+def test_resume_within_the_window_keeps_the_consumer_group() -> None:
+    paused_at = rfc3339(NOW - timedelta(hours=23))
+    outcome = run(task(status={"state": "Paused", "pausedAt": paused_at, "offsetEpoch": 0}))
+    assert outcome.status["offsetEpoch"] == 0 and outcome.status["pausedAt"] is None
+    assert outcome.status["consumerGroup"] == "ferry.team-a.dump.uid-team"
+    assert outcome.status["resumedFrom"] == "savedOffsets"
+    assert next(e.reason for e in outcome.events) == "Resumed"
+
+
+def test_resume_after_the_window_starts_from_start_from_in_a_new_group() -> None:
+    paused_at = rfc3339(NOW - timedelta(hours=25))
+    outcome = run(task(startFrom="earliest", status={"state": "Paused", "pausedAt": paused_at}))
+    assert outcome.status["offsetEpoch"] == 1
+    assert outcome.status["consumerGroup"].endswith(".e1")
+    assert outcome.status["resumedFrom"] == "startFrom"
+    event = next(e for e in outcome.events if e.reason == "ResumedFromStartFrom")
+    assert "25.0h" in event.message and "startFrom=earliest" in event.message
+    env = {e["name"]: e.get("value") for e in outcome.deployment["spec"]["template"]["spec"]["containers"][0]["env"]}  # type: ignore[index]
+    assert env["FERRY_OFFSET_EPOCH"] == "1"
+
+
+def test_a_custom_resume_window_is_honoured() -> None:
+    paused_at = rfc3339(NOW - timedelta(minutes=10))
+    outcome = run(task(resumeWindow="5m", status={"state": "Paused", "pausedAt": paused_at}))
+    assert outcome.status["offsetEpoch"] == 1
+
+
+def peers(count: int, bootstrap: str = "kafka:9092") -> list[dict[str, Any]]:
+    return [task(name=f"t{i:02d}", created=f"2026-11-21T10:{i:02d}:00Z", bootstrap=bootstrap) for i in range(count)]
+
+
+def test_the_nineteenth_task_on_an_instance_is_refused() -> None:
+    everyone = peers(19)
+    outcomes = [run(t, peers=everyone) for t in everyone]
+    refused = [o for o in outcomes if o.status["reason"] == "TaskLimitExceeded"]
+    assert len(refused) == 1 and refused[0] is outcomes[18]
+    assert "18" in refused[0].status["message"] and "delete one" in refused[0].status["message"]
+    assert refused[0].deployment is not None and refused[0].deployment["spec"]["replicas"] == 0
+
+
+def test_the_limit_is_decided_by_creation_time_then_name_not_by_event_order() -> None:
+    everyone = [*peers(18), task(name="a-early", created="2026-11-21T09:00:00Z")]
+    late = everyone[17]  # t17, now the 19th by creation time
+    assert run(late, peers=list(reversed(everyone))).status["reason"] == "TaskLimitExceeded"
+    tie = [task(name=n, created="2026-11-21T10:00:00Z") for n in ("b", "a")] + peers(17)
+    assert run(tie[0], peers=tie).status["reason"] != "TaskLimitExceeded"
+
+
+def test_a_freed_slot_lets_the_refused_task_start() -> None:
+    everyone = peers(19)
+    everyone[3]["metadata"]["deletionTimestamp"] = "2026-11-21T11:00:00Z"
+    outcome = run(everyone[18], peers=everyone)
+    assert outcome.status["reason"] != "TaskLimitExceeded"
+    assert outcome.deployment is not None and outcome.deployment["spec"]["replicas"] == 1
+
+
+def test_tasks_on_other_instances_do_not_count() -> None:
+    everyone = [*peers(18, bootstrap="other:9092"), task(name="mine")]
+    assert run(everyone[-1], peers=everyone).status["reason"] != "TaskLimitExceeded"
+
+
+def test_the_same_instance_written_differently_counts_once() -> None:
+    everyone = [*peers(18, bootstrap="KAFKA"), task(name="z-mine", created="2026-11-21T11:00:00Z")]
+    assert run(everyone[-1], peers=everyone).status["reason"] == "TaskLimitExceeded"
+
+
+def test_a_changed_spec_is_refused_and_the_accepted_spec_keeps_running() -> None:
+    body = task()
+    body["metadata"]["annotations"][ACCEPTED_SPEC_ANNOTATION] = run(task()).annotations[ACCEPTED_SPEC_ANNOTATION]
+    body["spec"]["target"]["bucket"] = "elsewhere"
+    outcome = run(body)
+    assert outcome.status["state"] == "Failed" and outcome.status["reason"] == "SpecImmutable"
+    assert "spec.target" in outcome.status["message"]
+    task_env = outcome.deployment["spec"]["template"]["spec"]["containers"][0]["env"][0]  # type: ignore[index]
+    assert json.loads(task_env["value"])["spec"]["target"]["bucket"] == "dumps"
+
+
+def test_changing_only_state_is_allowed() -> None:
+    body = task(state="Paused")
+    body["metadata"]["annotations"][ACCEPTED_SPEC_ANNOTATION] = run(task()).annotations[ACCEPTED_SPEC_ANNOTATION]
+    assert run(body).status["reason"] != "SpecImmutable"
+
+
+def test_an_invalid_spec_is_failed_without_a_worker() -> None:
+    outcome = run(task(topicRegex="x.*"))
+    assert outcome.status["reason"] == "InvalidSpec"
+    assert "exactly one of topics and topicRegex" in outcome.status["message"]
+    assert outcome.deployment is None
+
+
+def test_conditions_keep_their_transition_time_while_unchanged() -> None:
+    first = run(task(status={"workers": {"pod-1": report()}}))
+    later = run(task(status={**first.status, "workers": {"pod-1": report()}}), now=NOW + timedelta(seconds=30))
+    assert first.status["conditions"] == later.status["conditions"]
+    assert not later.events
+
+
+@pytest.mark.parametrize("state", ["Running", "Paused"])
+def test_decide_is_idempotent(state: str) -> None:
+    body = task(state=state, status={"workers": {"pod-1": report()}})
+    assert run(body).status == run(body).status
