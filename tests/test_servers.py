@@ -54,9 +54,7 @@ def _produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes, Heade
 # Tansu
 
 
-def test_kafka_roundtrip_keeps_keys_values_and_headers(
-    kafka: KafkaBroker, topic_factory: TopicFactory
-) -> None:
+def test_kafka_roundtrip_keeps_keys_values_and_headers(kafka: KafkaBroker, topic_factory: TopicFactory) -> None:
     topic = topic_factory(3)
     headers: list[Headers] = [[("trace", f"t{i}".encode()), ("n", b"1")] for i in range(30)]
     records = [(f"k{i}".encode(), f"v{i}".encode(), headers[i]) for i in range(30)]
@@ -68,9 +66,7 @@ def test_kafka_roundtrip_keeps_keys_values_and_headers(
     assert {m.partition() for m in got} == {0, 1, 2}  # keys spread over the partitions
 
 
-def test_two_brokers_are_independent(
-    kafka: KafkaBroker, kafka2: KafkaBroker, topic_factory: TopicFactory
-) -> None:
+def test_two_brokers_are_independent(kafka: KafkaBroker, kafka2: KafkaBroker, topic_factory: TopicFactory) -> None:
     topic = topic_factory(1, broker=kafka)
 
     assert kafka.bootstrap != kafka2.bootstrap
@@ -102,9 +98,7 @@ def test_object_put_get(object_store: ObjectStore, bucket_factory: BucketFactory
     assert [o["Key"] for o in listed["Contents"]] == ["dir/hello.txt"]
 
 
-def test_multipart_upload_of_12_mib_in_3_parts(
-    object_store: ObjectStore, bucket_factory: BucketFactory
-) -> None:
+def test_multipart_upload_of_12_mib_in_3_parts(object_store: ObjectStore, bucket_factory: BucketFactory) -> None:
     s3 = object_store.client()
     bucket = bucket_factory()
     parts_data = [os.urandom(5 * MiB), os.urandom(5 * MiB), os.urandom(2 * MiB)]  # 5 MiB minimum but last

@@ -152,6 +152,17 @@ EMPTY_OPENAPI_V2: JsonDict = {
     "paths": {},
     "definitions": {},
 }
+SERVER_VERSION = {
+    "major": "1",
+    "minor": "36",
+    "gitVersion": "v1.36.0+ferry-emulator",
+    "gitCommit": "0000000000000000000000000000000000000000",
+    "gitTreeState": "clean",
+    "buildDate": "2026-01-01T00:00:00Z",
+    "goVersion": "go1.24.0",
+    "compiler": "gc",
+    "platform": "linux/amd64",
+}
 OPENAPI_V2_PROTOBUF = "application/com.github.proto-openapi.spec.v2@v1.0+protobuf"
 
 # Built-in resources served, as "group/version/plural" ("v1/plural" for the core group).
@@ -1432,16 +1443,7 @@ class ApiHandler:
         if parts == ["openapi", "v3"]:
             return _json({"paths": {}})
         if parts == ["version"]:
-            return _json(
-                {
-                    "major": "1",
-                    "minor": "36",
-                    "gitVersion": "v1.36.0+ferry-emulator",
-                    "platform": "linux/amd64",
-                    "goVersion": "go1.24",
-                    "compiler": "gc",
-                }
-            )
+            return _json(SERVER_VERSION)
         if parts == ["api"]:
             return _json(
                 {
@@ -1640,7 +1642,7 @@ class ApiHandler:
             try:
                 item = await asyncio.wait_for(watcher.queue.get(), wait)
             except TimeoutError:
-                if bookmarks:
+                if bookmarks and (deadline is None or loop.time() < deadline):
                     await self._send_bookmark(response, watcher.rtype)
                 continue
             if item is None:
@@ -1811,6 +1813,12 @@ class ApiServer:
         import kubernetes.config
 
         return kubernetes.config.new_client_from_config(config_file=str(self.kubeconfig))
+
+    def __enter__(self) -> ApiServer:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
 
     def stop(self, timeout: float = 5.0) -> None:
         """SIGTERM by PID, then SIGKILL if it does not exit in time. Idempotent."""

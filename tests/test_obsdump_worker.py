@@ -1,0 +1,256 @@
+"""The ObsDumpTask worker against a real Tansu broker and a real SeaweedFS store."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, TopicPartition
+
+from ferry.obsdump.records import decode_records
+from tests.conftest import BucketFactory, TopicFactory
+from tests.support.dumps import (
+    dumped_records,
+    list_objects,
+    produce,
+    spec_for,
+    start_pipeline,
+    wait_for,
+    write_manifest,
+)
+from tests.support.servers import KafkaBroker
+from tests.support.servers import ObjectStore as SeaweedFS
+
+
+def committed(bootstrap: str, group: str, topic: str, partitions: int) -> list[int]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        offsets = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+        return [tp.offset for tp in offsets]
+    finally:
+        consumer.close()
+
+
+def test_records_land_under_deterministic_keys_with_keys_headers_and_separator(
+    kafka: KafkaBroker, object_store: SeaweedFS, topic_factory: TopicFactory, bucket_factory: BucketFactory
+) -> None:
+    topic, bucket = topic_factory(partitions=3), bucket_factory()
+    produce(kafka.bootstrap, topic, 300, partitions=3)
+    spec = spec_for(kafka, object_store, bucket, topics=[topic], target={"storeKeys": True})
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    running = start_pipeline(spec, object_store, group)
+    try:
+        wait_for(lambda: running.recorder.reports and running.recorder.last.totals.records == 300, what="300 records")
+        wait_for(lambda: running.recorder.last.lag == 0 and len(running.recorder.last.partitions) == 3, what="lag 0")
+    finally:
+        running.finish()
+    client = object_store.client()
+    objects = list_objects(client, bucket)
+    assert len(objects) == 3  # one per partition: everything arrived within one period
+    for key in objects:
+        assert key.startswith("dumps/raw/") and key.endswith("+0000000000000000000.jsonl")
+        assert len(key.split("/")) == 2 + 4 + 1  # directory, yyyy/MM/dd/HH, name
+    records = dumped_records(client, bucket)
+    for partition in range(3):
+        got = records[(topic, partition)]
+        assert [r.offset for r in got] == list(range(100))
+        for r in got:
+            i = int(r.value.decode().split("-")[1])  # type: ignore[union-attr]
+            assert i % 3 == partition and r.key == f"key-{i}".encode()
+            assert list(r.headers) == [("seq", str(i).encode())]
+    assert committed(kafka.bootstrap, group, topic, 3) == [100, 100, 100]
+
+
+def test_values_only_objects_with_a_custom_separator(
+    kafka: KafkaBroker, object_store: SeaweedFS, topic_factory: TopicFactory, bucket_factory: BucketFactory
+) -> None:
+    topic, bucket = topic_factory(partitions=1), bucket_factory()
+    produce(kafka.bootstrap, topic, 50, partitions=1)
+    spec = spec_for(
+        kafka,
+        object_store,
+        bucket,
+        topics=[topic],
+        target={"recordSeparator": "|", "directory": "", "timeDirectoryFormat": "yyyy/MM/dd"},
+    )
+    running = start_pipeline(spec, object_store, f"g-{uuid.uuid4().hex[:8]}")
+    try:
+        wait_for(lambda: running.recorder.reports and running.recorder.last.totals.records == 50, what="50 records")
+    finally:
+        running.finish()
+    [(key, data)] = list_objects(object_store.client(), bucket).items()
+    assert key.count("/") == 3 and key.endswith(f"{topic}+0+0000000000000000000.bin")
+    assert list(decode_records(data, False, b"|")) == [f"value-{i}".encode() for i in range(50)]
+
+
+def test_objects_are_cut_each_period_even_without_new_records_and_not_for_empty_periods(
+    kafka: KafkaBroker, object_store: SeaweedFS, topic_factory: TopicFactory, bucket_factory: BucketFactory
+) -> None:
+    topic, bucket = topic_factory(partitions=1), bucket_factory()
+    spec = spec_for(kafka, object_store, bucket, topics=[topic], dumpPeriodSeconds=2, target={"storeKeys": True})
+    running = start_pipeline(spec, object_store, f"g-{uuid.uuid4().hex[:8]}")
+    client = object_store.client()
+    try:
+        wait_for(lambda: running.recorder.reports and running.recorder.last.partitions, what="assignment")
+        produce(kafka.bootstrap, topic, 10, partitions=1)
+        # No more records arrive, yet the buffered ones become an object at the next period boundary.
+        wait_for(lambda: len(list_objects(client, bucket)) == 1, timeout=10, what="first object")
+        time.sleep(5)  # two more periods without data: no new (empty) objects
+        assert len(list_objects(client, bucket)) == 1
+        produce(kafka.bootstrap, topic, 5, partitions=1, start=10)
+        wait_for(lambda: len(list_objects(client, bucket)) == 2, timeout=10, what="second object")
+    finally:
+        running.finish()
+    records = dumped_records(client, bucket)[(topic, 0)]
+    assert [r.offset for r in records] == list(range(15))
+    assert sorted(list_objects(client, bucket))[1].endswith("+0000000000000000010.jsonl")
+
+
+def test_large_batches_use_multipart_upload_with_bounded_parts(
+    kafka: KafkaBroker, object_store: SeaweedFS, topic_factory: TopicFactory, bucket_factory: BucketFactory
+) -> None:
+    topic, bucket = topic_factory(partitions=1), bucket_factory()
+    value = os.urandom(6000).hex().encode()  # 12 KB, not valid to compress away
+    producer_config = {"message.max.bytes": 1_000_000}
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": kafka.bootstrap, **producer_config})
+    for _ in range(1100):  # ~13 MB: three 5 MiB parts
+        producer.produce(topic, value=value, partition=0)
+    producer.flush(30)
+    spec = spec_for(kafka, object_store, bucket, topics=[topic], dumpPeriodSeconds=30)
+    running = start_pipeline(spec, object_store, f"g-{uuid.uuid4().hex[:8]}", part_bytes=5 * 1024 * 1024)
+    try:
+        # Parts go out while the batch is still open, long before the 30 s period ends.
+        client = object_store.client()
+        wait_for(lambda: client.list_multipart_uploads(Bucket=bucket).get("Uploads"), timeout=20, what="upload")
+    finally:
+        running.finish()  # SIGTERM path: completes the upload and commits
+    [(key, data)] = list_objects(client, bucket).items()
+    head = client.head_object(Bucket=bucket, Key=key)
+    assert head["ETag"].strip('"').endswith("-3")  # S3 marks multipart objects with -<parts>
+    assert data == (value + b"\n") * 1100
+
+
+def test_topic_regex_picks_up_topics_created_later(
+    kafka: KafkaBroker, object_store: SeaweedFS, topic_factory: TopicFactory, bucket_factory: BucketFactory
+) -> None:
+    prefix = f"rx{uuid.uuid4().hex[:6]}"
+    first, bucket = topic_factory(partitions=1, prefix=prefix), bucket_factory()
+    topic_factory(partitions=1, prefix="other")
+    spec = spec_for(kafka, object_store, bucket, topicRegex=f"{prefix}-.*", target={"storeKeys": True})
+    running = start_pipeline(spec, object_store, f"g-{uuid.uuid4().hex[:8]}")
+    try:
+        produce(kafka.bootstrap, first, 5, partitions=1)
+        wait_for(lambda: running.recorder.reports and running.recorder.last.totals.records == 5, what="first topic")
+        later = topic_factory(partitions=2, prefix=prefix)
+        produce(kafka.bootstrap, later, 6, partitions=2)
+        wait_for(lambda: running.recorder.last.totals.records == 11, timeout=30, what="later topic")
+    finally:
+        running.finish()
+    records = dumped_records(object_store.client(), bucket)
+    assert {t for t, _ in records} == {first, later}
+
+
+def run_worker_process(manifest: Path, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "FERRY_REPORT_INTERVAL": "0.5", "FERRY_SESSION_TIMEOUT_MS": "6000", **(extra_env or {})}
+    return subprocess.Popen(
+        [sys.executable, "-m", "ferry", "run", "-f", str(manifest), "--group", manifest.stem],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def test_sigterm_flushes_the_open_batch_and_commits(
+    kafka: KafkaBroker,
+    object_store: SeaweedFS,
+    topic_factory: TopicFactory,
+    bucket_factory: BucketFactory,
+    tmp_path: Path,
+) -> None:
+    topic, bucket = topic_factory(partitions=2), bucket_factory()
+    spec = spec_for(kafka, object_store, bucket, topics=[topic], dumpPeriodSeconds=3600)
+    manifest = write_manifest(tmp_path / f"sigterm-{uuid.uuid4().hex[:6]}.yaml", "sigterm", spec, object_store)
+    produce(kafka.bootstrap, topic, 40, partitions=2)
+    worker = run_worker_process(manifest)
+    lines = OutputLines(worker)
+    try:
+        wait_for(lambda: lines.seen("lag=40"), timeout=30, what="records buffered")
+        time.sleep(1)  # the records are buffered; the hour-long period is far away
+        assert list_objects(object_store.client(), bucket) == {}
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=30)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    assert worker.returncode == 0, lines.text()
+    assert len(list_objects(object_store.client(), bucket)) == 2
+    assert committed(kafka.bootstrap, manifest.stem, topic, 2) == [20, 20]
+
+
+class OutputLines:
+    """Collects a process's output in the background so the test can wait for a line."""
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        self.lines: list[str] = []
+        self.thread = threading.Thread(target=self._read, args=(process,), daemon=True)
+        self.thread.start()
+
+    def _read(self, process: subprocess.Popen[bytes]) -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            self.lines.append(line.decode(errors="replace"))
+
+    def seen(self, needle: str) -> bool:
+        return any(needle in line for line in self.lines)
+
+    def text(self) -> str:
+        return "".join(self.lines)
+
+
+def test_worker_reports_actionable_failures_and_keeps_running(
+    kafka: KafkaBroker, object_store: SeaweedFS, topic_factory: TopicFactory, bucket_factory: BucketFactory
+) -> None:
+    topic, bucket = topic_factory(partitions=1), bucket_factory()
+    cases: list[tuple[dict[str, Any], dict[str, Any], str, str]] = [
+        ({"topics": [topic], "target": {"bucket": "no-such-bucket"}}, {}, "BucketNotFound", "no-such-bucket"),
+        ({"topics": [topic]}, {"access_key": "WRONGKEY"}, "ObjectStoreAuthFailed", "Secret"),
+        ({"topics": ["never-created-topic"]}, {}, "TopicNotFound", "never-created-topic"),
+    ]
+    for overrides, extra, reason, hint in cases:
+        spec = spec_for(kafka, object_store, bucket, **overrides)
+        running = start_pipeline(spec, object_store, f"g-{uuid.uuid4().hex[:8]}", **extra)
+        try:
+            wait_for(lambda: running.recorder.reports and running.recorder.last.error, timeout=20, what=reason)
+            error = running.recorder.last.error
+            assert error is not None and error.reason == reason and hint in error.message
+            assert object_store.secret_key not in error.message
+            time.sleep(1.5)
+            assert running.thread.is_alive()  # retries with backoff instead of exiting (no crash loop)
+        finally:
+            running.finish()
+
+
+def test_unreachable_broker_is_reported(object_store: SeaweedFS, bucket_factory: BucketFactory) -> None:
+    from tests.support.servers import free_port
+
+    class Nowhere:
+        bootstrap = f"127.0.0.1:{free_port()}"
+
+    spec = spec_for(Nowhere(), object_store, bucket_factory(), topics=["t"])  # type: ignore[arg-type]
+    running = start_pipeline(spec, object_store, "g-unreachable")
+    try:
+        wait_for(lambda: running.recorder.reports and running.recorder.last.error, timeout=30, what="failure")
+        error = running.recorder.last.error
+        assert error is not None and error.reason == "KafkaUnreachable" and Nowhere.bootstrap in error.message
+    finally:
+        running.finish()
