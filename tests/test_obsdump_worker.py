@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -254,3 +255,48 @@ def test_unreachable_broker_is_reported(object_store: SeaweedFS, bucket_factory:
         assert error is not None and error.reason == "KafkaUnreachable" and Nowhere.bootstrap in error.message
     finally:
         running.finish()
+
+
+def test_every_record_lands_exactly_once_although_the_worker_is_killed_at_random(
+    kafka: KafkaBroker, object_store: SeaweedFS, topic_factory: TopicFactory, bucket_factory: BucketFactory,
+    tmp_path: Path,
+) -> None:
+    total, partitions, kills = 50_000, 3, 6
+    seed = int(os.environ.get("FERRY_TEST_SEED", time.time()))
+    rng = random.Random(seed)
+    topic, bucket = topic_factory(partitions=partitions), bucket_factory()
+    spec = spec_for(kafka, object_store, bucket, topics=[topic], target={"storeKeys": True})
+    manifest = write_manifest(tmp_path / f"kill-{uuid.uuid4().hex[:6]}.yaml", "killed", spec, object_store)
+
+    def produce_slowly() -> None:  # records keep arriving while workers die
+        for start in range(0, total, 2500):
+            produce(kafka.bootstrap, topic, 2500, partitions, start=start)
+            time.sleep(0.4)
+
+    producer = threading.Thread(target=produce_slowly)
+    producer.start()
+    for _ in range(kills):
+        worker = run_worker_process(manifest)
+        time.sleep(rng.uniform(1.0, 4.0))
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
+    producer.join()
+    worker = run_worker_process(manifest)
+    try:
+        wait_for(
+            lambda: committed(kafka.bootstrap, manifest.stem, topic, partitions) == [total // partitions + (p < total % partitions) for p in range(partitions)],  # noqa: E501
+            timeout=120, interval=1, what="all offsets committed",
+        )
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=30)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    records = dumped_records(object_store.client(), bucket)
+    values = []
+    for partition in range(partitions):
+        got = records[(topic, partition)]
+        expected = total // partitions + (partition < total % partitions)
+        assert [r.offset for r in got] == list(range(expected)), f"gap or duplicate in partition {partition} (seed {seed})"
+        values += [r.value for r in got]
+    assert sorted(values) == sorted(f"value-{i}".encode() for i in range(total)), f"seed {seed}"

@@ -6,7 +6,19 @@ workers, ``kubectl`` and the ``kubernetes`` client talk to this emulator instead
     python -m tests.support.apiserver --port 8080 --crd crds/a.yaml --crd crds/b.yaml
 
 or, from tests, through :func:`start_apiserver`, which runs it as a subprocess
-and writes a kubeconfig for it.
+(own process group, stopped by PID) and writes a kubeconfig for it::
+
+    with start_apiserver(tmp_path, [Path("crds/widgets.yaml")]) as server:
+        api = kubernetes.client.CustomObjectsApi(server.api_client())
+        subprocess.run(["kubectl", "--kubeconfig", str(server.kubeconfig),
+                        "--cache-dir", str(tmp_path / "kube-cache"), "get", "widgets"])
+        env = dict(os.environ, KUBECONFIG=str(server.kubeconfig))  # for kopf run / the operator
+
+Give kubectl a per-test ``--cache-dir``: its discovery cache is keyed by
+host:port, and ports are reused between runs with different CRDs. Kopf needs
+no special settings (``kopf run --all-namespaces`` with or without
+``--standalone``; its finalizers, JSON-patch ``test`` on resourceVersion,
+``/status`` patches, events and bookmarks all work).
 
 Design choice
 -------------
@@ -64,8 +76,8 @@ Behaviour (each item is a step toward a real API server)
   ``continue`` (continuation from the last key seen, not a snapshot).
 * Watch: no ``resourceVersion`` or ``"0"`` starts with ADDED events for the
   current objects; a given ``resourceVersion`` replays every later event from
-  the history (the last 100k events; older ones answer an ERROR event with
-  410 Expired, as Kopf expects), then streams live events. Objects entering or
+  the history (the last 20k events; older ones answer an ERROR event with
+  410 Expired, which Kopf handles by listing again), then streams live events. Objects entering or
   leaving a selector arrive as ADDED/DELETED. ``timeoutSeconds``,
   ``allowWatchBookmarks`` (a BOOKMARK every ``--bookmark-interval`` seconds)
   and ``sendInitialEvents`` (closing BOOKMARK with
@@ -87,9 +99,12 @@ Not supported: schema, CEL and most field validation (tested elsewhere);
 admission and defaulting of built-in types; controllers (no Deployment or Pod
 ever becomes ready by itself: patch ``/status`` in tests); authentication and
 RBAC enforcement (any token is accepted); protobuf, CBOR and Table output
-(kubectl falls back to its own printing); OpenAPI documents (``/openapi/*``
-answers 404); managedFields; graceful pod deletion; conversion webhooks;
-the legacy ``/api/v1/watch/...`` paths; exec/log/proxy subresources.
+(kubectl falls back to its own printing); OpenAPI schemas (``/openapi/v2`` is
+an empty document so that kubectl's client-side validation passes,
+``/openapi/v3`` lists no paths); managedFields; graceful pod deletion;
+conversion webhooks; the legacy ``/api/v1/watch/...`` paths; exec, log and
+proxy subresources; ``resourceVersion`` semantics on GET/LIST (always the
+latest state).
 """
 
 from __future__ import annotations
@@ -145,7 +160,7 @@ SERVER_METADATA = (
 )
 CRD_KEY: StoreKey = ("apiextensions.k8s.io", "customresourcedefinitions")
 NAMESPACES_KEY: StoreKey = ("", "namespaces")
-HISTORY_SIZE = 100_000
+HISTORY_SIZE = 20_000  # watch events kept for resuming watches; older ones answer 410
 EMPTY_OPENAPI_V2: JsonDict = {
     "swagger": "2.0",
     "info": {"title": "Kubernetes", "version": "v1.36.0"},
@@ -163,7 +178,6 @@ SERVER_VERSION = {
     "compiler": "gc",
     "platform": "linux/amd64",
 }
-OPENAPI_V2_PROTOBUF = "application/com.github.proto-openapi.spec.v2@v1.0+protobuf"
 
 # Built-in resources served, as "group/version/plural" ("v1/plural" for the core group).
 BUILTIN_RESOURCES = (
@@ -785,8 +799,8 @@ class Store:
             return
         if drop_objects:
             for key, obj in list(self.objects.items()):
-                if key[:2] == types[0].store_key:
-                    self._commit(types[0], copy.deepcopy(obj), "DELETED", None)
+                if key[:2] == types[0].store_key and key in self.objects:
+                    self._remove(types[0], obj)  # finalizers are not waited for
         for rtype in types:
             self.types.pop((rtype.group, rtype.version, rtype.plural), None)
 
@@ -1370,7 +1384,7 @@ def _openapi_v2(request: aiohttp.web.Request) -> aiohttp.web.Response:
 
     kubectl asks for (and always parses) protobuf; an empty message is a valid, empty document.
     """
-    if OPENAPI_V2_PROTOBUF in request.headers.get("Accept", ""):
+    if "protobuf" in request.headers.get("Accept", ""):
         content_type = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf"  # what real servers send
         return aiohttp.web.Response(body=b"", content_type=content_type)
     return _json(EMPTY_OPENAPI_V2)

@@ -241,6 +241,18 @@ def _same(old: Any, new: Any) -> bool:
     return bool(old == new)
 
 
+def _object_children(value: Mapping[str, Any], schema: Schema | None) -> Iterator[tuple[str, Any, Schema, bool]]:
+    """(key, item, schema, is_property): declared properties in schema order, then map entries."""
+    props, extra = _props(schema), _additional(schema)
+    for key, sub in props.items():
+        if key in value:
+            yield key, value[key], sub, True
+    if extra is not None:
+        for key, item in value.items():
+            if key not in props:
+                yield key, item, extra, False
+
+
 def _old_child(old: Any, key: str) -> Any:
     return old.get(key, MISSING) if isinstance(old, dict) else MISSING
 
@@ -422,8 +434,11 @@ def _prune_object(
     out: dict[str, Any] = {}
     for key, item in value.items():
         sub = _field_schema(schema, key)
+        if resource_root and key in _META_FIELDS:
+            out[key] = copy.deepcopy(item)  # ObjectMeta is coerced by the server, not pruned by the schema
+            continue
         if sub is None:
-            if (resource_root and key in _META_FIELDS) or _preserves_unknown(schema):
+            if _preserves_unknown(schema):
                 out[key] = copy.deepcopy(item)
             else:
                 unknown.append(_child(path, key))
@@ -609,10 +624,8 @@ def _check_object(value: dict[str, Any], schema: Schema, path: str, old: Any, ou
     if "maxProperties" in schema and count > schema["maxProperties"]:
         out.append(FieldError("FieldValueTooMany", path, count, _at_most(schema["maxProperties"])))
         return
-    for key, item in value.items():
-        sub = _field_schema(schema, key)
-        if sub is not None:
-            _validate_node(item, sub, _child(path, key), _old_child(old, key), out)
+    for key, item, sub, _is_property in _object_children(value, schema):
+        _validate_node(item, sub, _child(path, key), _old_child(old, key), out)
     for key in schema.get("required") or []:
         if key not in value:
             out.append(FieldError("FieldValueRequired", _child(path, key)))
@@ -678,10 +691,8 @@ def _list_type_errors(value: Any, schema: Schema | None, path: str) -> list[Fiel
         for i, item in enumerate(value):
             errors += _list_type_errors(item, _items(schema), _index(path, i))
     elif isinstance(value, dict):
-        props = _props(schema)
-        for key, item in value.items():
-            sub_path = _child(path, key) if key in props else _index(path, key)
-            errors += _list_type_errors(item, _field_schema(schema, key), sub_path)
+        for key, item, sub, is_property in _object_children(value, schema):
+            errors += _list_type_errors(item, sub, _child(path, key) if is_property else _index(path, key))
     return errors
 
 
@@ -943,7 +954,50 @@ def _find_all(text: Any, pattern: Any, limit: Any = -1) -> celtypes.ListType:
     return celtypes.ListType([celtypes.StringType(f) for f in found])
 
 
+def _cel_kind(value: Any) -> str:
+    if isinstance(value, celtypes.BoolType | bool):
+        return "bool"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str | bytes):
+        return type(value).__mro__[-2].__name__  # str or bytes
+    if isinstance(value, list | dict):
+        return "list" if isinstance(value, list) else "map"
+    return type(value).__name__
+
+
+def _cel_equal(left: Any, right: Any) -> bool:
+    """cel-go's heterogeneous equality: 1 == 1.0, and values of different types are unequal."""
+    if _cel_kind(left) != _cel_kind(right):
+        return False
+    if isinstance(left, list):
+        return len(left) == len(right) and all(_cel_equal(a, b) for a, b in zip(left, right, strict=True))
+    if isinstance(left, dict):
+        return len(left) == len(right) and all(
+            any(_cel_equal(key, other) and _cel_equal(item, right[other]) for other in right)
+            for key, item in left.items()
+        )
+    return bool(left == right)
+
+
+def _equals(left: Any, right: Any) -> celtypes.BoolType:
+    return celtypes.BoolType(_cel_equal(left, right))
+
+
+def _not_equals(left: Any, right: Any) -> celtypes.BoolType:
+    return celtypes.BoolType(not _cel_equal(left, right))
+
+
+def _contained_in(item: Any, container: Any) -> celtypes.BoolType:
+    if not isinstance(container, list | dict):
+        raise TypeError("no such overload")
+    return celtypes.BoolType(any(_cel_equal(item, candidate) for candidate in container))
+
+
 _FUNCTIONS: Final[dict[str, Callable[..., Any]]] = {
+    "_==_": _equals,
+    "_!=_": _not_equals,
+    "_in_": _contained_in,
     # optionals (optionalOldSelf)
     "hasValue": _has_value,
     "value": _opt_value,
@@ -1072,12 +1126,8 @@ class _CelRun:
                 self.node(item, items, _index(path, i), item_old, unchanged=unchanged, resource_root=_embedded(items))
 
     def _children_of_object(self, value: dict[str, Any], schema: Schema, path: str, old: Any, unchanged: bool) -> None:
-        props, extra = _props(schema), _additional(schema)
-        for key, item in value.items():
-            sub = props.get(key, extra)
-            if sub is None:
-                continue
-            sub_path = _child(path, key) if key in props else _index(path, key)
+        for key, item, sub, is_property in _object_children(value, schema):
+            sub_path = _child(path, key) if is_property else _index(path, key)
             self.node(item, sub, sub_path, _old_child(old, key), unchanged=unchanged, resource_root=_embedded(sub))
 
     def rule(
