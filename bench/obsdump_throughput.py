@@ -43,6 +43,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 import confluent_kafka
@@ -488,29 +489,61 @@ class Case:
     value_bytes: int
     store_keys: bool
 
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^a-z0-9]+", "-", self.name.lower()).strip("-")
+
 
 @dataclass
-class Row:
-    case: Case
-    data: Dataset
-    consume: ConsumeResult
+class Trial:
+    """One worker run of a case, the bucket check after it, and the raw upload of the same sizes."""
+
+    records: int
     worker: WorkerResult
     check: Check
     upload: UploadResult
 
-    def worker_rate(self, e2e: bool = False) -> float:
-        return self.data.records / (self.worker.e2e_s if e2e else self.worker.steady_s)
+    def rate(self, e2e: bool = False) -> float:
+        return self.records / (self.worker.e2e_s if e2e else self.worker.steady_s)
 
-    def worker_mb_s(self, e2e: bool = False) -> float:
+    def mb_s(self, e2e: bool = False) -> float:
         return self.check.object_bytes / MB / (self.worker.e2e_s if e2e else self.worker.steady_s)
 
     @property
     def ok(self) -> bool:
-        return (
-            not self.check.problems
-            and self.check.separators == self.data.records
-            and self.worker.records == self.data.records
-        )
+        return not self.check.problems and self.check.separators == self.records == self.worker.records
+
+
+@dataclass
+class Row:
+    """A case's results: medians over the repeats."""
+
+    case: Case
+    data: Dataset
+    consumes: list[ConsumeResult]
+    trials: list[Trial]
+
+    @property
+    def consume_rate(self) -> float:
+        return median(c.rate for c in self.consumes)
+
+    @property
+    def consume_mb_s(self) -> float:
+        return median(c.mb_s for c in self.consumes)
+
+    @property
+    def upload_mb_s(self) -> float:
+        return median(t.upload.mb_s for t in self.trials)
+
+    def worker_rate(self, e2e: bool = False) -> float:
+        return median(t.rate(e2e) for t in self.trials)
+
+    def worker_mb_s(self, e2e: bool = False) -> float:
+        return median(t.mb_s(e2e) for t in self.trials)
+
+    @property
+    def ok(self) -> bool:
+        return all(t.ok for t in self.trials)
 
 
 def run(args: argparse.Namespace, workdir: Path) -> list[Row]:
@@ -534,33 +567,47 @@ def run(args: argparse.Namespace, workdir: Path) -> list[Row]:
         for value_bytes, records in sizes:
             if records <= 0:
                 continue
-            data = Dataset(
-                f"bench-{value_bytes}b-{uuid.uuid4().hex[:6]}", value_bytes, records, make_values(value_bytes)
-            )
+            topic = f"bench-{value_bytes}b-{uuid.uuid4().hex[:6]}"
+            data = Dataset(topic, value_bytes, records, make_values(value_bytes))
             create_topic(broker, data.topic)
             took = produce(broker.bootstrap, data)
             say(f"{data.topic}: produced {records} x {value_bytes} B in {took:.1f} s ({records / took:,.0f} rec/s)")
-            consume = raw_consume(broker.bootstrap, data, args.session_timeout_ms)
-            say(f"  raw consume: {consume.rate:,.0f} rec/s, {consume.mb_s:.1f} MB/s (join {consume.join_s:.1f} s)")
-            for case in (c for c in cases if c.value_bytes == value_bytes):
-                slug = re.sub(r"[^a-z0-9]+", "-", case.name.lower()).strip("-")
-                directory = f"dump/{slug}"
-                worker = run_worker(
-                    data, case.store_keys, directory, broker, store_server, settings, args.dump_period, args.cprofile
-                )
-                check = check_bucket(client, directory, data, case.store_keys)
-                upload = raw_upload(client, f"raw/{slug}", [size for _, size in check.objects], settings.part_bytes)
-                row = Row(case, data, consume, worker, check, upload)
-                rows.append(row)
+            consumes = []
+            for n in range(args.repeat):
+                consume = raw_consume(broker.bootstrap, data, args.session_timeout_ms)
+                consumes.append(consume)
                 say(
-                    f"  {case.name}: worker {row.worker_rate():,.0f} rec/s from assignment, "
-                    f"{row.worker_rate(e2e=True):,.0f} e2e (start-up {worker.startup_s:.1f} s), "
-                    f"{len(check.objects)} objects; "
-                    f"raw upload {upload.mb_s:.1f} MB/s"
+                    f"  raw consume #{n + 1}: {consume.rate:,.0f} rec/s, {consume.mb_s:.1f} MB/s "
+                    f"(join {consume.join_s:.1f} s)"
                 )
-                say(f"  {case.name}: {check_line(row)}")
-                if worker.profile:
-                    say(f"  cProfile of the worker thread, {case.name} (top 25 by own time):\n{worker.profile}")
+            for case in (c for c in cases if c.value_bytes == value_bytes):
+                trials = []
+                for n in range(args.repeat):
+                    directory = f"dump/{case.slug}/run-{n + 1}"
+                    worker = run_worker(
+                        data,
+                        case.store_keys,
+                        directory,
+                        broker,
+                        store_server,
+                        settings,
+                        args.dump_period,
+                        args.cprofile,
+                    )
+                    check = check_bucket(client, directory, data, case.store_keys)
+                    sizes_written = [size for _, size in check.objects]
+                    upload = raw_upload(client, f"raw/{case.slug}/run-{n + 1}", sizes_written, settings.part_bytes)
+                    trial = Trial(records, worker, check, upload)
+                    trials.append(trial)
+                    say(
+                        f"  {case.name} #{n + 1}: worker {trial.rate():,.0f} rec/s from assignment, "
+                        f"{trial.rate(e2e=True):,.0f} e2e (start-up {worker.startup_s:.1f} s), "
+                        f"{len(check.objects)} objects; raw upload {upload.mb_s:.1f} MB/s"
+                    )
+                    say(f"  {case.name} #{n + 1}: {check_line(trial)}")
+                    if worker.profile:
+                        say(f"  cProfile of the worker thread (top 25 by own time):\n{worker.profile}")
+                rows.append(Row(case, data, consumes, trials))
     return rows
 
 
@@ -585,12 +632,12 @@ def s3_client_for(store_server: servers.ObjectStore) -> Any:
     return s3_client(spec.target, secrets)
 
 
-def check_line(row: Row) -> str:
-    c = row.check
-    verdict = "OK" if row.ok else "FAILED"
+def check_line(trial: Trial) -> str:
+    c = trial.check
+    verdict = "OK" if trial.ok else "FAILED"
     line = (
-        f"check {verdict}: {c.separators} separators in {len(c.objects)} objects for {row.data.records} records "
-        f"produced; worker reported {row.worker.records} records, {row.worker.objects_reported} objects"
+        f"check {verdict}: {c.separators} separators in {len(c.objects)} objects for {trial.records} records "
+        f"produced; worker reported {trial.worker.records} records, {trial.worker.objects_reported} objects"
     )
     for problem in c.problems[:10]:
         line += f"\n    {problem}"
@@ -620,16 +667,16 @@ def table(rows: Sequence[Row]) -> str:
         [
             r.case.name,
             f"{r.data.records:,}",
-            f"{r.consume.rate:,.0f}",
-            f"{r.consume.mb_s:.1f}",
-            f"{r.upload.mb_s:.1f}",
+            f"{r.consume_rate:,.0f}",
+            f"{r.consume_mb_s:.1f}",
+            f"{r.upload_mb_s:.1f}",
             f"{r.worker_rate():,.0f}",
             f"{r.worker_mb_s():.1f}",
-            f"{r.worker_rate() / r.consume.rate:.2f}",
-            f"{r.worker_mb_s() / r.upload.mb_s:.2f}",
+            f"{r.worker_rate() / r.consume_rate:.2f}",
+            f"{r.worker_mb_s() / r.upload_mb_s:.2f}",
             f"{r.worker_rate(e2e=True):,.0f}",
-            f"{r.worker_rate(e2e=True) / r.consume.rate:.2f}",
-            "OK" if r.ok else "FAILED",
+            f"{r.worker_rate(e2e=True) / r.consume_rate:.2f}",
+            f"{sum(t.ok for t in r.trials)}/{len(r.trials)} OK",
         ]
         for r in rows
     ]
@@ -639,30 +686,32 @@ def table(rows: Sequence[Row]) -> str:
 def detail_table(rows: Sequence[Row]) -> str:
     head = [
         "case",
+        "consume rec/s (min-max)",
+        "worker rec/s (min-max)",
         "consume join s",
-        "consume read s",
         "worker start-up s",
         "worker assigned→committed s",
-        "worker e2e s",
         "objects",
         "object MB",
         "upload puts",
-        "upload s",
         "CPU s bench/broker/store",
     ]
+
+    def spread(values: Sequence[float]) -> str:
+        return f"{min(values):,.0f}-{max(values):,.0f}"
+
     body = [
         [
             r.case.name,
-            f"{r.consume.join_s:.2f}",
-            f"{r.consume.read_s:.2f}",
-            f"{r.worker.startup_s:.2f}",
-            f"{r.worker.steady_s:.2f}",
-            f"{r.worker.e2e_s:.2f}",
-            str(len(r.check.objects)),
-            f"{r.check.object_bytes / MB:.1f}",
-            str(r.upload.requests),
-            f"{r.upload.elapsed_s:.2f}",
-            "/".join(f"{r.worker.cpu_s[k]:.1f}" for k in ("bench", "broker", "store")),
+            spread([c.rate for c in r.consumes]),
+            spread([t.rate() for t in r.trials]),
+            f"{median(c.join_s for c in r.consumes):.2f}",
+            f"{median(t.worker.startup_s for t in r.trials):.2f}",
+            f"{median(t.worker.steady_s for t in r.trials):.2f}",
+            f"{median(len(t.check.objects) for t in r.trials):.0f}",
+            f"{median(t.check.object_bytes for t in r.trials) / MB:.1f}",
+            f"{median(t.upload.requests for t in r.trials):.0f}",
+            "/".join(f"{median(t.worker.cpu_s[k] for t in r.trials):.1f}" for k in ("bench", "broker", "store")),
         ]
         for r in rows
     ]
@@ -704,6 +753,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--records-1k", type=int, default=100_000, help="1 KB records (default 100000; 0 skips)")
     parser.add_argument("--dump-period", type=int, default=1, help="the task's dumpPeriodSeconds (default 1)")
     parser.add_argument("--session-timeout-ms", type=int, default=6000, help="consumer session timeout (default 6000)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each measurement; medians are shown (default 3)")
     parser.add_argument("--cprofile", action="store_true", help="profile the worker thread and print the top functions")
     parser.add_argument("--workdir", type=Path, help="where the servers keep data and logs (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
@@ -726,9 +776,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if not args.keep and args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
-    say("\n" + table(rows) + "\n\n" + detail_table(rows))
+    say("\n" + table(rows) + "\n\n" + detail_table(rows) + "\n")
     for row in rows:
-        say(f"{row.case.name}: {check_line(row)}")
+        for n, trial in enumerate(row.trials):
+            say(f"{row.case.name} #{n + 1}: {check_line(trial)}")
     return 0 if all(row.ok for row in rows) else 1
 
 

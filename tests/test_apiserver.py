@@ -540,14 +540,12 @@ def test_watch_from_resource_version_replays_only_later_events(
 def test_watch_streams_live_events_through_selectors(
     apiserver: ApiServer, custom: client.CustomObjectsApi, namespace: str
 ) -> None:
+    listed = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)["metadata"]["resourceVersion"]
+    params = {"labelSelector": "watched=yes", "timeoutSeconds": "2", "resourceVersion": listed}  # robust if late
     events: list[dict[str, Any]] = []
-    watcher = threading.Thread(
-        target=lambda: events.extend(
-            watch_events(apiserver, widgets_path(namespace), labelSelector="watched=yes", timeoutSeconds="2")
-        )
-    )
+    watcher = threading.Thread(target=lambda: events.extend(watch_events(apiserver, widgets_path(namespace), **params)))
     watcher.start()
-    time.sleep(0.5)
+    time.sleep(0.5)  # normally, the events below arrive live
     create_widget(custom, namespace, {**widget("w"), "metadata": {"name": "w", "labels": {"watched": "yes"}}})
     create_widget(custom, namespace, widget("unlabelled"))
     patch_widget(custom, namespace, "w", {"metadata": {"labels": {"watched": "no"}}})
@@ -639,6 +637,9 @@ def test_namespace_must_exist_and_deletion_removes_contents(core: client.CoreV1A
     assert error.value.status == 403
     core.patch_namespaced_config_map("held", namespace, {"metadata": {"finalizers": None}})
     assert namespace not in [ns.metadata.name for ns in core.list_namespace().items]
+    with pytest.raises(ApiException) as error:
+        core.delete_namespace("default")
+    assert error.value.status == 403
 
 
 def test_crd_created_through_the_api_is_served_and_removed(api: ApiClient) -> None:

@@ -90,9 +90,10 @@ Behaviour (each item is a step toward a real API server)
   cascading; ``propagationPolicy=Orphan`` strips the references instead
   (``Foreground`` is treated as ``Background``).
 * Namespaces: ``default``, ``kube-system``, ``kube-public`` and
-  ``kube-node-lease`` exist at start. Creating in a missing namespace answers
-  404, in a terminating one 403. Deleting a namespace marks it Terminating,
-  deletes its contents and removes it once empty.
+  ``kube-node-lease`` exist at start (the first three cannot be deleted).
+  Creating in a missing namespace answers 404, in a terminating one 403.
+  Deleting a namespace marks it Terminating, deletes its contents and removes
+  it once empty.
 * Secrets: ``stringData`` is folded into base64 ``data`` on every write.
 
 Not supported: schema, CEL and most field validation (tested elsewhere);
@@ -150,6 +151,7 @@ logger = logging.getLogger("ferry.tests.apiserver")
 ALL_VERBS = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
 SUBRESOURCE_VERBS = ["get", "patch", "update"]
 DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+PROTECTED_NAMESPACES = ("default", "kube-system", "kube-public")
 GENERATION_GROUPS = frozenset({"apps", "batch", "apiextensions.k8s.io"})
 SERVER_METADATA = (
     "uid",
@@ -984,6 +986,8 @@ class Store:
         """Delete an object: returns its last state and whether it is gone already."""
         obj = self.get(rtype, namespace, name)
         meta = obj["metadata"]
+        if rtype.store_key == NAMESPACES_KEY and name in PROTECTED_NAMESPACES:
+            raise ApiError(403, "Forbidden", f'namespaces "{name}" is forbidden: this namespace may not be deleted')
         if options.uid and options.uid != meta["uid"]:
             raise conflict(
                 rtype,

@@ -24,8 +24,10 @@ a failed rule on a string reads ``spec.x: Invalid value: "bad": <message>`` and
 on an object or list ``spec: Invalid value: <message>`` (before 1.35 the server
 printed the schema type, ``Invalid value: "string"``, instead of the value).
 
-Public API: :func:`validate`, :func:`admit` (:class:`Admission`) and
-:func:`cost_check`.
+Public API: :func:`validate` (error messages), :func:`admit` (:class:`Admission`:
+the stored object, errors and warnings), and the CRD-creation checks
+:func:`cost_check` (CEL rules) and :func:`structural_check` (schema shape).
+The CEL rules run on cel-python; see :data:`_FUNCTIONS` for what is added to it.
 """
 
 from __future__ import annotations
@@ -56,7 +58,17 @@ from celpy.evaluation import CELEvalError
 Schema = Mapping[str, Any]
 FieldValidation = Literal["Ignore", "Warn", "Strict"]
 
-__all__ = ["Admission", "FieldError", "admit", "cel_escape", "cost_check", "go_float", "go_value", "validate"]
+__all__ = [
+    "Admission",
+    "FieldError",
+    "admit",
+    "cel_escape",
+    "cost_check",
+    "go_float",
+    "go_value",
+    "structural_check",
+    "validate",
+]
 
 
 class _Sentinel:
@@ -94,7 +106,9 @@ _ERROR_TYPES: Final = {
     "FieldValueTooMany": "Too many",
     "InternalError": "Internal error",
 }
-_WITHOUT_VALUE: Final = frozenset({"FieldValueRequired", "FieldValueForbidden", "FieldValueTooLong", "InternalError"})
+_WITHOUT_VALUE: Final = frozenset(
+    {"FieldValueRequired", "FieldValueForbidden", "FieldValueTooLong", "InternalError"}
+)
 # strategy.go hasBlockingErr: any of these means CEL rules are not evaluated
 _BLOCKING: Final = frozenset(
     {
@@ -189,7 +203,10 @@ def _items(schema: Schema | None) -> Schema | None:
 
 def _preserves_unknown(schema: Schema | None) -> bool:
     schema = schema or {}
-    return schema.get("x-kubernetes-preserve-unknown-fields") is True or schema.get("additionalProperties") is True
+    return (
+        schema.get("x-kubernetes-preserve-unknown-fields") is True
+        or schema.get("additionalProperties") is True
+    )
 
 
 def _embedded(schema: Schema | None) -> bool:
@@ -241,7 +258,9 @@ def _same(old: Any, new: Any) -> bool:
     return bool(old == new)
 
 
-def _object_children(value: Mapping[str, Any], schema: Schema | None) -> Iterator[tuple[str, Any, Schema, bool]]:
+def _object_children(
+    value: Mapping[str, Any], schema: Schema | None
+) -> Iterator[tuple[str, Any, Schema, bool]]:
     """(key, item, schema, is_property): declared properties in schema order, then map entries."""
     props, extra = _props(schema), _additional(schema)
     for key, sub in props.items():
@@ -337,7 +356,9 @@ def admit(
     new, unknown = _decode(obj, schema)
     if unknown and field_validation == "Strict":
         detail = ", ".join(f'unknown field "{path}"' for path in unknown)
-        return Admission(new, [f"strict decoding error: {detail}"])
+        kind = crd["spec"].get("names", {}).get("kind", "object")
+        prefix = f'{kind} in version "{entry["name"]}" cannot be handled as a {kind}'
+        return Admission(new, [f"{prefix}: strict decoding error: {detail}"])
     warnings = [f'unknown field "{path}"' for path in unknown] if field_validation == "Warn" else []
     stored_old = _decode(old, schema)[0] if old is not None else None
     has_status = "status" in (entry.get("subresources") or {})
@@ -480,7 +501,7 @@ def _apply_defaults(value: Any, schema: Schema | None) -> None:
 def _validate_node(value: Any, schema: Schema | None, path: str, old: Any, out: list[FieldError]) -> None:
     """kube-openapi's SchemaValidator at one node; ``old`` is MISSING or the correlated old value."""
     if schema is None or (old is not MISSING and _same(old, value)):
-        return  # ratcheting: an unchanged value keeps validating
+        return  # ratcheting: an unchanged value is not validated again
     if value is None:
         types = _expected_types(schema)
         if types and not schema.get("nullable"):
@@ -541,7 +562,9 @@ def _check_composition(value: Any, schema: Schema, path: str, out: list[FieldErr
         _validate_node(value, sub, path, MISSING, out)
     any_of = schema.get("anyOf")
     if any_of and not any(_passes(value, sub, path) for sub in any_of):
-        out.append(FieldError("FieldValueInvalid", "", "", f'"{path}" must validate at least one schema (anyOf)'))
+        out.append(
+            FieldError("FieldValueInvalid", "", "", f'"{path}" must validate at least one schema (anyOf)')
+        )
     one_of = schema.get("oneOf")
     if one_of and (valid := sum(_passes(value, sub, path) for sub in one_of)) != 1:
         found = "Found none valid" if valid == 0 else f"Found {valid} valid alternatives"
@@ -582,7 +605,10 @@ def _check_number(value: float, schema: Schema, path: str, out: list[FieldError]
         detail = f"{path} in body should be a multiple of {_limit(factor, value)}"
         out.append(FieldError("FieldValueInvalid", path, value, detail))
     maximum, minimum = schema.get("maximum"), schema.get("minimum")
-    exclusive_max, exclusive_min = schema.get("exclusiveMaximum") is True, schema.get("exclusiveMinimum") is True
+    exclusive_max, exclusive_min = (
+        schema.get("exclusiveMaximum") is True,
+        schema.get("exclusiveMinimum") is True,
+    )
     if maximum is not None and (value > maximum or (exclusive_max and value == maximum)):
         out.append(_bound_error(value, maximum, exclusive_max, "less than", path))
     if minimum is not None and (value < minimum or (exclusive_min and value == minimum)):
@@ -591,7 +617,9 @@ def _check_number(value: float, schema: Schema, path: str, out: list[FieldError]
 
 def _bound_error(value: float, bound: float, exclusive: bool, word: str, path: str) -> FieldError:
     relation = word if exclusive else f"{word} or equal to"
-    return FieldError("FieldValueInvalid", path, value, f"{path} in body should be {relation} {_limit(bound, value)}")
+    return FieldError(
+        "FieldValueInvalid", path, value, f"{path} in body should be {relation} {_limit(bound, value)}"
+    )
 
 
 def _limit(bound: float, value: float) -> str:
@@ -960,7 +988,7 @@ def _cel_kind(value: Any) -> str:
     if isinstance(value, int | float):
         return "number"
     if isinstance(value, str | bytes):
-        return type(value).__mro__[-2].__name__  # str or bytes
+        return "string" if isinstance(value, str) else "bytes"
     if isinstance(value, list | dict):
         return "list" if isinstance(value, list) else "map"
     return type(value).__name__
@@ -980,15 +1008,25 @@ def _cel_equal(left: Any, right: Any) -> bool:
     return bool(left == right)
 
 
-def _equals(left: Any, right: Any) -> celtypes.BoolType:
-    return celtypes.BoolType(_cel_equal(left, right))
+def _first_error(*values: Any) -> CELEvalError | None:
+    """celpy hands operators their operands' errors; the operators must pass them on."""
+    return next((v for v in values if isinstance(v, CELEvalError)), None)
 
 
-def _not_equals(left: Any, right: Any) -> celtypes.BoolType:
-    return celtypes.BoolType(not _cel_equal(left, right))
+def _equals(left: Any, right: Any) -> Any:
+    error = _first_error(left, right)
+    return celtypes.BoolType(_cel_equal(left, right)) if error is None else error
 
 
-def _contained_in(item: Any, container: Any) -> celtypes.BoolType:
+def _not_equals(left: Any, right: Any) -> Any:
+    error = _first_error(left, right)
+    return celtypes.BoolType(not _cel_equal(left, right)) if error is None else error
+
+
+def _contained_in(item: Any, container: Any) -> Any:
+    error = _first_error(item, container)
+    if error is not None:
+        return error
     if not isinstance(container, list | dict):
         raise TypeError("no such overload")
     return celtypes.BoolType(any(_cel_equal(item, candidate) for candidate in container))
@@ -1123,12 +1161,23 @@ class _CelRun:
             items = _items(schema)
             for i, item in enumerate(value):
                 item_old = _old_item(schema, old, item)
-                self.node(item, items, _index(path, i), item_old, unchanged=unchanged, resource_root=_embedded(items))
+                self.node(
+                    item,
+                    items,
+                    _index(path, i),
+                    item_old,
+                    unchanged=unchanged,
+                    resource_root=_embedded(items),
+                )
 
-    def _children_of_object(self, value: dict[str, Any], schema: Schema, path: str, old: Any, unchanged: bool) -> None:
+    def _children_of_object(
+        self, value: dict[str, Any], schema: Schema, path: str, old: Any, unchanged: bool
+    ) -> None:
         for key, item, sub, is_property in _object_children(value, schema):
             sub_path = _child(path, key) if is_property else _index(path, key)
-            self.node(item, sub, sub_path, _old_child(old, key), unchanged=unchanged, resource_root=_embedded(sub))
+            self.node(
+                item, sub, sub_path, _old_child(old, key), unchanged=unchanged, resource_root=_embedded(sub)
+            )
 
     def rule(
         self,
@@ -1155,22 +1204,31 @@ class _CelRun:
         if error is None and not isinstance(result, celtypes.BoolType):
             error = f"compilation failed: rule must evaluate to a bool, got {type(result).__name__}"
         if error is not None:
-            self.errors.append(FieldError("FieldValueInvalid", path, schema_type, _runtime_detail(error, rule)))
+            self.errors.append(
+                FieldError("FieldValueInvalid", path, schema_type, _runtime_detail(error, rule))
+            )
             return
         if result:
             return
         relative = _rule_field_path(rule, schema) if rule.get("fieldPath") else ""
         error_path = _child(path, relative) if relative else path
         bad_value = _OMIT if schema_type in ("object", "array") else value
-        failure = _error_for_reason(rule.get("reason"), error_path, bad_value, _rule_message(rule, activation))
+        failure = _error_for_reason(
+            rule.get("reason"), error_path, bad_value, _rule_message(rule, activation)
+        )
         if not uses_old and unchanged:
             self.warnings.append(str(failure))  # ratcheted: the value did not change
         else:
             self.errors.append(failure)
 
     @staticmethod
-    def _activation(value: Any, schema: Schema, old: Any, resource_root: bool, uses_old: bool) -> dict[str, Any]:
-        activation: dict[str, Any] = {"self": _to_cel(value, schema, resource_root), "optional": _OptionalNamespace()}
+    def _activation(
+        value: Any, schema: Schema, old: Any, resource_root: bool, uses_old: bool
+    ) -> dict[str, Any]:
+        activation: dict[str, Any] = {
+            "self": _to_cel(value, schema, resource_root),
+            "optional": _OptionalNamespace(),
+        }
         if uses_old and old is not MISSING:
             activation["oldSelf"] = _to_cel(old, schema, resource_root)
         return activation
@@ -1271,7 +1329,10 @@ _SCALAR_TYPES: Final = frozenset({"string", "integer", "number", "boolean"})
 _META_SCHEMA: Final[Schema] = {
     "apiVersion": {"type": "string"},
     "kind": {"type": "string"},
-    "metadata": {"type": "object", "properties": {"name": {"type": "string"}, "generateName": {"type": "string"}}},
+    "metadata": {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "generateName": {"type": "string"}},
+    },
 }
 
 
@@ -1397,7 +1458,9 @@ class _RuleLint:
             self.unbounded.append(f"{macro}() iterates over {label}, a map without maxProperties")
 
     def _bounded_string(self, target: Schema | None, label: str, function: str) -> None:
-        bounded = target is None or target.get("type") != "string" or "maxLength" in target or "enum" in target
+        bounded = (
+            target is None or target.get("type") != "string" or "maxLength" in target or "enum" in target
+        )
         if not bounded:
             self.unbounded.append(f"{function}() is applied to {label}, a string without maxLength")
         if function == "matches":
@@ -1449,13 +1512,19 @@ def cost_check(crd: Mapping[str, Any]) -> list[str]:
 
 
 def _lint_schema(schema: Schema, path: str, scope: _LintScope, problems: list[str]) -> None:
-    holders = [(path, schema), *((f"{path}.allOf[{j}]", sub) for j, sub in enumerate(schema.get("allOf") or []))]
+    holders = [
+        (path, schema),
+        *((f"{path}.allOf[{j}]", sub) for j, sub in enumerate(schema.get("allOf") or [])),
+    ]
     for holder_path, holder in holders:
         for i, rule in enumerate(holder.get("x-kubernetes-validations") or []):
             problems += _lint_rule(rule, schema, f"{holder_path}.x-kubernetes-validations[{i}]", scope)
     for name, sub in _props(schema).items():
         _lint_schema(
-            sub, f"{path}.properties[{name}]", _LintScope(_embedded(sub), scope.correlatable, scope.unbounded), problems
+            sub,
+            f"{path}.properties[{name}]",
+            _LintScope(_embedded(sub), scope.correlatable, scope.unbounded),
+            problems,
         )
     items = _items(schema)
     if items is not None:
@@ -1466,7 +1535,10 @@ def _lint_schema(schema: Schema, path: str, scope: _LintScope, problems: list[st
     if extra is not None:
         unbounded = scope.unbounded or (None if "maxProperties" in schema else path)
         _lint_schema(
-            extra, f"{path}.additionalProperties", _LintScope(_embedded(extra), scope.correlatable, unbounded), problems
+            extra,
+            f"{path}.additionalProperties",
+            _LintScope(_embedded(extra), scope.correlatable, unbounded),
+            problems,
         )
 
 
@@ -1481,8 +1553,13 @@ def _lint_rule(rule: Mapping[str, Any], schema: Schema, path: str, scope: _LintS
     lint = _RuleLint({"self": (view, "self"), "oldSelf": (view, "oldSelf")})
     lint.visit(tree)
     quoted = json.dumps(text)
-    problems = [f"{path}.rule: Invalid value: {quoted}: compilation failed: {u}" for u in dict.fromkeys(lint.undefined)]
-    problems += [f"{path}.rule: Forbidden: unbounded estimated cost: {u}" for u in dict.fromkeys(lint.unbounded)]
+    problems = [
+        f"{path}.rule: Invalid value: {quoted}: compilation failed: {u}"
+        for u in dict.fromkeys(lint.undefined)
+    ]
+    problems += [
+        f"{path}.rule: Forbidden: unbounded estimated cost: {u}" for u in dict.fromkeys(lint.unbounded)
+    ]
     if lint.expensive and scope.unbounded:
         problems.append(
             f"{path}.rule: Forbidden: unbounded estimated cost: the rule runs once per element of "
@@ -1511,7 +1588,9 @@ def _lint_rule_fields(rule: Mapping[str, Any], schema: Schema, path: str) -> lis
     reason = rule.get("reason")
     if reason is not None and reason not in _REASONS:
         supported = ", ".join(json.dumps(r) for r in _REASONS)
-        problems.append(f"{path}.reason: Unsupported value: {go_value(reason)}: supported values: {supported}")
+        problems.append(
+            f"{path}.reason: Unsupported value: {go_value(reason)}: supported values: {supported}"
+        )
     field_path = rule.get("fieldPath")
     if field_path is not None:
         try:
@@ -1520,7 +1599,9 @@ def _lint_rule_fields(rule: Mapping[str, Any], schema: Schema, path: str) -> lis
             problems.append(f"{path}.fieldPath: Invalid value: {go_value(field_path)}: {exc}")
     message = str(rule.get("message") or "")
     if "\n" in message:
-        problems.append(f"{path}.message: Invalid value: {go_value(message)}: message must not contain line breaks")
+        problems.append(
+            f"{path}.message: Invalid value: {go_value(message)}: message must not contain line breaks"
+        )
     expression = rule.get("messageExpression")
     if expression is not None:
         tree = _parse(str(expression))
@@ -1530,3 +1611,113 @@ def _lint_rule_fields(rule: Mapping[str, Any], schema: Schema, path: str) -> lis
                 f"messageExpression compilation failed: {tree}"
             )
     return problems
+
+
+# --------------------------------------------------------------------------- structural_check
+
+_VALUE_VALIDATION_FORBIDDEN: Final = (
+    "type",
+    "properties",
+    "items",
+    "additionalProperties",
+    "nullable",
+    "default",
+    "x-kubernetes-preserve-unknown-fields",
+    "x-kubernetes-int-or-string",
+)
+
+
+def structural_check(crd: Mapping[str, Any]) -> list[str]:
+    """The common reasons the API server rejects a CRD schema as not structural.
+
+    Covers: a missing ``type`` (outside int-or-string / preserve-unknown-fields
+    nodes), ``$ref``, ``additionalProperties: false``, ``properties`` together
+    with ``additionalProperties``, arrays without ``items``, ``uniqueItems: true``,
+    types or structure inside ``allOf``/``anyOf``/``oneOf``/``not``, list-type
+    map keys that are neither required nor defaulted, and defaults that are
+    invalid under their own schema or contain fields the schema would prune.
+    """
+    problems: list[str] = []
+    for index, entry in enumerate(crd.get("spec", {}).get("versions", [])):
+        schema = (entry.get("schema") or {}).get("openAPIV3Schema")
+        if isinstance(schema, Mapping):
+            _structural_node(schema, f"spec.versions[{index}].schema.openAPIV3Schema", problems, root=True)
+    return problems
+
+
+def _structural_node(schema: Schema, path: str, problems: list[str], *, root: bool = False) -> None:
+    free_form = schema.get("x-kubernetes-int-or-string") or _preserves_unknown(schema)
+    if not schema.get("type") and not free_form:
+        problems.append(f"{path}.type: Required value: must not be empty for specified object fields")
+    if "$ref" in schema:
+        problems.append(f"{path}.$ref: Forbidden: $ref is not supported")
+    if schema.get("additionalProperties") is False:
+        problems.append(
+            f"{path}.additionalProperties: Forbidden: additionalProperties: false is not supported"
+        )
+    if _props(schema) and _additional(schema) is not None:
+        detail = "additionalProperties and properties are mutual exclusive"
+        problems.append(f"{path}.additionalProperties: Forbidden: {detail}")
+    if schema.get("type") == "array" and _items(schema) is None:
+        problems.append(f"{path}.items: Required value: must be specified")
+    if schema.get("uniqueItems") is True:
+        problems.append(f"{path}.uniqueItems: Forbidden: uniqueItems cannot be set to true")
+    if root and "default" in schema:
+        problems.append(f"{path}.default: Forbidden: must not be set at the root")
+    _structural_value_validations(schema, path, problems)
+    _structural_map_keys(schema, path, problems)
+    _structural_default(schema, path, problems)
+    for name, sub in _props(schema).items():
+        _structural_node(sub, f"{path}.properties[{name}]", problems)
+    for key in ("items", "additionalProperties"):
+        if isinstance(schema.get(key), Mapping):
+            _structural_node(schema[key], f"{path}.{key}", problems)
+
+
+def _structural_value_validations(schema: Schema, path: str, problems: list[str]) -> None:
+    nested = [
+        (f"{path}.{k}[{i}]", sub)
+        for k in ("allOf", "anyOf", "oneOf")
+        for i, sub in enumerate(schema.get(k) or [])
+    ]
+    if isinstance(schema.get("not"), Mapping):
+        nested.append((f"{path}.not", schema["not"]))
+    for sub_path, sub in nested:
+        for key in _VALUE_VALIDATION_FORBIDDEN:
+            if key in sub and not (key == "type" and _int_or_string_branch(schema, sub)):
+                problems.append(f"{sub_path}.{key}: Forbidden: must be empty to be structural")
+
+
+def _int_or_string_branch(schema: Schema, sub: Schema) -> bool:
+    return bool(schema.get("x-kubernetes-int-or-string")) and sub.get("type") in ("integer", "string")
+
+
+def _structural_map_keys(schema: Schema, path: str, problems: list[str]) -> None:
+    if schema.get("x-kubernetes-list-type") != "map":
+        return
+    item = _items(schema) or {}
+    for key in schema.get("x-kubernetes-list-map-keys") or []:
+        sub = _props(item).get(key)
+        if sub is None:
+            problems.append(
+                f"{path}.x-kubernetes-list-map-keys: Invalid value: {go_value(key)}: is not a property"
+            )
+        elif key not in (item.get("required") or []) and not _has_default(sub):
+            detail = "must be required or have a default value"
+            problems.append(f"{path}.x-kubernetes-list-map-keys: Invalid value: {go_value(key)}: {detail}")
+
+
+def _structural_default(schema: Schema, path: str, problems: list[str]) -> None:
+    if not _has_default(schema):
+        return
+    default = schema["default"]
+    unknown: list[str] = []
+    pruned = _prune(copy.deepcopy(default), schema, "", unknown)
+    if unknown:
+        problems.append(f"{path}.default: Invalid value: {go_value(default)}: must not have unknown fields")
+    _apply_defaults(pruned, schema)
+    errors: list[FieldError] = []
+    _validate_node(pruned, schema, "default", MISSING, errors)
+    for error in errors:
+        detail = error.detail or f"{error.path}: {_ERROR_TYPES[error.type]}"
+        problems.append(f"{path}.default: Invalid value: {go_value(default)}: {detail}")
