@@ -243,3 +243,13 @@ def test_conditions_keep_their_transition_time_while_unchanged() -> None:
 def test_decide_is_idempotent(state: str) -> None:
     body = task(state=state, status={"workers": {"pod-1": report()}})
     assert run(body).status == run(body).status
+
+
+def test_a_paused_task_over_the_limit_is_still_reported_failed() -> None:
+    everyone = [*peers(18), task(name="z-late", created="2026-11-21T11:00:00Z", state="Paused")]
+    outcome = run(everyone[-1], peers=everyone)
+    assert outcome.status["reason"] == "TaskLimitExceeded"
+
+
+def test_a_paused_task_does_not_need_its_secrets_yet() -> None:
+    assert run(task(state="Paused"), secrets={"obs": None}).status["state"] == "Paused"

@@ -222,9 +222,12 @@ def decide(
         patch["workers"] = {w: None for w in stale}
     patch.update(summarize_workers(live))
 
+    # A refused task is Failed even while paused, so its owner learns it before resuming it.
     admission = plugin.admission(task, _with_self(observed.peers, body)) if plugin.admission else None
-    blocking = admission or check_secrets(plugin, spec, observed)
-    if spec.state == TaskState.PAUSED:
+    blocking = None if spec.state == TaskState.PAUSED else check_secrets(plugin, spec, observed)
+    if admission is not None:
+        verdict = _Verdict(Phase.FAILED, admission.reason, admission.message, 0)
+    elif spec.state == TaskState.PAUSED:
         if _stopped(observed.deployment):
             verdict = _Verdict(Phase.PAUSED, "Paused", "paused by spec.state; offsets are saved", 0)
             if paused_at is None:
