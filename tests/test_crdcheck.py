@@ -149,9 +149,7 @@ def test_valid_create_is_admitted_with_defaults() -> None:
 
 
 def test_explicit_values_are_not_overwritten_by_defaults() -> None:
-    spec = admit(
-        CRD, task(state="Paused", dumpPeriodSeconds=60, topics=None, topicRegex="^orders-.*$")
-    ).object["spec"]
+    spec = admit(CRD, task(state="Paused", dumpPeriodSeconds=60, topics=None, topicRegex="^orders-.*$")).object["spec"]
     assert (spec["state"], spec["dumpPeriodSeconds"], spec["topicRegex"]) == ("Paused", 60, "^orders-.*$")
 
 
@@ -449,9 +447,7 @@ def test_status_updates_go_through_the_status_subresource() -> None:
     old = admit(CRD, task()).object
     main = admit(CRD, task() | {"status": {"phase": "Dumping"}}, old=old)
     assert "status" not in main.object
-    status = admit(
-        CRD, task(taskName="ignored-name") | {"status": {"phase": "Dumping"}}, old=old, subresource="status"
-    )
+    status = admit(CRD, task(taskName="ignored-name") | {"status": {"phase": "Dumping"}}, old=old, subresource="status")
     assert status.errors == []
     assert status.object["status"] == {"phase": "Dumping"}
     assert status.object["spec"]["taskName"] == "orders-dump"
@@ -462,11 +458,8 @@ def test_ratcheting_keeps_unchanged_invalid_values() -> None:
     result = admit(CRD, task(taskName="bad name", dumpPeriodSeconds=0, state="Paused"), old=old)
     assert result.errors == []
     assert result.warnings == [f'spec.taskName: Invalid value: "bad name": {TASK_NAME_MESSAGE}']
-    assert validate(
-        CRD, task(taskName="bad name", dumpPeriodSeconds=0, state="Paused"), old=old, ratcheting=False
-    ) == [
-        "spec.dumpPeriodSeconds: Invalid value: 0: "
-        "spec.dumpPeriodSeconds in body should be greater than or equal to 1",
+    assert validate(CRD, task(taskName="bad name", dumpPeriodSeconds=0, state="Paused"), old=old, ratcheting=False) == [
+        "spec.dumpPeriodSeconds: Invalid value: 0: spec.dumpPeriodSeconds in body should be greater than or equal to 1",
         f'spec.taskName: Invalid value: "bad name": {TASK_NAME_MESSAGE}',
     ]
 
@@ -486,9 +479,7 @@ def test_changed_invalid_value_is_not_ratcheted() -> None:
 def _rule_crd(rule: dict[str, Any], schema: dict[str, Any] | None = None) -> dict[str, Any]:
     value_schema = {"type": "string", "maxLength": 16} if schema is None else schema
     properties = {"value": value_schema, "other": {"type": "string"}}
-    return _crd(
-        {"type": "object", "properties": properties, "x-kubernetes-validations": [rule]}, status=False
-    )
+    return _crd({"type": "object", "properties": properties, "x-kubernetes-validations": [rule]}, status=False)
 
 
 def test_default_message_names_the_rule() -> None:
@@ -535,9 +526,7 @@ def test_runtime_error_is_reported() -> None:
 def test_compile_error_is_reported() -> None:
     crd = _rule_crd({"rule": "self.value ==", "message": "broken"})
     [error] = validate(crd, holder("x"))
-    assert error.startswith(
-        'spec: Invalid value: "object": rule compile error: compilation failed: ERROR: <input>:'
-    )
+    assert error.startswith('spec: Invalid value: "object": rule compile error: compilation failed: ERROR: <input>:')
 
 
 def test_optional_old_self() -> None:
@@ -548,9 +537,7 @@ def test_optional_old_self() -> None:
     }
     crd = one_field_crd({"type": "string", "maxLength": 16, "x-kubernetes-validations": [rule]})
     assert validate(crd, holder("a")) == []  # runs on create, oldSelf is optional.none()
-    assert validate(crd, holder("b"), old=holder("a")) == [
-        'spec.value: Invalid value: "b": value is fixed once set'
-    ]
+    assert validate(crd, holder("b"), old=holder("a")) == ['spec.value: Invalid value: "b": value is fixed once set']
     assert validate(crd, holder("b"), old=holder("draft")) == []
 
 
@@ -561,9 +548,7 @@ def test_optional_namespace_functions() -> None:
 
 def test_rules_on_absent_and_null_nodes_are_skipped() -> None:
     rule = {"rule": "self.size() > 100", "message": "never true"}
-    crd = one_field_crd(
-        {"type": "string", "nullable": True, "maxLength": 10, "x-kubernetes-validations": [rule]}
-    )
+    crd = one_field_crd({"type": "string", "nullable": True, "maxLength": 10, "x-kubernetes-validations": [rule]})
     assert validate(crd, holder(None)) == []
     assert validate(crd, {**holder(None), "spec": {}}) == []
     assert validate(crd, holder("abc")) == ['spec.value: Invalid value: "abc": never true']
@@ -699,15 +684,11 @@ def test_cel_runtime_errors(rule: str, value: dict[str, Any], error: str) -> Non
             "x-kubernetes-validations": [{"rule": rule}],
         }
     )
-    assert validate(crd, holder(value)) == [
-        f'spec.value: Invalid value: "object": {error} evaluating rule: {rule}'
-    ]
+    assert validate(crd, holder(value)) == [f'spec.value: Invalid value: "object": {error} evaluating rule: {rule}']
 
 
 def test_overload_errors_use_the_server_wording() -> None:
-    crd = one_field_crd(
-        {"x-kubernetes-int-or-string": True, "x-kubernetes-validations": [{"rule": "self + 1 > 0"}]}
-    )
+    crd = one_field_crd({"x-kubernetes-int-or-string": True, "x-kubernetes-validations": [{"rule": "self + 1 > 0"}]})
     assert validate(crd, holder("a")) == [
         "spec.value: Invalid value: \"\": 'no such overload': call arguments did not match a supported "
         "operator, function or macro signature for rule: self + 1 > 0"
@@ -715,10 +696,7 @@ def test_overload_errors_use_the_server_wording() -> None:
 
 
 def test_typed_cel_values() -> None:
-    rule = (
-        "self.i == 2 && self.d == 2.0 && self.t > timestamp('2024-01-01T00:00:00Z') "
-        "&& self.p == duration('90s')"
-    )
+    rule = "self.i == 2 && self.d == 2.0 && self.t > timestamp('2024-01-01T00:00:00Z') && self.p == duration('90s')"
     schema = {
         "type": "object",
         "x-kubernetes-validations": [{"rule": rule}],
@@ -788,8 +766,7 @@ def test_cost_check_follows_field_references_and_macro_variables() -> None:
     assert [p.split(": ", 1)[1] for p in problems] == [
         "Invalid value: \"self.items.all(i, i.n.matches('^a') && has(i.typo))\": compilation failed: "
         "undefined field 'typo'",
-        "Forbidden: unbounded estimated cost: "
-        "matches() is applied to self.items[*].n, a string without maxLength",
+        "Forbidden: unbounded estimated cost: matches() is applied to self.items[*].n, a string without maxLength",
     ]
 
 

@@ -6,9 +6,9 @@ import copy
 from typing import Any
 
 import pytest
-
 from ferry.api.crd import crd_for
 from ferry.obsdump.model import OBS_DUMP_TASK
+
 from tests.support.crdcheck import admit, cost_check, structural_check, validate
 
 CRD = crd_for(OBS_DUMP_TASK)

@@ -26,13 +26,23 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 
 def obsdump(namespace: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
-    return {"apiVersion": "ferry.dev/v1alpha1", "kind": "ObsDumpTask",
-            "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+    return {
+        "apiVersion": "ferry.dev/v1alpha1",
+        "kind": "ObsDumpTask",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": spec,
+    }
 
 
-def secret(namespace: str, store: SeaweedFS, name: str = "obs-credentials", access_key: str | None = None) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": namespace},
-            "stringData": {"accessKey": access_key or store.access_key, "secretKey": store.secret_key}}
+def secret(
+    namespace: str, store: SeaweedFS, name: str = "obs-credentials", access_key: str | None = None
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": namespace},
+        "stringData": {"accessKey": access_key or store.access_key, "secretKey": store.secret_key},
+    }
 
 
 def state_of(cluster: Cluster, namespace: str, name: str) -> str | None:
@@ -40,7 +50,10 @@ def state_of(cluster: Cluster, namespace: str, name: str) -> str | None:
 
 
 def test_apply_run_pause_resume_delete(
-    cluster: Cluster, kafka: KafkaBroker, object_store: SeaweedFS, topic_factory: TopicFactory,
+    cluster: Cluster,
+    kafka: KafkaBroker,
+    object_store: SeaweedFS,
+    topic_factory: TopicFactory,
     bucket_factory: BucketFactory,
 ) -> None:
     ns, topic, bucket = cluster.namespace(), topic_factory(partitions=3), bucket_factory()
@@ -54,13 +67,21 @@ def test_apply_run_pause_resume_delete(
     assert deployment["metadata"]["ownerReferences"][0]["uid"] == task["metadata"]["uid"]
     env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["FERRY_SECRET_TARGET_SECRET_KEY"]["valueFrom"]["secretKeyRef"] == {
-        "name": "obs-credentials", "key": "secretKey"}
+        "name": "obs-credentials",
+        "key": "secretKey",
+    }
     assert object_store.secret_key not in json.dumps(deployment)
 
     produce(kafka.bootstrap, topic, 3000, partitions=3)
     wait_for(lambda: cluster.status(ns, "orders").get("state") == "Running", timeout=60, what="Running")
-    wait_for(lambda: cluster.status(ns, "orders").get("totals", {}).get("records") == 3000
-             and cluster.status(ns, "orders").get("lag") == 0, timeout=60, what="3000 records, lag 0")
+    wait_for(
+        lambda: (
+            cluster.status(ns, "orders").get("totals", {}).get("records") == 3000
+            and cluster.status(ns, "orders").get("lag") == 0
+        ),
+        timeout=60,
+        what="3000 records, lag 0",
+    )
     status = cluster.status(ns, "orders")
     assert {c["type"]: c["status"] for c in status["conditions"]} == {"Ready": "True", "Paused": "False"}
     assert status["observedGeneration"] == task["metadata"]["generation"]
@@ -84,8 +105,11 @@ def test_apply_run_pause_resume_delete(
     cluster.patch_spec(ns, "orders", {"state": "Running"})
     wait_for(lambda: state_of(cluster, ns, "orders") == "Running", timeout=60, what="Running again")
     assert cluster.status(ns, "orders").get("resumedFrom") == "savedOffsets"
-    wait_for(lambda: sum(len(r) for r in dumped_records(object_store.client(), bucket).values()) == 3600,
-             timeout=60, what="records after resume")
+    wait_for(
+        lambda: sum(len(r) for r in dumped_records(object_store.client(), bucket).values()) == 3600,
+        timeout=60,
+        what="records after resume",
+    )
     records = dumped_records(object_store.client(), bucket)
     for partition in range(3):
         assert [r.offset for r in records[(topic, partition)]] == list(range(1200))
@@ -94,8 +118,9 @@ def test_apply_run_pause_resume_delete(
 
     # Delete: Terminating while the worker flushes, then the task and its Deployment are gone.
     cluster.kubectl("delete", "obsdumptask", "orders", "-n", ns, "--wait=false")
-    wait_for(lambda: state_of(cluster, ns, "orders") in ("Terminating", None), timeout=30, interval=0.05,
-             what="Terminating")
+    wait_for(
+        lambda: state_of(cluster, ns, "orders") in ("Terminating", None), timeout=30, interval=0.05, what="Terminating"
+    )
     wait_for(lambda: cluster.task(ns, "orders") is None, timeout=60, what="task deleted")
     assert cluster.deployment(ns, "orders-obsdumptask") is None
     assert "Terminating" in [e["reason"] for e in cluster.events(ns, "orders")]
@@ -112,30 +137,64 @@ def failing(cluster: Cluster, ns: str, name: str, reason: str) -> dict[str, Any]
 
 
 def test_unworkable_tasks_fail_with_a_reason_without_crash_loops_or_leaked_secrets(
-    cluster: Cluster, kafka: KafkaBroker, object_store: SeaweedFS, topic_factory: TopicFactory,
+    cluster: Cluster,
+    kafka: KafkaBroker,
+    object_store: SeaweedFS,
+    topic_factory: TopicFactory,
     bucket_factory: BucketFactory,
 ) -> None:
     ns, topic, bucket = cluster.namespace(), topic_factory(partitions=1), bucket_factory()
     wrong_key = "WRONG" + object_store.access_key[5:]
     cases = {
-        "missing-secret": (spec_for(kafka, object_store, bucket, topics=[topic],
-                                    target={"credentialsSecretRef": {"name": "absent"}}), "SecretNotFound", "absent"),
-        "missing-key": (spec_for(kafka, object_store, bucket, topics=[topic],
-                                 target={"credentialsSecretRef": {"name": "obs-credentials", "secretKeyKey": "nope"}}),
-                        "SecretKeyNotFound", "nope"),
-        "wrong-key": (spec_for(kafka, object_store, bucket, topics=[topic],
-                               target={"credentialsSecretRef": {"name": "wrong-credentials"}}),
-                      "ObjectStoreAuthFailed", "credentialsSecretRef"),
-        "no-bucket": (spec_for(kafka, object_store, "missing-bucket", topics=[topic]), "BucketNotFound",
-                      "missing-bucket"),
+        "missing-secret": (
+            spec_for(kafka, object_store, bucket, topics=[topic], target={"credentialsSecretRef": {"name": "absent"}}),
+            "SecretNotFound",
+            "absent",
+        ),
+        "missing-key": (
+            spec_for(
+                kafka,
+                object_store,
+                bucket,
+                topics=[topic],
+                target={"credentialsSecretRef": {"name": "obs-credentials", "secretKeyKey": "nope"}},
+            ),
+            "SecretKeyNotFound",
+            "nope",
+        ),
+        "wrong-key": (
+            spec_for(
+                kafka,
+                object_store,
+                bucket,
+                topics=[topic],
+                target={"credentialsSecretRef": {"name": "wrong-credentials"}},
+            ),
+            "ObjectStoreAuthFailed",
+            "credentialsSecretRef",
+        ),
+        "no-bucket": (
+            spec_for(kafka, object_store, "missing-bucket", topics=[topic]),
+            "BucketNotFound",
+            "missing-bucket",
+        ),
         "no-topic": (spec_for(kafka, object_store, bucket, topics=["not-a-topic"]), "TopicNotFound", "not-a-topic"),
-        "no-broker": (spec_for(kafka, object_store, bucket, topics=[topic],
-                               source={"bootstrapServers": "127.0.0.1:9"}), "KafkaUnreachable", "127.0.0.1:9"),
-        "bad-regex": (spec_for(kafka, object_store, bucket, topicRegex="orders-(["), "InvalidSpec",
-                      "not a valid regular expression"),
+        "no-broker": (
+            spec_for(kafka, object_store, bucket, topics=[topic], source={"bootstrapServers": "127.0.0.1:9"}),
+            "KafkaUnreachable",
+            "127.0.0.1:9",
+        ),
+        "bad-regex": (
+            spec_for(kafka, object_store, bucket, topicRegex="orders-(["),
+            "InvalidSpec",
+            "not a valid regular expression",
+        ),
     }
-    cluster.apply(secret(ns, object_store), secret(ns, object_store, "wrong-credentials", access_key=wrong_key),
-                  *[obsdump(ns, name, spec) for name, (spec, _, _) in cases.items()])
+    cluster.apply(
+        secret(ns, object_store),
+        secret(ns, object_store, "wrong-credentials", access_key=wrong_key),
+        *[obsdump(ns, name, spec) for name, (spec, _, _) in cases.items()],
+    )
     for name, (_, reason, hint) in cases.items():
         status = failing(cluster, ns, name, reason)
         assert hint in status["message"], status["message"]
@@ -144,15 +203,119 @@ def test_unworkable_tasks_fail_with_a_reason_without_crash_loops_or_leaked_secre
         assert any(e["reason"] == reason and e["type"] == "Warning" for e in cluster.events(ns, name))
     time.sleep(3)
     pods = cluster.kubectl("get", "pods", "-n", ns, "-o", "json").stdout
-    assert all(cs.get("restartCount", 0) == 0 for pod in json.loads(pods)["items"]
-               for cs in pod.get("status", {}).get("containerStatuses", [])), "a worker restarted"
+    assert all(
+        cs.get("restartCount", 0) == 0
+        for pod in json.loads(pods)["items"]
+        for cs in pod.get("status", {}).get("containerStatuses", [])
+    ), "a worker restarted"
     # No secret value anywhere a user or an operator of the cluster can read.
-    leaks = [object_store.secret_key, object_store.access_key, wrong_key,
-             base64.b64encode(object_store.secret_key.encode()).decode()]
-    exposed = [cluster.operator_output(), json.dumps([cluster.events(ns, n) for n in cases]),
-               json.dumps([cluster.status(ns, n) for n in cases])]
+    leaks = [
+        object_store.secret_key,
+        object_store.access_key,
+        wrong_key,
+        base64.b64encode(object_store.secret_key.encode()).decode(),
+    ]
+    exposed = [
+        cluster.operator_output(),
+        json.dumps([cluster.events(ns, n) for n in cases]),
+        json.dumps([cluster.status(ns, n) for n in cases]),
+    ]
     assert cluster.kubelet is not None
     exposed += [p.read_text(errors="replace") for p in Path(cluster.workdir).glob("*.log")]
     for text in exposed:
         for value in leaks:
             assert value not in text
+
+
+def test_resume_after_the_window_starts_from_start_from_and_says_so(
+    cluster: Cluster,
+    kafka: KafkaBroker,
+    object_store: SeaweedFS,
+    topic_factory: TopicFactory,
+    bucket_factory: BucketFactory,
+) -> None:
+    ns, topic, bucket = cluster.namespace(), topic_factory(partitions=1), bucket_factory()
+    spec = spec_for(
+        kafka, object_store, bucket, topics=[topic], startFrom="latest", resumeWindow="3s", target={"storeKeys": True}
+    )
+    cluster.apply(secret(ns, object_store), obsdump(ns, "late", spec))
+    wait_for(lambda: cluster.status(ns, "late").get("partitions"), timeout=60, what="partitions assigned")
+    produce(kafka.bootstrap, topic, 10, partitions=1)
+    wait_for(lambda: cluster.status(ns, "late").get("totals", {}).get("records") == 10, timeout=30, what="first 10")
+    group = cluster.status(ns, "late")["consumerGroup"]
+
+    cluster.patch_spec(ns, "late", {"state": "Paused"})
+    wait_for(lambda: state_of(cluster, ns, "late") == "Paused", timeout=60, what="Paused")
+    # Skipped: the pause outlives the window. One batch each, because Tansu answers a `latest` ListOffsets
+    # with its last batch's base offset + 1, so a multi-record last batch would be partly re-read.
+    produce(kafka.bootstrap, topic, 10, partitions=1, start=10, batch_each=True)
+    time.sleep(4)
+    cluster.patch_spec(ns, "late", {"state": "Running"})
+    wait_for(lambda: cluster.status(ns, "late").get("resumedFrom") == "startFrom", timeout=30, what="late resume")
+    status = cluster.status(ns, "late")
+    assert status["offsetEpoch"] == 1 and status["consumerGroup"] == f"{group}.e1"
+    event = next(e for e in cluster.events(ns, "late") if e["reason"] == "ResumedFromStartFrom")
+    assert "longer than the resume window 3s" in event["message"] and "startFrom=latest" in event["message"]
+    wait_for(
+        lambda: state_of(cluster, ns, "late") == "Running" and cluster.status(ns, "late").get("partitions"),
+        timeout=60,
+        what="Running in the new group",
+    )
+    assert all(w["epoch"] == 1 for w in cluster.status(ns, "late")["workers"].values())
+    produce(kafka.bootstrap, topic, 10, partitions=1, start=20)
+    wait_for(
+        lambda: sum(len(r) for r in dumped_records(object_store.client(), bucket).values()) == 20,
+        timeout=30,
+        what="records after the late resume",
+    )
+    offsets = [r.offset for r in dumped_records(object_store.client(), bucket)[(topic, 0)]]
+    assert offsets == list(range(10)) + list(range(20, 30))
+
+
+@pytest.fixture(scope="module")
+def cluster_without_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """Workers never start here: enough for the operator-side limit, without 18 worker processes."""
+    with running_cluster(tmp_path_factory.mktemp("quiet-cluster"), with_kubelet=False) as running:
+        yield running
+
+
+def test_the_nineteenth_task_on_an_instance_fails_and_starts_when_a_slot_frees(
+    cluster_without_workers: Cluster,
+    object_store: SeaweedFS,
+) -> None:
+    cluster = cluster_without_workers
+    ns = cluster.namespace()
+    spec = {
+        "source": {"bootstrapServers": "shared-kafka:9092"},
+        "topics": ["orders"],
+        "target": {
+            "endpoint": object_store.endpoint,
+            "bucket": "dumps",
+            "credentialsSecretRef": {"name": "obs-credentials"},
+        },
+    }
+    names = [f"dump-{i:02d}" for i in range(19)]
+    other = {**spec, "source": {"bootstrapServers": "other-kafka:9092"}}
+    cluster.apply(secret(ns, object_store), *[obsdump(ns, n, spec) for n in names], obsdump(ns, "elsewhere", other))
+
+    def settled() -> dict[str, str] | None:
+        states = {n: cluster.status(ns, n).get("reason", "") for n in [*names, "elsewhere"]}
+        return states if all(states.values()) else None
+
+    reasons = wait_for(settled, timeout=60, what="every task reconciled")
+    refused = [n for n, r in reasons.items() if r == "TaskLimitExceeded"]
+    assert refused == ["dump-18"], reasons  # same creation second: the name breaks the tie
+    status = cluster.status(ns, "dump-18")
+    assert status["state"] == "Failed" and "already has 18 ObsDumpTasks" in status["message"]
+    deployment = cluster.deployment(ns, "dump-18-obsdumptask")
+    assert deployment is not None and deployment["spec"]["replicas"] == 0
+
+    cluster.kubectl("delete", "obsdumptask", "dump-03", "-n", ns)
+    wait_for(
+        lambda: cluster.status(ns, "dump-18").get("reason") != "TaskLimitExceeded",
+        timeout=30,
+        what="dump-18 takes the freed slot",
+    )
+    assert cluster.status(ns, "dump-18")["state"] == "Unassigned"
+    started = cluster.deployment(ns, "dump-18-obsdumptask")
+    assert started is not None and started["spec"]["replicas"] == 1

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
-
 from ferry.obsdump.records import decode_records
+
 from tests.conftest import BucketFactory, TopicFactory
 from tests.support.dumps import (
     dumped_records,
@@ -231,8 +231,9 @@ def test_worker_reports_actionable_failures_and_keeps_running(
         spec = spec_for(kafka, object_store, bucket, **overrides)
         running = start_pipeline(spec, object_store, f"g-{uuid.uuid4().hex[:8]}", **extra)
         try:
-            wait_for(lambda: running.recorder.reports and running.recorder.last.error, timeout=20, what=reason)
-            error = running.recorder.last.error
+            recorder = running.recorder
+            wait_for(lambda: recorder.reports and recorder.last.error, timeout=20, what=reason)  # noqa: B023
+            error = recorder.last.error
             assert error is not None and error.reason == reason and hint in error.message
             assert object_store.secret_key not in error.message
             time.sleep(1.5)
@@ -258,7 +259,10 @@ def test_unreachable_broker_is_reported(object_store: SeaweedFS, bucket_factory:
 
 
 def test_every_record_lands_exactly_once_although_the_worker_is_killed_at_random(
-    kafka: KafkaBroker, object_store: SeaweedFS, topic_factory: TopicFactory, bucket_factory: BucketFactory,
+    kafka: KafkaBroker,
+    object_store: SeaweedFS,
+    topic_factory: TopicFactory,
+    bucket_factory: BucketFactory,
     tmp_path: Path,
 ) -> None:
     total, partitions, kills = 50_000, 3, 6
@@ -284,8 +288,13 @@ def test_every_record_lands_exactly_once_although_the_worker_is_killed_at_random
     worker = run_worker_process(manifest)
     try:
         wait_for(
-            lambda: committed(kafka.bootstrap, manifest.stem, topic, partitions) == [total // partitions + (p < total % partitions) for p in range(partitions)],  # noqa: E501
-            timeout=120, interval=1, what="all offsets committed",
+            lambda: (
+                committed(kafka.bootstrap, manifest.stem, topic, partitions)
+                == [total // partitions + (p < total % partitions) for p in range(partitions)]
+            ),
+            timeout=120,
+            interval=1,
+            what="all offsets committed",
         )
         worker.send_signal(signal.SIGTERM)
         worker.wait(timeout=30)
@@ -297,6 +306,8 @@ def test_every_record_lands_exactly_once_although_the_worker_is_killed_at_random
     for partition in range(partitions):
         got = records[(topic, partition)]
         expected = total // partitions + (partition < total % partitions)
-        assert [r.offset for r in got] == list(range(expected)), f"gap or duplicate in partition {partition} (seed {seed})"
+        assert [r.offset for r in got] == list(range(expected)), (
+            f"gap or duplicate in partition {partition} (seed {seed})"
+        )
         values += [r.value for r in got]
     assert sorted(values) == sorted(f"value-{i}".encode() for i in range(total)), f"seed {seed}"

@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> None:
 
     args = parser.parse_args(argv)
     settings = WorkerSettings.from_env()
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command != "operator":  # Kopf sets up the operator's logging itself
+        logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "operator":
             _operator(args)
@@ -86,6 +87,8 @@ def _operator(args: argparse.Namespace) -> None:
     import ferry.operator  # noqa: F401  (registers the handlers)
 
     kopf.configure(verbose=False)
+    # A line per successful periodic reconcile would drown the log; failures still show.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     kopf.run(
         standalone=True,
         clusterwide=not args.namespace,

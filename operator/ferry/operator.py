@@ -133,7 +133,7 @@ def reconcile(plugin: KindPlugin, body: kopf.Body, patch: kopf.Patch) -> None:
             patch.metadata.annotations[name] = value
 
 
-def finalize(plugin: KindPlugin, body: kopf.Body, retry: int, started: Any, **_: Any) -> None:
+def finalize(plugin: KindPlugin, body: kopf.Body) -> None:
     """Deletion: Terminating, scale the workers to zero so they flush and commit, then let go."""
     raw = dict(body)
     owner = owner_of(raw)
@@ -150,19 +150,23 @@ def finalize(plugin: KindPlugin, body: kopf.Body, retry: int, started: Any, **_:
         kopf.event(body, type="Normal", reason="Terminating", message=status["message"])
     name = worker_name(owner)
     deployment = _read_deployment(apps, owner.namespace, name)
-    if deployment is not None:
-        if deployment["spec"].get("replicas"):
-            apps.patch_namespaced_deployment(name, owner.namespace, {"spec": {"replicas": 0}})
-        running = (deployment.get("status") or {}).get("replicas")
-        waited = time.time() - started.timestamp()
-        if running and waited < SETTINGS.flush_timeout:
-            raise kopf.TemporaryError(f"waiting for {running} workers to flush", delay=2)
-        # The ownerReference would collect it too; deleting now frees the name for a re-created task.
-        try:
-            apps.delete_namespaced_deployment(name, owner.namespace)
-        except ApiException as err:
-            if err.status != 404:
-                raise
+    if deployment is None:
+        return
+    if deployment["spec"].get("replicas"):
+        apps.patch_namespaced_deployment(name, owner.namespace, {"spec": {"replicas": 0}})
+    deadline = time.monotonic() + SETTINGS.flush_timeout
+    while deployment is not None and (deployment.get("status") or {}).get("replicas"):
+        if time.monotonic() > deadline:
+            log.warning("%s/%s: workers did not stop within %ss", owner.namespace, owner.name, SETTINGS.flush_timeout)
+            break
+        time.sleep(1)
+        deployment = _read_deployment(apps, owner.namespace, name)
+    # The ownerReference would collect it too; deleting now frees the name for a re-created task.
+    try:
+        apps.delete_namespaced_deployment(name, owner.namespace)
+    except ApiException as err:
+        if err.status != 404:
+            raise
     log.info("%s %s/%s: workers stopped, finalizer released", plugin.definition.kind, owner.namespace, owner.name)
 
 
@@ -175,8 +179,8 @@ def _register(plugin: KindPlugin) -> None:
     def on_timer(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
         reconcile(plugin, body, patch)
 
-    def on_delete(body: kopf.Body, retry: int, started: Any, **_: Any) -> None:
-        finalize(plugin, body, retry, started)
+    def on_delete(body: kopf.Body, **_: Any) -> None:
+        finalize(plugin, body)
 
     kopf.on.resume(*resource, id="reconcile")(on_change)
     kopf.on.create(*resource, id="reconcile")(on_change)

@@ -42,7 +42,14 @@ class Cluster:
     kubelet: FakeKubelet | None
 
     def kubectl(self, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-        command = ["kubectl", "--kubeconfig", str(self.api.kubeconfig), "--cache-dir", str(self.workdir / "kube"), *args]
+        command = [
+            "kubectl",
+            "--kubeconfig",
+            str(self.api.kubeconfig),
+            "--cache-dir",
+            str(self.workdir / "kube"),
+            *args,
+        ]
         result = subprocess.run(command, input=stdin, capture_output=True, text=True, timeout=60)
         if check and result.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} failed: {result.stderr}")
@@ -100,8 +107,15 @@ def running_cluster(workdir: Path, with_kubelet: bool = True) -> Iterator[Cluste
         api_client = api.api_client()
         log_path = workdir / "operator.log"
         env = {**os.environ, **OPERATOR_ENV, "KUBECONFIG": str(api.kubeconfig)}
-        command = [sys.executable, "-m", "ferry", "operator", "-A",
-                   "--liveness", f"http://127.0.0.1:{free_port()}/healthz"]
+        command = [
+            sys.executable,
+            "-m",
+            "ferry",
+            "operator",
+            "-A",
+            "--liveness",
+            f"http://127.0.0.1:{free_port()}/healthz",
+        ]
         with log_path.open("wb") as log:
             operator = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         kubelet = FakeKubelet(api_client, api.kubeconfig, workdir) if with_kubelet else None

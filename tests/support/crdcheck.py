@@ -106,9 +106,7 @@ _ERROR_TYPES: Final = {
     "FieldValueTooMany": "Too many",
     "InternalError": "Internal error",
 }
-_WITHOUT_VALUE: Final = frozenset(
-    {"FieldValueRequired", "FieldValueForbidden", "FieldValueTooLong", "InternalError"}
-)
+_WITHOUT_VALUE: Final = frozenset({"FieldValueRequired", "FieldValueForbidden", "FieldValueTooLong", "InternalError"})
 # strategy.go hasBlockingErr: any of these means CEL rules are not evaluated
 _BLOCKING: Final = frozenset(
     {
@@ -203,10 +201,7 @@ def _items(schema: Schema | None) -> Schema | None:
 
 def _preserves_unknown(schema: Schema | None) -> bool:
     schema = schema or {}
-    return (
-        schema.get("x-kubernetes-preserve-unknown-fields") is True
-        or schema.get("additionalProperties") is True
-    )
+    return schema.get("x-kubernetes-preserve-unknown-fields") is True or schema.get("additionalProperties") is True
 
 
 def _embedded(schema: Schema | None) -> bool:
@@ -258,9 +253,7 @@ def _same(old: Any, new: Any) -> bool:
     return bool(old == new)
 
 
-def _object_children(
-    value: Mapping[str, Any], schema: Schema | None
-) -> Iterator[tuple[str, Any, Schema, bool]]:
+def _object_children(value: Mapping[str, Any], schema: Schema | None) -> Iterator[tuple[str, Any, Schema, bool]]:
     """(key, item, schema, is_property): declared properties in schema order, then map entries."""
     props, extra = _props(schema), _additional(schema)
     for key, sub in props.items():
@@ -562,9 +555,7 @@ def _check_composition(value: Any, schema: Schema, path: str, out: list[FieldErr
         _validate_node(value, sub, path, MISSING, out)
     any_of = schema.get("anyOf")
     if any_of and not any(_passes(value, sub, path) for sub in any_of):
-        out.append(
-            FieldError("FieldValueInvalid", "", "", f'"{path}" must validate at least one schema (anyOf)')
-        )
+        out.append(FieldError("FieldValueInvalid", "", "", f'"{path}" must validate at least one schema (anyOf)'))
     one_of = schema.get("oneOf")
     if one_of and (valid := sum(_passes(value, sub, path) for sub in one_of)) != 1:
         found = "Found none valid" if valid == 0 else f"Found {valid} valid alternatives"
@@ -617,9 +608,7 @@ def _check_number(value: float, schema: Schema, path: str, out: list[FieldError]
 
 def _bound_error(value: float, bound: float, exclusive: bool, word: str, path: str) -> FieldError:
     relation = word if exclusive else f"{word} or equal to"
-    return FieldError(
-        "FieldValueInvalid", path, value, f"{path} in body should be {relation} {_limit(bound, value)}"
-    )
+    return FieldError("FieldValueInvalid", path, value, f"{path} in body should be {relation} {_limit(bound, value)}")
 
 
 def _limit(bound: float, value: float) -> str:
@@ -1170,14 +1159,10 @@ class _CelRun:
                     resource_root=_embedded(items),
                 )
 
-    def _children_of_object(
-        self, value: dict[str, Any], schema: Schema, path: str, old: Any, unchanged: bool
-    ) -> None:
+    def _children_of_object(self, value: dict[str, Any], schema: Schema, path: str, old: Any, unchanged: bool) -> None:
         for key, item, sub, is_property in _object_children(value, schema):
             sub_path = _child(path, key) if is_property else _index(path, key)
-            self.node(
-                item, sub, sub_path, _old_child(old, key), unchanged=unchanged, resource_root=_embedded(sub)
-            )
+            self.node(item, sub, sub_path, _old_child(old, key), unchanged=unchanged, resource_root=_embedded(sub))
 
     def rule(
         self,
@@ -1204,27 +1189,21 @@ class _CelRun:
         if error is None and not isinstance(result, celtypes.BoolType):
             error = f"compilation failed: rule must evaluate to a bool, got {type(result).__name__}"
         if error is not None:
-            self.errors.append(
-                FieldError("FieldValueInvalid", path, schema_type, _runtime_detail(error, rule))
-            )
+            self.errors.append(FieldError("FieldValueInvalid", path, schema_type, _runtime_detail(error, rule)))
             return
         if result:
             return
         relative = _rule_field_path(rule, schema) if rule.get("fieldPath") else ""
         error_path = _child(path, relative) if relative else path
         bad_value = _OMIT if schema_type in ("object", "array") else value
-        failure = _error_for_reason(
-            rule.get("reason"), error_path, bad_value, _rule_message(rule, activation)
-        )
+        failure = _error_for_reason(rule.get("reason"), error_path, bad_value, _rule_message(rule, activation))
         if not uses_old and unchanged:
             self.warnings.append(str(failure))  # ratcheted: the value did not change
         else:
             self.errors.append(failure)
 
     @staticmethod
-    def _activation(
-        value: Any, schema: Schema, old: Any, resource_root: bool, uses_old: bool
-    ) -> dict[str, Any]:
+    def _activation(value: Any, schema: Schema, old: Any, resource_root: bool, uses_old: bool) -> dict[str, Any]:
         activation: dict[str, Any] = {
             "self": _to_cel(value, schema, resource_root),
             "optional": _OptionalNamespace(),
@@ -1458,9 +1437,7 @@ class _RuleLint:
             self.unbounded.append(f"{macro}() iterates over {label}, a map without maxProperties")
 
     def _bounded_string(self, target: Schema | None, label: str, function: str) -> None:
-        bounded = (
-            target is None or target.get("type") != "string" or "maxLength" in target or "enum" in target
-        )
+        bounded = target is None or target.get("type") != "string" or "maxLength" in target or "enum" in target
         if not bounded:
             self.unbounded.append(f"{function}() is applied to {label}, a string without maxLength")
         if function == "matches":
@@ -1553,13 +1530,8 @@ def _lint_rule(rule: Mapping[str, Any], schema: Schema, path: str, scope: _LintS
     lint = _RuleLint({"self": (view, "self"), "oldSelf": (view, "oldSelf")})
     lint.visit(tree)
     quoted = json.dumps(text)
-    problems = [
-        f"{path}.rule: Invalid value: {quoted}: compilation failed: {u}"
-        for u in dict.fromkeys(lint.undefined)
-    ]
-    problems += [
-        f"{path}.rule: Forbidden: unbounded estimated cost: {u}" for u in dict.fromkeys(lint.unbounded)
-    ]
+    problems = [f"{path}.rule: Invalid value: {quoted}: compilation failed: {u}" for u in dict.fromkeys(lint.undefined)]
+    problems += [f"{path}.rule: Forbidden: unbounded estimated cost: {u}" for u in dict.fromkeys(lint.unbounded)]
     if lint.expensive and scope.unbounded:
         problems.append(
             f"{path}.rule: Forbidden: unbounded estimated cost: the rule runs once per element of "
@@ -1588,9 +1560,7 @@ def _lint_rule_fields(rule: Mapping[str, Any], schema: Schema, path: str) -> lis
     reason = rule.get("reason")
     if reason is not None and reason not in _REASONS:
         supported = ", ".join(json.dumps(r) for r in _REASONS)
-        problems.append(
-            f"{path}.reason: Unsupported value: {go_value(reason)}: supported values: {supported}"
-        )
+        problems.append(f"{path}.reason: Unsupported value: {go_value(reason)}: supported values: {supported}")
     field_path = rule.get("fieldPath")
     if field_path is not None:
         try:
@@ -1599,9 +1569,7 @@ def _lint_rule_fields(rule: Mapping[str, Any], schema: Schema, path: str) -> lis
             problems.append(f"{path}.fieldPath: Invalid value: {go_value(field_path)}: {exc}")
     message = str(rule.get("message") or "")
     if "\n" in message:
-        problems.append(
-            f"{path}.message: Invalid value: {go_value(message)}: message must not contain line breaks"
-        )
+        problems.append(f"{path}.message: Invalid value: {go_value(message)}: message must not contain line breaks")
     expression = rule.get("messageExpression")
     if expression is not None:
         tree = _parse(str(expression))
@@ -1652,9 +1620,7 @@ def _structural_node(schema: Schema, path: str, problems: list[str], *, root: bo
     if "$ref" in schema:
         problems.append(f"{path}.$ref: Forbidden: $ref is not supported")
     if schema.get("additionalProperties") is False:
-        problems.append(
-            f"{path}.additionalProperties: Forbidden: additionalProperties: false is not supported"
-        )
+        problems.append(f"{path}.additionalProperties: Forbidden: additionalProperties: false is not supported")
     if _props(schema) and _additional(schema) is not None:
         detail = "additionalProperties and properties are mutual exclusive"
         problems.append(f"{path}.additionalProperties: Forbidden: {detail}")
@@ -1676,9 +1642,7 @@ def _structural_node(schema: Schema, path: str, problems: list[str], *, root: bo
 
 def _structural_value_validations(schema: Schema, path: str, problems: list[str]) -> None:
     nested = [
-        (f"{path}.{k}[{i}]", sub)
-        for k in ("allOf", "anyOf", "oneOf")
-        for i, sub in enumerate(schema.get(k) or [])
+        (f"{path}.{k}[{i}]", sub) for k in ("allOf", "anyOf", "oneOf") for i, sub in enumerate(schema.get(k) or [])
     ]
     if isinstance(schema.get("not"), Mapping):
         nested.append((f"{path}.not", schema["not"]))
@@ -1699,9 +1663,7 @@ def _structural_map_keys(schema: Schema, path: str, problems: list[str]) -> None
     for key in schema.get("x-kubernetes-list-map-keys") or []:
         sub = _props(item).get(key)
         if sub is None:
-            problems.append(
-                f"{path}.x-kubernetes-list-map-keys: Invalid value: {go_value(key)}: is not a property"
-            )
+            problems.append(f"{path}.x-kubernetes-list-map-keys: Invalid value: {go_value(key)}: is not a property")
         elif key not in (item.get("required") or []) and not _has_default(sub):
             detail = "must be required or have a default value"
             problems.append(f"{path}.x-kubernetes-list-map-keys: Invalid value: {go_value(key)}: {detail}")

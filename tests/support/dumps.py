@@ -12,7 +12,6 @@ from typing import Any
 
 import yaml
 from confluent_kafka import Producer
-
 from ferry.credentials import Sensitive
 from ferry.metrics import WorkerMetrics
 from ferry.obsdump.model import ObsDumpTaskSpec
@@ -21,15 +20,16 @@ from ferry.obsdump.records import Record, decode_records
 from ferry.obsdump.storage import ACCESS_KEY_ROLE, SECRET_KEY_ROLE, ObjectStore, s3_client
 from ferry.reporting import Progress
 from ferry.settings import WorkerSettings
+
 from tests.support.servers import KafkaBroker
 from tests.support.servers import ObjectStore as SeaweedFS
 
 KEY_RE = re.compile(r"(?P<topic>[^/]+)\+(?P<partition>[0-9]+)\+(?P<start>[0-9]{19})\.(bin|jsonl)$")
 
 
-def produce(bootstrap: str, topic: str, count: int, partitions: int, start: int = 0, **extra: Any) -> None:
+def produce(bootstrap: str, topic: str, count: int, partitions: int, start: int = 0, batch_each: bool = False) -> None:
     """`count` records `value-<i>` with key `key-<i>` and a header, round-robin over partitions."""
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, **extra})
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
     for i in range(start, start + count):
         producer.produce(
             topic,
@@ -38,7 +38,9 @@ def produce(bootstrap: str, topic: str, count: int, partitions: int, start: int 
             partition=i % partitions,
             headers=[("seq", str(i).encode())],
         )
-        if i % 5000 == 0:
+        if batch_each:
+            producer.flush(10)
+        elif i % 5000 == 0:
             producer.poll(0)
     assert producer.flush(30) == 0
 

@@ -128,8 +128,14 @@ class FakeKubelet:
             self._restart_if_exited(pod)
         running = [p for p in mine if p.running]
         ready = [p for p in running if not p.terminating]
-        status = {"status": {"replicas": len(running), "readyReplicas": len(ready), "availableReplicas": len(ready),
-                             "observedGeneration": deployment.metadata.generation}}
+        status = {
+            "status": {
+                "replicas": len(running),
+                "readyReplicas": len(ready),
+                "availableReplicas": len(ready),
+                "observedGeneration": deployment.metadata.generation,
+            }
+        }
         current = deployment.status
         if current is None or (current.replicas or 0) != len(running) or (current.ready_replicas or 0) != len(ready):
             client.AppsV1Api(self.api_client).patch_namespaced_deployment_status(name, namespace, status)
@@ -142,14 +148,19 @@ class FakeKubelet:
         env = self._resolve_env(namespace, pod_name, container.get("env") or [])
         command = [sys.executable, "-m", "ferry", *container.get("args", [])]
         pod = PodProcess(
-            name=pod_name, deployment=deployment.metadata.name, namespace=namespace, command=command, env=env,
+            name=pod_name,
+            deployment=deployment.metadata.name,
+            namespace=namespace,
+            command=command,
+            env=env,
             log_path=self.workdir / f"{pod_name}.log",
             grace=float(template["spec"].get("terminationGracePeriodSeconds", 30)),
         )
         pod.start()
         self.pods[pod_name] = pod
         body = {
-            "apiVersion": "v1", "kind": "Pod",
+            "apiVersion": "v1",
+            "kind": "Pod",
             "metadata": {"name": pod_name, "namespace": namespace, "labels": template["metadata"]["labels"]},
             "spec": template["spec"],
         }
@@ -159,8 +170,10 @@ class FakeKubelet:
     def _resolve_env(self, namespace: str, pod_name: str, env: list[dict[str, Any]]) -> dict[str, str]:
         core = client.CoreV1Api(self.api_client)
         resolved = {
-            "PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/tmp"),
-            "KUBECONFIG": str(self.kubeconfig), "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
+            "PATH": os.environ.get("PATH", ""),
+            "HOME": os.environ.get("HOME", "/tmp"),
+            "KUBECONFIG": str(self.kubeconfig),
+            "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
         }
         for item in env:
             source = item.get("valueFrom")
@@ -182,10 +195,13 @@ class FakeKubelet:
         if pod.process is not None and pod.backoff_until == 0.0:
             pod.restarts += 1
             pod.last_exit = _tail(pod.log_path)
-            delay = min(2 ** pod.restarts, 20)
+            delay = min(2**pod.restarts, 20)
             pod.backoff_until = time.monotonic() + delay
-            self._pod_status(pod, {"waiting": {"reason": "CrashLoopBackOff"}},
-                             {"terminated": {"exitCode": pod.process.returncode, "message": pod.last_exit}})
+            self._pod_status(
+                pod,
+                {"waiting": {"reason": "CrashLoopBackOff"}},
+                {"terminated": {"exitCode": pod.process.returncode, "message": pod.last_exit}},
+            )
             return
         pod.backoff_until = 0.0
         pod.start()
@@ -207,9 +223,23 @@ class FakeKubelet:
                     client.CoreV1Api(self.api_client).delete_namespaced_pod(name, pod.namespace)
 
     def _pod_status(self, pod: PodProcess, state: dict[str, Any], last: dict[str, Any] | None = None) -> None:
-        status = {"status": {"phase": "Running", "containerStatuses": [
-            {"name": "worker", "ready": "running" in state, "restartCount": pod.restarts, "state": state,
-             "lastState": last or {}, "image": "ferry", "imageID": "", "containerID": ""}]}}
+        status = {
+            "status": {
+                "phase": "Running",
+                "containerStatuses": [
+                    {
+                        "name": "worker",
+                        "ready": "running" in state,
+                        "restartCount": pod.restarts,
+                        "state": state,
+                        "lastState": last or {},
+                        "image": "ferry",
+                        "imageID": "",
+                        "containerID": "",
+                    }
+                ],
+            }
+        }
         with contextlib.suppress(ApiException):
             client.CoreV1Api(self.api_client).patch_namespaced_pod_status(pod.name, pod.namespace, status)
 

@@ -134,7 +134,8 @@ def _live_workers(status: dict[str, Any], now: datetime, timeout: float) -> tupl
     live, stale = {}, []
     for worker_id, report in (status.get("workers") or {}).items():
         beat = parse_time((report or {}).get("heartbeatTime"))
-        if beat is not None and now - beat <= timedelta(seconds=timeout):
+        stopped = (report or {}).get("phase") == "Stopped"  # its partitions belong to someone else now
+        if beat is not None and now - beat <= timedelta(seconds=timeout) and not stopped:
             live[worker_id] = report
         else:
             stale.append(worker_id)

@@ -204,7 +204,8 @@ class DumpPipeline:
         committed = consumer.committed(assigned, timeout=10)
         for tp in committed:
             offset = tp.offset if tp.offset >= 0 else None
-            self.partitions[(tp.topic, tp.partition)] = PartitionState(committed=offset)
+            # Keep a partition we still hold (no revoke came): its open batch must not be lost.
+            self.partitions.setdefault((tp.topic, tp.partition), PartitionState(committed=offset))
             self.store.abort_stale_uploads(object_key_pattern(tp.topic, tp.partition))
         log.info("assigned %s", ", ".join(f"{tp.topic}[{tp.partition}]" for tp in assigned))
 
