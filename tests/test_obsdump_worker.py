@@ -311,3 +311,55 @@ def test_every_record_lands_exactly_once_although_the_worker_is_killed_at_random
         )
         values += [r.value for r in got]
     assert sorted(values) == sorted(f"value-{i}".encode() for i in range(total)), f"seed {seed}"
+
+
+def test_metrics_and_health_are_served(
+    kafka: KafkaBroker,
+    object_store: SeaweedFS,
+    topic_factory: TopicFactory,
+    bucket_factory: BucketFactory,
+    tmp_path: Path,
+) -> None:
+    from urllib.request import urlopen
+
+    from tests.support.servers import free_port
+
+    topic, bucket = topic_factory(partitions=2), bucket_factory()
+    spec = spec_for(kafka, object_store, bucket, topics=[topic])
+    manifest = write_manifest(tmp_path / f"metrics-{uuid.uuid4().hex[:6]}.yaml", "metrics", spec, object_store)
+    port = free_port()
+    produce(kafka.bootstrap, topic, 100, partitions=2)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "ferry", "run", "-f", str(manifest), "--metrics-port", str(port)],
+        env={**os.environ, "FERRY_REPORT_INTERVAL": "0.5", "FERRY_SESSION_TIMEOUT_MS": "6000"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+    def metrics() -> str:
+        try:
+            with urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+                return str(response.read().decode())
+        except OSError:
+            return ""
+
+    labels = [f'kind="ObsDumpTask",partition="{p}",task="default/metrics",topic="{topic}"' for p in (0, 1)]
+    try:
+        wait_for(
+            lambda: all(f"ferry_records_total{{{label}}} 50.0" in metrics() for label in labels),
+            timeout=30,
+            what="records counted",
+        )
+        wait_for(
+            lambda: all(f"ferry_lag_records{{{label}}} 0.0" in metrics() for label in labels), timeout=10, what="lag 0"
+        )
+        text = metrics()
+        with urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
+            assert response.status == 200
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(30)
+    assert f"ferry_committed_offset{{{labels[0]}}} 50.0" in text
+    assert f"ferry_bytes_total{{{labels[0]}}} " in text
+    assert "ferry_dump_latency_seconds_count" in text and "ferry_worker_healthy" in text
