@@ -203,9 +203,10 @@ class DumpPipeline:
     def _on_assign(self, consumer: Consumer, assigned: list[TopicPartition]) -> None:
         committed = consumer.committed(assigned, timeout=10)
         for tp in committed:
-            offset = tp.offset if tp.offset >= 0 else None
-            # Keep a partition we still hold (no revoke came): its open batch must not be lost.
-            self.partitions.setdefault((tp.topic, tp.partition), PartitionState(committed=offset))
+            key = (tp.topic, tp.partition)
+            if key in self.partitions:
+                continue  # still ours (no revoke came): its open batch must not be lost
+            self.partitions[key] = PartitionState(committed=tp.offset if tp.offset >= 0 else None)
             self.store.abort_stale_uploads(object_key_pattern(tp.topic, tp.partition))
         log.info("assigned %s", ", ".join(f"{tp.topic}[{tp.partition}]" for tp in assigned))
 
