@@ -253,3 +253,11 @@ def test_a_paused_task_over_the_limit_is_still_reported_failed() -> None:
 
 def test_a_paused_task_does_not_need_its_secrets_yet() -> None:
     assert run(task(state="Paused"), secrets={"obs": None}).status["state"] == "Paused"
+
+
+def test_status_lists_at_most_200_partitions_those_with_most_lag() -> None:
+    many = [{"topic": "t", "partition": p, "committedOffset": 0, "lag": p} for p in range(300)]
+    outcome = run(task(status={"workers": {"pod-1": {**report(), "partitions": many, "lag": sum(range(300))}}}))
+    partitions = outcome.status["partitions"]
+    assert len(partitions) == 200 and partitions[0]["partition"] == 100 and partitions[-1]["partition"] == 299
+    assert outcome.status["lag"] == sum(range(300))

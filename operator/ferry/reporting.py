@@ -41,11 +41,23 @@ class Progress:
             "heartbeatTime": utc_now(),
             "epoch": self.epoch,
             "lag": self.lag,
-            "partitions": [p.wire() for p in self.partitions],
+            "partitions": [p.wire() for p in reportable(self.partitions)],
             "totals": self.totals.wire(),
             "error": self.error.wire() if self.error else None,
             **self.extra,
         }
+
+
+# Status objects live in etcd (1.5 MiB each): report the partitions that matter most, all of them up to this.
+MAX_REPORTED_PARTITIONS = 200
+
+
+def reportable(partitions: list[PartitionProgress]) -> list[PartitionProgress]:
+    """At most MAX_REPORTED_PARTITIONS, the ones with the highest lag, in topic-partition order."""
+    if len(partitions) <= MAX_REPORTED_PARTITIONS:
+        return partitions
+    worst = sorted(partitions, key=lambda p: -(p.lag or 0))[:MAX_REPORTED_PARTITIONS]
+    return sorted(worst, key=lambda p: (p.topic, p.partition))
 
 
 class Reporter(Protocol):

@@ -14,6 +14,7 @@ from typing import Any
 from ferry.api.base import ConditionStatus, Phase, TaskSpec, TaskState
 from ferry.control.render import Owner, render_worker_deployment
 from ferry.errors import TaskError
+from ferry.reporting import MAX_REPORTED_PARTITIONS
 from ferry.settings import OperatorSettings
 from ferry.tasks import KindPlugin, parse_task
 
@@ -146,8 +147,9 @@ def summarize_workers(live: dict[str, Any]) -> dict[str, Any]:
     """Top-level progress from each worker's own entry."""
     reports = list(live.values())
     partitions = sorted(
-        (p for r in reports for p in r.get("partitions") or []), key=lambda p: (p["topic"], p["partition"])
-    )
+        (p for r in reports for p in r.get("partitions") or []), key=lambda p: (-(p.get("lag") or 0))
+    )[:MAX_REPORTED_PARTITIONS]
+    partitions.sort(key=lambda p: (p["topic"], p["partition"]))
     summary: dict[str, Any] = {
         "partitions": partitions,
         "lag": sum(r.get("lag") or 0 for r in reports),
