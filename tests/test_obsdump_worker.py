@@ -363,3 +363,30 @@ def test_metrics_and_health_are_served(
     assert f"ferry_committed_offset{{{labels[0]}}} 50.0" in text
     assert f"ferry_bytes_total{{{labels[0]}}} " in text
     assert "ferry_dump_latency_seconds_count" in text and "ferry_worker_healthy" in text
+
+
+def test_a_failed_task_recovers_by_itself_once_the_user_fixes_the_cause(
+    kafka: KafkaBroker, object_store: SeaweedFS, topic_factory: TopicFactory, bucket_factory: BucketFactory
+) -> None:
+    topic = topic_factory(partitions=1)
+    bucket = f"later-{uuid.uuid4().hex[:8]}"
+    produce(kafka.bootstrap, topic, 20, partitions=1)
+    spec = spec_for(kafka, object_store, bucket, topics=[topic], target={"storeKeys": True})
+    running = start_pipeline(spec, object_store, f"g-{uuid.uuid4().hex[:8]}")
+    client = object_store.client()
+    try:
+        recorder = running.recorder
+        wait_for(lambda: recorder.reports and recorder.last.error, timeout=20, what="BucketNotFound")
+        assert recorder.last.error is not None and recorder.last.error.reason == "BucketNotFound"
+        client.create_bucket(Bucket=bucket)
+        wait_for(
+            lambda: recorder.last.phase == "Running" and recorder.last.totals.records == 20, timeout=60, what="recovery"
+        )
+    finally:
+        running.finish()
+    try:
+        assert [r.offset for r in dumped_records(client, bucket)[(topic, 0)]] == list(range(20))
+    finally:
+        for key in list_objects(client, bucket):
+            client.delete_object(Bucket=bucket, Key=key)
+        client.delete_bucket(Bucket=bucket)

@@ -146,9 +146,9 @@ def _live_workers(status: dict[str, Any], now: datetime, timeout: float) -> tupl
 def summarize_workers(live: dict[str, Any]) -> dict[str, Any]:
     """Top-level progress from each worker's own entry."""
     reports = list(live.values())
-    partitions = sorted(
-        (p for r in reports for p in r.get("partitions") or []), key=lambda p: (-(p.get("lag") or 0))
-    )[:MAX_REPORTED_PARTITIONS]
+    partitions = sorted((p for r in reports for p in r.get("partitions") or []), key=lambda p: -(p.get("lag") or 0))[
+        :MAX_REPORTED_PARTITIONS
+    ]
     partitions.sort(key=lambda p: (p["topic"], p["partition"]))
     summary: dict[str, Any] = {
         "partitions": partitions,

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 TP = tuple[str, int]
 CONSUME_BATCH = 5000
+KAFKA, STORE = "kafka", "store"
 RETRY_BACKOFF_MAX = 60.0
 
 
@@ -97,7 +98,9 @@ class DumpPipeline:
         self.objects_written = 0
         self.last_dump_time: str | None = None
         self.last_object_key: str | None = None
-        self.error: TaskError | None = None
+        # The problem in the way, per side: Kafka trouble clears when Kafka works again, store trouble
+        # when an object is written, so one side recovering does not hide the other's failure.
+        self.errors: dict[str, TaskError] = {}
         self.consumer: Consumer | None = None
         # Partitions sought back during the current consume() result: the rest of it is stale for them.
         self.sought_back: set[TP] = set()
@@ -132,16 +135,20 @@ class DumpPipeline:
         """Check the bucket and the topics; on failure report Failed and retry with backoff (no crash loop)."""
         backoff = 1.0
         while not stop.is_set():
-            try:
-                self.store.check()
-                self._check_topics()
-                self.error = None
+            if self._works(STORE, self.store.check) and self._works(KAFKA, self._check_topics):
                 return True
-            except TaskError as err:
-                self._fail(err)
-                stop.wait(backoff)
-                backoff = min(backoff * 2, RETRY_BACKOFF_MAX)
+            stop.wait(backoff)
+            backoff = min(backoff * 2, RETRY_BACKOFF_MAX)
         return False
+
+    def _works(self, side: str, check: Callable[[], None]) -> bool:
+        try:
+            check()
+        except TaskError as err:
+            self._fail(err, side)
+            return False
+        self._clear(side)
+        return True
 
     def _check_topics(self) -> None:
         existing = existing_topics(AdminClient(self.kafka_config), self.kafka_config["bootstrap.servers"])
@@ -173,7 +180,7 @@ class DumpPipeline:
                 self._refresh_subscription()
                 next_refresh = time.monotonic() + self.settings.topic_refresh_interval
             if time.monotonic() >= next_report:
-                self._report("Failed" if self.error else "Running")
+                self._report("Failed" if self.errors else "Running")
                 next_report = time.monotonic() + self.settings.report_interval
 
     # -- topics and assignment -------------------------------------------------------------------
@@ -191,14 +198,14 @@ class DumpPipeline:
         try:
             topics = self._matching_topics()
         except KafkaException as err:
-            self._fail(describe_kafka_error(err, self.kafka_config["bootstrap.servers"]))
+            self._fail(describe_kafka_error(err, self.kafka_config["bootstrap.servers"]), KAFKA)
             return
         if topics and (force or topics != self.subscribed):
             log.info("subscribing to %d topics: %s", len(topics), ", ".join(topics))
             self.consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
             self.subscribed = topics
         elif not topics and self.spec.topic_regex is not None:
-            self._fail(TaskError("NoMatchingTopics", f"no topic matches {self.spec.topic_regex!r} yet"))
+            self._fail(TaskError("NoMatchingTopics", f"no topic matches {self.spec.topic_regex!r} yet"), KAFKA)
 
     def _on_assign(self, consumer: Consumer, assigned: list[TopicPartition]) -> None:
         committed = consumer.committed(assigned, timeout=10)
@@ -231,10 +238,11 @@ class DumpPipeline:
             if err.code() == KafkaError._PARTITION_EOF:
                 return
             if err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
-                self._fail(TaskError("TopicNotFound", f"topic {message.topic()} no longer exists: {err.str()}"))
+                self._fail(TaskError("TopicNotFound", f"topic {message.topic()} no longer exists: {err.str()}"), KAFKA)
                 return
-            self._fail(describe_kafka_error(KafkaException(err), self.kafka_config["bootstrap.servers"]))
+            self._fail(describe_kafka_error(KafkaException(err), self.kafka_config["bootstrap.servers"]), KAFKA)
             return
+        self._clear(KAFKA)
         topic, partition, offset = message.topic(), message.partition(), message.offset()
         assert topic is not None and partition is not None and offset is not None
         if (topic, partition) in self.sought_back:
@@ -291,7 +299,8 @@ class DumpPipeline:
         self.last_object_key = batch.upload.key
         state.committed = batch.last_offset + 1
         state.batch = None
-        self.error = None
+        self._clear(STORE)
+        self._clear(KAFKA)
         return True
 
     def _commit(self, topic: str, partition: int, offset: int) -> None:
@@ -315,6 +324,7 @@ class DumpPipeline:
             try:
                 self._commit(key[0], key[1], position.offset)
                 state.committed = position.offset
+                self._clear(KAFKA)
             except KafkaException as err:
                 log.info("idle commit of %s[%d] failed: %s", key[0], key[1], err)
 
@@ -324,8 +334,12 @@ class DumpPipeline:
         batch = state.batch
         batch.upload.abort()
         state.batch = None
-        bootstrap = self.kafka_config["bootstrap.servers"]
-        self._fail(err if isinstance(err, TaskError) else describe_kafka_error(err, bootstrap))
+        if isinstance(err, KafkaException):
+            self._fail(describe_kafka_error(err, self.kafka_config["bootstrap.servers"]), KAFKA)
+        elif isinstance(err, TaskError):
+            self._fail(err, STORE)
+        else:
+            self._fail(TaskError("ObjectStoreError", f"writing {batch.upload.key} failed: {type(err).__name__}"), STORE)
         self.sought_back.add((batch.topic, batch.partition))
         try:
             self.consumer.seek(TopicPartition(batch.topic, batch.partition, batch.start_offset))
@@ -335,13 +349,21 @@ class DumpPipeline:
 
     # -- reporting -------------------------------------------------------------------------------
 
-    def _fail(self, err: TaskError) -> None:
-        changed = self.error is None or self.error.reason != err.reason
-        self.error = err
+    @property
+    def error(self) -> TaskError | None:
+        return self.errors.get(STORE) or self.errors.get(KAFKA)
+
+    def _fail(self, err: TaskError, side: str) -> None:
+        previous = self.errors.get(side)
+        self.errors[side] = err
         self.metrics.error(err.reason)
-        if changed:  # report at once; repeats wait for the periodic report
+        if previous is None or previous.reason != err.reason:  # at once; repeats wait for the periodic report
             log.warning("%s", err)
             self._report("Failed")
+
+    def _clear(self, side: str) -> None:
+        if self.errors.pop(side, None) is not None:
+            log.info("recovered: %s side works again", side)
 
     def _partition_progress(self) -> list[PartitionProgress]:
         progress = []

@@ -72,7 +72,13 @@ class ObjectStore:
         """Fail early, with a reason, when the bucket is missing or the keys are wrong."""
         try:
             self.client.list_objects_v2(Bucket=self.target.bucket, Prefix=self.target.directory, MaxKeys=1)
-        except (BotoCoreError, ClientError) as err:
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") == "AccessDenied":
+                # Write-only keys are a sound policy: the first upload will tell if writing is denied too.
+                log.warning("the keys may not list bucket %s; checking by writing instead", self.target.bucket)
+                return
+            raise describe_store_error(err, self.target) from None
+        except BotoCoreError as err:
             raise describe_store_error(err, self.target) from None
 
     def open(self, key: str) -> ObjectUpload:
@@ -109,7 +115,10 @@ class ObjectUpload:
         self.buffer += data
         self.size += len(data)
         if len(self.buffer) >= self.store.part_bytes:
-            self._send_part()
+            try:
+                self._send_part()
+            except (BotoCoreError, ClientError) as err:
+                raise describe_store_error(err, self.store.target) from None
 
     def _send_part(self) -> None:
         client, bucket = self.store.client, self.store.target.bucket
