@@ -160,15 +160,21 @@ def test_topic_regex_picks_up_topics_created_later(
     assert {t for t, _ in records} == {first, later}
 
 
-def run_worker_process(manifest: Path, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "FERRY_REPORT_INTERVAL": "0.5", "FERRY_SESSION_TIMEOUT_MS": "6000", **(extra_env or {})}
-    return subprocess.Popen(
-        [sys.executable, "-m", "ferry", "run", "-f", str(manifest), "--group", manifest.stem],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+def run_worker_process(manifest: Path, *args: str) -> subprocess.Popen[bytes]:
+    """`ferry run` in its own process group; its output goes to <manifest>.log (a pipe nobody reads could fill)."""
+    env = {**os.environ, "FERRY_REPORT_INTERVAL": "0.5", "FERRY_SESSION_TIMEOUT_MS": "6000"}
+    with manifest.with_suffix(".log").open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "ferry", "run", "-f", str(manifest), "--group", manifest.stem, *args],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def output_of(manifest: Path) -> str:
+    return manifest.with_suffix(".log").read_text(errors="replace")
 
 
 def test_sigterm_flushes_the_open_batch_and_commits(
@@ -183,9 +189,8 @@ def test_sigterm_flushes_the_open_batch_and_commits(
     manifest = write_manifest(tmp_path / f"sigterm-{uuid.uuid4().hex[:6]}.yaml", "sigterm", spec, object_store)
     produce(kafka.bootstrap, topic, 40, partitions=2)
     worker = run_worker_process(manifest)
-    lines = OutputLines(worker)
     try:
-        wait_for(lambda: lines.seen("lag=40"), timeout=30, what="records buffered")
+        wait_for(lambda: "lag=40" in output_of(manifest), timeout=30, what="records buffered")
         time.sleep(1)  # the records are buffered; the hour-long period is far away
         assert list_objects(object_store.client(), bucket) == {}
         worker.send_signal(signal.SIGTERM)
@@ -193,29 +198,9 @@ def test_sigterm_flushes_the_open_batch_and_commits(
     finally:
         if worker.poll() is None:
             worker.kill()
-    assert worker.returncode == 0, lines.text()
+    assert worker.returncode == 0, output_of(manifest)
     assert len(list_objects(object_store.client(), bucket)) == 2
     assert committed(kafka.bootstrap, manifest.stem, topic, 2) == [20, 20]
-
-
-class OutputLines:
-    """Collects a process's output in the background so the test can wait for a line."""
-
-    def __init__(self, process: subprocess.Popen[bytes]) -> None:
-        self.lines: list[str] = []
-        self.thread = threading.Thread(target=self._read, args=(process,), daemon=True)
-        self.thread.start()
-
-    def _read(self, process: subprocess.Popen[bytes]) -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            self.lines.append(line.decode(errors="replace"))
-
-    def seen(self, needle: str) -> bool:
-        return any(needle in line for line in self.lines)
-
-    def text(self) -> str:
-        return "".join(self.lines)
 
 
 def test_worker_reports_actionable_failures_and_keeps_running(
@@ -329,13 +314,7 @@ def test_metrics_and_health_are_served(
     manifest = write_manifest(tmp_path / f"metrics-{uuid.uuid4().hex[:6]}.yaml", "metrics", spec, object_store)
     port = free_port()
     produce(kafka.bootstrap, topic, 100, partitions=2)
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "ferry", "run", "-f", str(manifest), "--metrics-port", str(port)],
-        env={**os.environ, "FERRY_REPORT_INTERVAL": "0.5", "FERRY_SESSION_TIMEOUT_MS": "6000"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    worker = run_worker_process(manifest, "--metrics-port", str(port))
 
     def metrics() -> str:
         try:
