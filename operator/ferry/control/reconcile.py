@@ -285,8 +285,10 @@ def _with_self(peers: list[dict[str, Any]], body: dict[str, Any]) -> list[dict[s
 
 
 def _human(delta: timedelta) -> str:
-    hours = delta.total_seconds() / 3600
-    return f"{hours:.1f}h" if hours >= 1 else f"{delta.total_seconds() / 60:.0f}m"
+    seconds = delta.total_seconds()
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 60:.0f}m" if seconds >= 60 else f"{seconds:.0f}s"
 
 
 def _condition(

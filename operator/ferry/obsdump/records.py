@@ -25,6 +25,8 @@ from typing import Any
 from ferry.obsdump.model import ObsDumpTarget, TimeDirectoryFormat
 
 OFFSET_WIDTH = 19
+# One encoder for every record: json.dumps with options builds a new one per call.
+_JSON = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"))
 _TIME_LEVELS = {
     TimeDirectoryFormat.YEAR: "%Y",
     TimeDirectoryFormat.MONTH: "%Y/%m",
@@ -76,7 +78,7 @@ def encode_record(record: Record, store_keys: bool, separator: bytes) -> bytes:
     doc.update(_text_or_base64("value", record.value))
     if record.headers:
         doc["headers"] = [{"key": k, **_text_or_base64("value", v)} for k, v in record.headers]
-    return json.dumps(doc, ensure_ascii=True, separators=(",", ":")).encode("ascii") + separator
+    return _JSON.encode(doc).encode("ascii") + separator
 
 
 def _field(doc: dict[str, Any], name: str) -> bytes | None:
