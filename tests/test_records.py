@@ -85,3 +85,27 @@ def test_store_keys_output_is_ascii_so_control_separators_cannot_collide() -> No
 def test_truncated_object_is_refused() -> None:
     with pytest.raises(ValueError, match="separator"):
         list(decode_records(b"v1\nv2", False, b"\n"))
+
+
+def test_store_keys_roundtrip_of_random_bytes_and_text() -> None:
+    import random
+
+    rng = random.Random(7)
+    alphabet = 'ab"\\\n\t\x00\x1f/é€😀'
+
+    def data() -> bytes | None:
+        choice = rng.random()
+        if choice < 0.1:
+            return None
+        if choice < 0.5:
+            return bytes(rng.randrange(256) for _ in range(rng.randrange(20)))
+        return "".join(rng.choice(alphabet) for _ in range(rng.randrange(20))).encode()
+
+    records = [
+        Record(i, rng.randrange(2**41), data(), data(), [(f'h{j}\n"', data()) for j in range(rng.randrange(3))])
+        for i in range(500)
+    ]
+    blob = b"".join(encode_record(r, True, b"\n") for r in records)
+    assert list(decode_records(blob, True, b"\n")) == [
+        Record(r.offset, r.timestamp_ms, r.key, r.value, list(r.headers)) for r in records
+    ]
