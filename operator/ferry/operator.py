@@ -13,7 +13,7 @@ from kubernetes.client.exceptions import ApiException
 
 from ferry.api import GROUP, VERSION
 from ferry.api.base import Phase
-from ferry.control.reconcile import Observed, Outcome, decide, owner_of
+from ferry.control.reconcile import Observed, Outcome, accepted_spec, decide, owner_of
 from ferry.control.render import SPEC_HASH_ANNOTATION, selector_labels, worker_name
 from ferry.registry import PLUGINS
 from ferry.settings import OperatorSettings
@@ -45,10 +45,10 @@ def _observe(plugin: KindPlugin, body: dict[str, Any]) -> Observed:
     apps, core, custom = client.AppsV1Api(), client.CoreV1Api(), client.CustomObjectsApi()
     deployment = _read_deployment(apps, owner.namespace, worker_name(owner))
     selector = ",".join(f"{k}={v}" for k, v in selector_labels(owner).items())
-    pods = core.list_namespaced_pod(owner.namespace, label_selector=selector).to_dict()["items"]
+    pods = core.list_namespaced_pod(owner.namespace, label_selector=selector).items
     secrets: dict[str, set[str] | None] = {}
-    try:
-        spec = plugin.definition.spec_model.model_validate(body.get("spec") or {})
+    try:  # the Secrets of the spec that will run (the accepted one, for kinds with immutable specs)
+        spec = plugin.definition.spec_model.model_validate(accepted_spec(plugin, body)[0])
         names = {ref.secret for ref in plugin.secret_refs(spec).values()}
     except ValueError:
         names = set()
@@ -57,22 +57,8 @@ def _observe(plugin: KindPlugin, body: dict[str, Any]) -> Observed:
     peers = []
     if plugin.admission is not None:
         peers = custom.list_cluster_custom_object(GROUP, VERSION, plugin.definition.plural)["items"]
-    return Observed(deployment=deployment, pods=_camel_pods(pods), secrets=secrets, peers=peers)
-
-
-def _camel_pods(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The client's to_dict() is snake_case; decide() reads the API's camelCase."""
-    result = []
-    for pod in pods:
-        statuses = []
-        for cs in (pod.get("status") or {}).get("container_statuses") or []:
-            waiting = ((cs.get("state") or {}).get("waiting")) or {}
-            terminated = ((cs.get("last_state") or {}).get("terminated")) or {}
-            statuses.append(
-                {"state": {"waiting": waiting}, "lastState": {"terminated": terminated}, "name": cs.get("name")}
-            )
-        result.append({"metadata": {"name": pod["metadata"]["name"]}, "status": {"containerStatuses": statuses}})
-    return result
+    serialize = client.ApiClient().sanitize_for_serialization  # the API's camelCase, as decide() reads it
+    return Observed(deployment=deployment, pods=[serialize(p) for p in pods], secrets=secrets, peers=peers)
 
 
 def _read_deployment(apps: client.AppsV1Api, namespace: str, name: str) -> dict[str, Any] | None:
