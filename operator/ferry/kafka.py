@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, Message
 from confluent_kafka.admin import AdminClient
 
 from ferry.api.base import KafkaEndpoint
@@ -85,3 +85,14 @@ def existing_topics(admin: AdminClient, bootstrap: str, timeout: float = 10.0) -
 
 def missing_topics(wanted: Iterable[str], existing: Mapping[str, int]) -> list[str]:
     return sorted(set(wanted) - set(existing))
+
+
+def as_bytes(data: str | bytes | None) -> bytes | None:
+    return data.encode() if isinstance(data, str) else data
+
+
+def message_headers(message: Message) -> list[tuple[str, bytes | None]]:
+    """A record's headers as (name, bytes) pairs, whatever form the client returned them in."""
+    headers = message.headers() or []
+    items = headers.items() if isinstance(headers, dict) else headers
+    return [(name, as_bytes(value)) for name, value in items]

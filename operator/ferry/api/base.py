@@ -147,6 +147,11 @@ class KafkaEndpoint(ApiModel):
         """The instance identity used for limits: the explicit id, or the normalised broker list."""
         return self.instance_id or normalise_bootstrap(self.bootstrap_servers)
 
+    @property
+    def instance_slug(self) -> str:
+        """The instance identity in characters a topic name may hold (for `{source}` in topic names)."""
+        return re.sub(r"[^A-Za-z0-9._-]", "_", self.instance)
+
 
 def normalise_bootstrap(servers: str) -> str:
     """`B:1, a:9092,b:1` and `a,b:1` name the same instance: lower-case, default port, sorted, unique."""

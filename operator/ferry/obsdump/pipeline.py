@@ -23,7 +23,7 @@ from confluent_kafka.admin import AdminClient
 
 from ferry.api.base import PartitionProgress, Totals, WorkerError
 from ferry.errors import TaskError
-from ferry.kafka import describe_kafka_error, existing_topics, missing_topics
+from ferry.kafka import as_bytes, describe_kafka_error, existing_topics, message_headers, missing_topics
 from ferry.metrics import WorkerMetrics
 from ferry.obsdump.model import ObsDumpTaskSpec
 from ferry.obsdump.records import Record, dump_batch_key, encode_record, object_key_pattern
@@ -56,16 +56,6 @@ class Batch:
 class PartitionState:
     committed: int | None = None  # next offset to read, as committed by us or found in the group
     batch: Batch | None = None
-
-
-def _raw(data: str | bytes | None) -> bytes | None:
-    return data.encode() if isinstance(data, str) else data
-
-
-def _headers(message: Message) -> list[tuple[str, bytes | None]]:
-    headers = message.headers() or []
-    items = headers.items() if isinstance(headers, dict) else headers
-    return [(name, _raw(value)) for name, value in items]
 
 
 class DumpPipeline:
@@ -256,13 +246,13 @@ class DumpPipeline:
         if state is None:
             state = self.partitions[key] = PartitionState()
         _, timestamp = message.timestamp()
-        value, record_key = _raw(message.value()), _raw(message.key())
+        value, record_key = as_bytes(message.value()), as_bytes(message.key())
         if state.batch is None:
             name = dump_batch_key(self.target, topic, partition, offset, timestamp)
             state.batch = Batch(topic, partition, offset, self.store.open(name), offset)
         batch = state.batch
         if self.target.store_keys:
-            record = Record(offset, timestamp, record_key, value, _headers(message))
+            record = Record(offset, timestamp, record_key, value, message_headers(message))
             encoded = encode_record(record, True, self.separator)
         else:  # the hot path: value bytes and the separator, nothing else to build
             encoded = (value or b"") + self.separator
