@@ -10,11 +10,11 @@ from contextlib import contextmanager
 from typing import Any
 
 from confluent_kafka import Consumer, Producer
-
 from ferry.metrics import WorkerMetrics
 from ferry.settings import WorkerSettings
 from ferry.topicsync.model import TopicSyncSpec
 from ferry.topicsync.pipeline import ORIGIN_HEADER, SyncPipeline
+
 from tests.conftest import TopicFactory
 from tests.support.dumps import Recorder, wait_for
 from tests.support.servers import KafkaBroker

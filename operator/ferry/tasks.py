@@ -50,6 +50,8 @@ class KindPlugin:
     build_pipeline: Callable[[Task, WorkerContext], Pipeline]
     # Operator-side check against the other tasks of the kind (e.g. per-instance limits).
     admission: Callable[[Task, list[dict[str, Any]]], TaskError | None] | None = None
+    # Kind-specific status fields from the live workers' reports.
+    summarize: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None
 
 
 def validation_message(err: ValidationError) -> str:

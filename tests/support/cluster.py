@@ -73,8 +73,8 @@ class Cluster:
                 return None
             raise
 
-    def status(self, namespace: str, name: str) -> dict[str, Any]:
-        body = self.task(namespace, name) or {}
+    def status(self, namespace: str, name: str, plural: str = "obsdumptasks") -> dict[str, Any]:
+        body = self.task(namespace, name, plural) or {}
         return dict(body.get("status") or {})
 
     def patch_spec(self, namespace: str, name: str, spec: dict[str, Any], plural: str = "obsdumptasks") -> None:

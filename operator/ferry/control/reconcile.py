@@ -143,8 +143,8 @@ def _live_workers(status: dict[str, Any], now: datetime, timeout: float) -> tupl
     return live, stale
 
 
-def summarize_workers(live: dict[str, Any]) -> dict[str, Any]:
-    """Top-level progress from each worker's own entry."""
+def summarize_workers(plugin: KindPlugin, live: dict[str, Any]) -> dict[str, Any]:
+    """Top-level progress from each worker's own entry (kind-specific fields by the kind's summary)."""
     reports = list(live.values())
     partitions = sorted((p for r in reports for p in r.get("partitions") or []), key=lambda p: -(p.get("lag") or 0))[
         :MAX_REPORTED_PARTITIONS
@@ -159,12 +159,8 @@ def summarize_workers(live: dict[str, Any]) -> dict[str, Any]:
         },
         "lastHeartbeatTime": max((r["heartbeatTime"] for r in reports), default=None),
     }
-    dumps = [r for r in reports if r.get("lastDumpTime")]
-    if dumps:
-        latest = max(dumps, key=lambda r: r["lastDumpTime"])
-        summary["lastDumpTime"] = latest["lastDumpTime"]
-        summary["lastObjectKey"] = latest.get("lastObjectKey")
-        summary["objectsWritten"] = sum(r.get("objectsWritten") or 0 for r in reports)
+    if plugin.summarize is not None:
+        summary.update(plugin.summarize(reports))
     return summary
 
 
@@ -223,7 +219,7 @@ def decide(
     live, stale = _live_workers(status, now, settings.heartbeat_timeout)
     if stale:
         patch["workers"] = {w: None for w in stale}
-    patch.update(summarize_workers(live))
+    patch.update(summarize_workers(plugin, live))
 
     # A refused task is Failed even while paused, so its owner learns it before resuming it.
     admission = plugin.admission(task, _with_self(observed.peers, body)) if plugin.admission else None

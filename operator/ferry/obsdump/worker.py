@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ferry.credentials import SecretRef
 from ferry.kafka import client_config, endpoint_secret_refs
 from ferry.obsdump.admission import check_limit
@@ -36,6 +38,23 @@ def build_pipeline(task: Task, ctx: WorkerContext) -> DumpPipeline:
     )
 
 
+def summarize(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """The latest object over all workers, and how many were written."""
+    dumps = [r for r in reports if r.get("lastDumpTime")]
+    if not dumps:
+        return {}
+    latest = max(dumps, key=lambda r: r["lastDumpTime"])
+    return {
+        "lastDumpTime": latest["lastDumpTime"],
+        "lastObjectKey": latest.get("lastObjectKey"),
+        "objectsWritten": sum(r.get("objectsWritten") or 0 for r in reports),
+    }
+
+
 PLUGIN = KindPlugin(
-    definition=OBS_DUMP_TASK, secret_refs=secret_refs, build_pipeline=build_pipeline, admission=check_limit
+    definition=OBS_DUMP_TASK,
+    secret_refs=secret_refs,
+    build_pipeline=build_pipeline,
+    admission=check_limit,
+    summarize=summarize,
 )

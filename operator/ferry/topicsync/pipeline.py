@@ -251,7 +251,9 @@ class SyncPipeline:
             self.totals.bytes += size
         self.error = None
 
-    def _produce(self, topic: str, partition: int, message: Message, headers: list[tuple[str, str | bytes | None]]) -> None:
+    def _produce(
+        self, topic: str, partition: int, message: Message, headers: list[tuple[str, str | bytes | None]]
+    ) -> None:
         assert self.producer is not None
         _, timestamp = message.timestamp()
         while True:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ferry.credentials import SecretRef
 from ferry.kafka import client_config, endpoint_secret_refs
 from ferry.tasks import KindPlugin, Task, WorkerContext
@@ -28,4 +30,16 @@ def build_pipeline(task: Task, ctx: WorkerContext) -> SyncPipeline:
     )
 
 
-PLUGIN = KindPlugin(definition=TOPIC_SYNC, secret_refs=secret_refs, build_pipeline=build_pipeline)
+def summarize(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every worker sees the same topics: take the latest list; loop skips add up."""
+    latest = max(reports, key=lambda r: r.get("heartbeatTime", ""), default=None)
+    if latest is None:
+        return {}
+    return {
+        "topics": latest.get("topics"),
+        "topicCount": latest.get("topicCount"),
+        "loopRecordsSkipped": sum(r.get("loopRecordsSkipped") or 0 for r in reports),
+    }
+
+
+PLUGIN = KindPlugin(definition=TOPIC_SYNC, secret_refs=secret_refs, build_pipeline=build_pipeline, summarize=summarize)
