@@ -261,3 +261,8 @@ def test_status_lists_at_most_200_partitions_those_with_most_lag() -> None:
     partitions = outcome.status["partitions"]
     assert len(partitions) == 200 and partitions[0]["partition"] == 100 and partitions[-1]["partition"] == 299
     assert outcome.status["lag"] == sum(range(300))
+
+
+def test_a_rebalancing_group_makes_the_task_unassigned() -> None:
+    outcome = run(task(status={"state": "Running", "workers": {"pod-1": report("Rebalancing")}}))
+    assert (outcome.status["state"], outcome.status["reason"]) == ("Unassigned", "Rebalancing")

@@ -55,7 +55,7 @@ def _observe(plugin: KindPlugin, body: dict[str, Any]) -> Observed:
     for name in names:
         secrets[name] = _secret_keys(core, owner.namespace, name)
     peers = []
-    if plugin.admission is not None:
+    if plugin.needs_peers:
         peers = custom.list_cluster_custom_object(GROUP, VERSION, plugin.definition.plural)["items"]
     serialize = client.ApiClient().sanitize_for_serialization  # the API's camelCase, as decide() reads it
     return Observed(deployment=deployment, pods=[serialize(p) for p in pods], secrets=secrets, peers=peers)

@@ -24,7 +24,7 @@ def utc_now() -> str:
 class Progress:
     """One worker's view: the partitions it owns, its totals, and the error stopping it, if any."""
 
-    phase: str  # Running, Failed or Stopped
+    phase: str  # Running, Rebalancing, Failed or Stopped
     partitions: list[PartitionProgress] = field(default_factory=list)
     totals: Totals = field(default_factory=Totals)
     error: WorkerError | None = None

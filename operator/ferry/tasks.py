@@ -44,6 +44,16 @@ class WorkerContext:
 
 
 @dataclass(frozen=True)
+class KindCondition:
+    """A condition only some kinds have; True ones are also announced by a Warning Event."""
+
+    type: str
+    active: bool
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
 class KindPlugin:
     definition: KindDef
     secret_refs: Callable[[Any], dict[str, SecretRef]]
@@ -52,6 +62,12 @@ class KindPlugin:
     admission: Callable[[Task, list[dict[str, Any]]], TaskError | None] | None = None
     # Kind-specific status fields from the live workers' reports.
     summarize: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None
+    # Kind-specific conditions from the other tasks of the kind (e.g. replication loops).
+    conditions: Callable[[Task, list[dict[str, Any]]], list[KindCondition]] | None = None
+
+    @property
+    def needs_peers(self) -> bool:
+        return self.admission is not None or self.conditions is not None
 
 
 def validation_message(err: ValidationError) -> str:

@@ -287,7 +287,7 @@ class WorkerReport(ApiModel):
 
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
 
-    phase: str = Field(description="Running, Failed or Stopped.")
+    phase: str = Field(description="Running, Rebalancing, Failed or Stopped.")
     heartbeat_time: str
     epoch: int = 0
     lag: int | None = None

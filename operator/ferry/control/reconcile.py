@@ -16,7 +16,7 @@ from ferry.control.render import Owner, render_worker_deployment
 from ferry.errors import TaskError
 from ferry.reporting import MAX_REPORTED_PARTITIONS
 from ferry.settings import OperatorSettings
-from ferry.tasks import KindPlugin, parse_task
+from ferry.tasks import KindCondition, KindPlugin, parse_task
 
 ACCEPTED_SPEC_ANNOTATION = "ferry.dev/accepted-spec"
 
@@ -180,6 +180,8 @@ def _running_verdict(spec: TaskSpec, live: dict[str, Any], epoch: int, observed:
             f"{len(current)} of {spec.replicas} workers reporting",
             spec.replicas,
         )
+    if any(r.get("phase") == "Rebalancing" for r in live.values()):
+        return _Verdict(Phase.UNASSIGNED, "Rebalancing", "the workers' consumer group is rebalancing", spec.replicas)
     return _Verdict(Phase.UNASSIGNED, "WaitingForWorker", "no worker has reported yet", spec.replicas)
 
 
@@ -269,7 +271,8 @@ def decide(
     deployment = render_worker_deployment(
         plugin, owner, spec, group=group, epoch=epoch, replicas=verdict.replicas, settings=settings
     )
-    return _finish(body, status, patch, verdict, deployment, events, annotations, now)
+    extra = plugin.conditions(task, _with_self(observed.peers, body)) if plugin.conditions else []
+    return _finish(body, status, patch, verdict, deployment, events, annotations, now, extra)
 
 
 def _with_self(peers: list[dict[str, Any]], body: dict[str, Any]) -> list[dict[str, Any]]:
@@ -317,6 +320,7 @@ def _finish(
     events: list[Event],
     annotations: dict[str, str],
     now: datetime | None = None,
+    extra: list[KindCondition] | None = None,
 ) -> Outcome:
     now = now or datetime.now(UTC)
     generation = body["metadata"].get("generation")
@@ -348,6 +352,13 @@ def _finish(
             ),
         ],
     )
+    for condition in extra or []:
+        value = ConditionStatus.TRUE if condition.active else ConditionStatus.FALSE
+        entry = _condition(previous, condition.type, value, condition.reason, condition.message, generation, now)
+        patch["conditions"].append(entry)
+        was: dict[str, Any] = next((c for c in previous if c.get("type") == condition.type), {})
+        if condition.active and was.get("status") != "True":
+            events.append(Event("Warning", condition.reason, condition.message))
     if status.get("state") != verdict.phase.value or status.get("reason") != verdict.reason:
         warning = verdict.phase == Phase.FAILED
         events.append(

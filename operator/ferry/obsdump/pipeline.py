@@ -92,6 +92,7 @@ class DumpPipeline:
         # when an object is written, so one side recovering does not hide the other's failure.
         self.errors: dict[str, TaskError] = {}
         self.consumer: Consumer | None = None
+        self.rebalancing = True  # until the group gives this worker its partitions
         # Partitions sought back during the current consume() result: the rest of it is stale for them.
         self.sought_back: set[TP] = set()
 
@@ -173,7 +174,7 @@ class DumpPipeline:
                 self._refresh_subscription()
                 next_refresh = time.monotonic() + self.settings.topic_refresh_interval
             if time.monotonic() >= next_report:
-                self._report("Failed" if self.errors else "Running")
+                self._report("Failed" if self.errors else "Rebalancing" if self.rebalancing else "Running")
                 next_report = time.monotonic() + self.settings.report_interval
 
     # -- topics and assignment -------------------------------------------------------------------
@@ -201,6 +202,7 @@ class DumpPipeline:
             self._fail(TaskError("NoMatchingTopics", f"no topic matches {self.spec.topic_regex!r} yet"), KAFKA)
 
     def _on_assign(self, consumer: Consumer, assigned: list[TopicPartition]) -> None:
+        self.rebalancing = False
         committed = consumer.committed(assigned, timeout=10)
         for tp in committed:
             key = (tp.topic, tp.partition)
@@ -211,6 +213,7 @@ class DumpPipeline:
         log.info("assigned %s", ", ".join(f"{tp.topic}[{tp.partition}]" for tp in assigned))
 
     def _on_revoke(self, consumer: Consumer, revoked: list[TopicPartition]) -> None:
+        self.rebalancing = True
         for tp in revoked:
             key = (tp.topic, tp.partition)
             if key in self.partitions:

@@ -71,6 +71,7 @@ class SyncPipeline:
         self.loop_skipped = 0
         self.error: TaskError | None = None
         self.consumer: Consumer | None = None
+        self.rebalancing = True  # until the group gives this worker its partitions
         self.producer: Producer | None = None
         self.delivery_errors: list[KafkaError] = []
 
@@ -170,7 +171,7 @@ class SyncPipeline:
                 self._refresh()
                 next_refresh = time.monotonic() + self.settings.topic_refresh_interval
             if time.monotonic() >= next_report:
-                self._report("Failed" if self.error else "Running")
+                self._report("Failed" if self.error else "Rebalancing" if self.rebalancing else "Running")
                 next_report = time.monotonic() + self.settings.report_interval
 
     def _refresh(self) -> None:
@@ -190,6 +191,7 @@ class SyncPipeline:
     # -- assignment ------------------------------------------------------------------------------
 
     def _on_assign(self, consumer: Consumer, assigned: list[TopicPartition]) -> None:
+        self.rebalancing = False
         blocked = [tp for tp in assigned if tp.partition >= self.topics[tp.topic].target_partitions]
         if blocked:  # no partition to write them to yet: hold them, never skip them
             consumer.pause(blocked)
@@ -197,6 +199,7 @@ class SyncPipeline:
         log.info("assigned %d partitions (%d held for missing target partitions)", len(assigned), len(blocked))
 
     def _on_revoke(self, consumer: Consumer, revoked: list[TopicPartition]) -> None:
+        self.rebalancing = True
         self.assigned -= {(tp.topic, tp.partition) for tp in revoked}
 
     # -- copying ---------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from typing import Any
 from ferry.credentials import SecretRef
 from ferry.kafka import client_config, endpoint_secret_refs
 from ferry.tasks import KindPlugin, Task, WorkerContext
+from ferry.topicsync.loops import replication_loop
 from ferry.topicsync.model import TOPIC_SYNC, TopicSyncSpec
 from ferry.topicsync.pipeline import SyncPipeline
 
@@ -42,4 +43,10 @@ def summarize(reports: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-PLUGIN = KindPlugin(definition=TOPIC_SYNC, secret_refs=secret_refs, build_pipeline=build_pipeline, summarize=summarize)
+PLUGIN = KindPlugin(
+    definition=TOPIC_SYNC,
+    secret_refs=secret_refs,
+    build_pipeline=build_pipeline,
+    summarize=summarize,
+    conditions=replication_loop,
+)

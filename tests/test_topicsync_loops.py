@@ -1,0 +1,63 @@
+"""Replication loops between TopicSyncs are found from the specs and reported as a condition."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from ferry.control.reconcile import Observed, decide
+from ferry.settings import OperatorSettings
+from ferry.topicsync.worker import PLUGIN
+
+
+def sync(name: str, source: str, target: str, topics: list[str] | None = None, **spec: Any) -> dict[str, Any]:
+    selection = {"topics": topics} if topics is not None else {"topicPattern": "orders.*"}
+    return {
+        "apiVersion": "ferry.dev/v1alpha1",
+        "kind": "TopicSync",
+        "metadata": {
+            "name": name,
+            "namespace": "ns",
+            "uid": f"uid-{name}",
+            "generation": 1,
+            "creationTimestamp": "2026-11-21T10:00:00Z",
+        },
+        "spec": {
+            "source": {"bootstrapServers": f"{source}:9092", "instanceId": source},
+            "target": {"bootstrapServers": f"{target}:9092", "instanceId": target},
+            **selection,
+            **spec,
+        },
+        "status": {},
+    }
+
+
+def loop_condition(me: dict[str, Any], peers: list[dict[str, Any]]) -> dict[str, Any]:
+    outcome = decide(PLUGIN, me, Observed(peers=peers, now=datetime.now(UTC)), OperatorSettings())
+    return next(c for c in outcome.status["conditions"] if c["type"] == "ReplicationLoop")
+
+
+def test_two_syncs_in_opposite_directions_form_a_loop() -> None:
+    a_to_b, b_to_a = sync("ab", "a", "b", ["orders"]), sync("ba", "b", "a", ["orders"])
+    condition = loop_condition(a_to_b, [a_to_b, b_to_a])
+    assert condition["status"] == "True" and condition["reason"] == "ReplicationLoop"
+    assert "a -> b -> a" in condition["message"] and "ns/ba" in condition["message"]
+
+
+def test_a_three_instance_cycle_is_found() -> None:
+    syncs = [sync("ab", "a", "b", ["t"]), sync("bc", "b", "c", ["t", "u"]), sync("ca", "c", "a")]
+    assert "a -> b -> c -> a" in loop_condition(syncs[0], syncs)["message"]
+
+
+def test_no_loop_without_shared_topics_or_with_renaming() -> None:
+    assert loop_condition(sync("ab", "a", "b", ["x"]), [sync("ba", "b", "a", ["y"])])["status"] == "False"
+    renamed = sync("ba", "b", "a", ["orders"], targetTopicName="{source}.{topic}")
+    assert loop_condition(sync("ab", "a", "b", ["orders"]), [renamed])["status"] == "False"
+
+
+def test_a_new_loop_is_announced_by_a_warning_event_once() -> None:
+    a_to_b, b_to_a = sync("ab", "a", "b", ["orders"]), sync("ba", "b", "a", ["orders"])
+    first = decide(PLUGIN, a_to_b, Observed(peers=[a_to_b, b_to_a]), OperatorSettings())
+    assert any(e.type == "Warning" and e.reason == "ReplicationLoop" for e in first.events)
+    again = decide(PLUGIN, {**a_to_b, "status": first.status}, Observed(peers=[a_to_b, b_to_a]), OperatorSettings())
+    assert not any(e.reason == "ReplicationLoop" for e in again.events)
