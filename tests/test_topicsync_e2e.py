@@ -56,3 +56,36 @@ def test_apply_a_topic_sync_and_watch_it_copy(
     cluster.kubectl("delete", "topicsync", "mirror", "-n", ns)
     wait_for(lambda: cluster.task(ns, "mirror", plural="topicsyncs") is None, timeout=60, what="deleted")
     assert len(read_all(kafka2.bootstrap, f"a.{topic}", 100)) == 100  # the copied data stays
+
+
+def test_pause_and_resume_within_the_window_continue_from_saved_offsets(
+    cluster: Cluster, kafka: KafkaBroker, kafka2: KafkaBroker, topic_factory: TopicFactory
+) -> None:
+    ns, topic = cluster.namespace(), topic_factory(partitions=1)
+    sync = {
+        "apiVersion": "ferry.dev/v1alpha1",
+        "kind": "TopicSync",
+        "metadata": {"name": "paused", "namespace": ns},
+        "spec": {
+            "source": {"bootstrapServers": kafka.bootstrap, "instanceId": "a"},
+            "target": {"bootstrapServers": kafka2.bootstrap, "instanceId": "b"},
+            "topics": [topic],
+            "startFrom": "earliest",
+            "targetTopicName": "{source}.{topic}",
+        },
+    }
+    cluster.apply(sync)
+    produce_on(kafka.bootstrap, topic, 30, 1, "one")
+
+    def status() -> dict[str, object]:
+        return cluster.status(ns, "paused", plural="topicsyncs")
+
+    wait_for(lambda: (status().get("totals") or {}).get("records") == 30, timeout=90, what="first 30")
+    cluster.patch_spec(ns, "paused", {"state": "Paused"}, plural="topicsyncs")
+    wait_for(lambda: status().get("state") == "Paused", timeout=60, what="Paused")
+    produce_on(kafka.bootstrap, topic, 20, 1, "two")
+    cluster.patch_spec(ns, "paused", {"state": "Running"}, plural="topicsyncs")
+    wait_for(lambda: status().get("resumedFrom") == "savedOffsets", timeout=30, what="resumed")
+    copied = read_all(kafka2.bootstrap, f"a.{topic}", 50, timeout=60, linger=2)
+    values = sorted(m.value() for m in copied)
+    assert values == sorted([f"one-v{i}".encode() for i in range(30)] + [f"two-v{i}".encode() for i in range(20)])
