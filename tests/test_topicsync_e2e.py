@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -89,3 +91,53 @@ def test_pause_and_resume_within_the_window_continue_from_saved_offsets(
     copied = read_all(kafka2.bootstrap, f"a.{topic}", 50, timeout=60, linger=2)
     values = sorted(m.value() for m in copied)
     assert values == sorted([f"one-v{i}".encode() for i in range(30)] + [f"two-v{i}".encode() for i in range(20)])
+
+
+def test_resume_after_the_window_starts_from_start_from(
+    cluster: Cluster, kafka: KafkaBroker, kafka2: KafkaBroker, topic_factory: TopicFactory
+) -> None:
+    from tests.support.dumps import produce
+
+    ns, topic = cluster.namespace(), topic_factory(partitions=1)
+    sync = {
+        "apiVersion": "ferry.dev/v1alpha1",
+        "kind": "TopicSync",
+        "metadata": {"name": "late", "namespace": ns},
+        "spec": {
+            "source": {"bootstrapServers": kafka.bootstrap, "instanceId": "a"},
+            "target": {"bootstrapServers": kafka2.bootstrap, "instanceId": "b"},
+            "topics": [topic],
+            "startFrom": "latest",
+            "resumeWindow": "2s",
+            "targetTopicName": "{source}.{topic}",
+        },
+    }
+    cluster.apply(sync)
+
+    def status() -> dict[str, Any]:
+        return cluster.status(ns, "late", plural="topicsyncs")
+
+    wait_for(lambda: status().get("state") == "Running" and status().get("partitions"), timeout=90, what="Running")
+    produce(kafka.bootstrap, topic, 5, partitions=1)
+    wait_for(lambda: (status().get("totals") or {}).get("records") == 5, timeout=60, what="first 5")
+    cluster.patch_spec(ns, "late", {"state": "Paused"}, plural="topicsyncs")
+    wait_for(lambda: status().get("state") == "Paused", timeout=60, what="Paused")
+    # One batch each: Tansu answers a `latest` ListOffsets with its last batch's base offset + 1.
+    produce(kafka.bootstrap, topic, 5, partitions=1, start=5, batch_each=True)
+    time.sleep(3)
+    cluster.patch_spec(ns, "late", {"state": "Running"}, plural="topicsyncs")
+    wait_for(lambda: status().get("resumedFrom") == "startFrom", timeout=30, what="late resume")
+    assert status()["offsetEpoch"] == 1
+    wait_for(
+        lambda: (
+            status().get("state") == "Running"
+            and status().get("partitions")
+            and all(w.get("epoch") == 1 for w in status()["workers"].values())
+        ),
+        timeout=90,
+        what="new group",
+    )
+    time.sleep(1)
+    produce(kafka.bootstrap, topic, 5, partitions=1, start=10)
+    copied = read_all(kafka2.bootstrap, f"a.{topic}", 10, timeout=60, linger=2)
+    assert sorted(int(m.value().decode().split("-")[1]) for m in copied) == [*range(5), *range(10, 15)]

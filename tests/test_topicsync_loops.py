@@ -61,3 +61,28 @@ def test_a_new_loop_is_announced_by_a_warning_event_once() -> None:
     assert any(e.type == "Warning" and e.reason == "ReplicationLoop" for e in first.events)
     again = decide(PLUGIN, {**a_to_b, "status": first.status}, Observed(peers=[a_to_b, b_to_a]), OperatorSettings())
     assert not any(e.reason == "ReplicationLoop" for e in again.events)
+
+
+def test_a_missing_credentials_secret_fails_the_sync_before_any_worker_starts() -> None:
+    body = sync("sasl", "a", "b", ["orders"])
+    body["spec"]["target"].update(
+        securityProtocol="SASL_SSL", saslMechanism="SCRAM-SHA-512", credentialsSecretRef={"name": "dr-user"}
+    )
+    outcome = decide(PLUGIN, body, Observed(secrets={"dr-user": None}), OperatorSettings())
+    assert (outcome.status["state"], outcome.status["reason"]) == ("Failed", "SecretNotFound")
+    assert "'dr-user'" in outcome.status["message"]
+    assert outcome.deployment is not None and outcome.deployment["spec"]["replicas"] == 0
+    env = outcome.deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in env if "secretKeyRef" in e.get("valueFrom", {})}
+    assert refs == {
+        "FERRY_SECRET_TARGET_SASL_PASSWORD": {"name": "dr-user", "key": "password"},
+        "FERRY_SECRET_TARGET_SASL_USERNAME": {"name": "dr-user", "key": "username"},
+    }
+
+
+def test_a_topic_sync_spec_may_change_and_rolls_the_worker() -> None:
+    before = decide(PLUGIN, sync("ab", "a", "b", ["orders"]), Observed(), OperatorSettings())
+    after = decide(PLUGIN, sync("ab", "a", "b", ["orders", "payments"]), Observed(), OperatorSettings())
+    assert after.status["reason"] != "SpecImmutable"
+    hash_of = lambda d: d["spec"]["template"]["metadata"]["annotations"]["ferry.dev/config-hash"]  # noqa: E731
+    assert hash_of(before.deployment) != hash_of(after.deployment)

@@ -287,3 +287,29 @@ def test_no_record_is_lost_when_the_worker_is_killed_at_random(
         f"{duplicates} duplicates (at-least-once), {len(missing)} missing"
     )
     assert not missing, f"lost records {missing[:10]} (seed {seed})"
+
+
+def test_partitions_the_target_lacks_are_held_not_skipped_and_the_status_says_why(
+    kafka: KafkaBroker, kafka2: KafkaBroker, topic_factory: TopicFactory
+) -> None:
+    topic = topic_factory(partitions=3)
+    admin = kafka2.admin()
+    from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
+
+    admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])[topic].result(15)
+    produce_on(kafka.bootstrap, topic, 30, 3, "g")
+    spec = {
+        "source": {"bootstrapServers": kafka.bootstrap, "instanceId": "a"},
+        "target": {"bootstrapServers": kafka2.bootstrap, "instanceId": "b"},
+        "topics": [topic],
+    }
+    with syncing(spec) as recorder:
+        wait_for(lambda: recorder.reports and recorder.last.totals.records == 10, timeout=60, what="partition 0")
+        time.sleep(2)
+        assert recorder.last.totals.records == 10  # partitions 1 and 2 wait for the target
+        [state] = recorder.last.extra["topics"]
+        assert state["partitions"] == 3 and state["targetPartitions"] == 1
+        assert "refused to add partitions" in state["note"] and "partitions 1-2 are not copied" in state["note"]
+    copied = read_all(kafka2.bootstrap, topic, 10, timeout=20, linger=1)
+    assert sorted(m.value() for m in copied) == sorted(f"g-v{i}".encode() for i in range(0, 30, 3))
+    admin.delete_topics([topic])[topic].result(15)

@@ -69,6 +69,7 @@ class SyncPipeline:
         self.assigned: set[TP] = set()
         self.totals = Totals()
         self.loop_skipped = 0
+        self.rate_mark = (time.monotonic(), 0)  # for records/s between reports
         self.error: TaskError | None = None
         self.consumer: Consumer | None = None
         self.rebalancing = True  # until the group gives this worker its partitions
@@ -210,6 +211,8 @@ class SyncPipeline:
         first: dict[TP, int] = {}
         last: dict[TP, int] = {}
         copied: dict[TP, tuple[int, int]] = {}
+        held: dict[TP, int] = {}
+        failed: KafkaException | None = None
         for message in messages:
             err = message.error()
             if err is not None:
@@ -219,6 +222,9 @@ class SyncPipeline:
             topic, partition, offset = message.topic(), message.partition(), message.offset()
             assert topic is not None and partition is not None and offset is not None
             key = (topic, partition)
+            if partition >= self.topics[topic].target_partitions or key in held:
+                held.setdefault(key, offset)  # no target partition yet: neither copied nor committed
+                continue
             first.setdefault(key, offset)
             last[key] = offset
             headers: list[tuple[str, str | bytes | None]] = list(message_headers(message))
@@ -228,12 +234,22 @@ class SyncPipeline:
                 continue
             if origin is None:
                 headers.append((ORIGIN_HEADER, self.source_instance.encode()))
-            self._produce(self.topics[topic].target, partition, message, headers)
+            try:
+                self._produce(self.topics[topic].target, partition, message, headers)
+            except KafkaException as err:
+                failed = err
+                break
             records, size = copied.get(key, (0, 0))
             copied[key] = (records + 1, size + len(message.value() or b"") + len(message.key() or b""))
+        self._hold(held)
         remaining = self.producer.flush(60)
-        if remaining or self.delivery_errors:
-            problem = self.delivery_errors[0].str() if self.delivery_errors else f"{remaining} records unacknowledged"
+        if failed is not None or remaining or self.delivery_errors:
+            if failed is not None:
+                problem = failed.args[0].str()
+            elif self.delivery_errors:
+                problem = self.delivery_errors[0].str()
+            else:
+                problem = f"{remaining} records unacknowledged"
             self.delivery_errors.clear()
             self._fail(TaskError("TargetWriteFailed", f"the target did not take the records: {problem}"))
             for (topic, partition), offset in first.items():  # redo from the batch's first record
@@ -253,6 +269,14 @@ class SyncPipeline:
             self.totals.records += records
             self.totals.bytes += size
         self.error = None
+
+    def _hold(self, held: dict[TP, int]) -> None:
+        """Rewind and pause partitions that have nowhere to go yet; a later resubscribe picks them up."""
+        assert self.consumer is not None
+        for (topic, partition), offset in held.items():
+            tp = TopicPartition(topic, partition, offset)
+            self.consumer.seek(tp)
+            self.consumer.pause([tp])
 
     def _produce(
         self, topic: str, partition: int, message: Message, headers: list[tuple[str, str | bytes | None]]
@@ -306,6 +330,12 @@ class SyncPipeline:
             )
         return progress
 
+    def _rate(self) -> float:
+        """Records copied per second since the previous report (the target topics' write rate)."""
+        now, (then, records) = time.monotonic(), self.rate_mark
+        self.rate_mark = (now, self.totals.records)
+        return round((self.totals.records - records) / max(now - then, 1e-3), 1)
+
     def _report(self, phase: str) -> None:
         error = None
         if self.error is not None and phase == "Failed":
@@ -321,6 +351,7 @@ class SyncPipeline:
                     "topics": [t.wire() for t in list(self.topics.values())[:200]],
                     "topicCount": len(self.topics),
                     "loopRecordsSkipped": self.loop_skipped,
+                    "recordsPerSecond": self._rate(),
                 },
             )
         )

@@ -40,6 +40,7 @@ def summarize(reports: list[dict[str, Any]]) -> dict[str, Any]:
         "topics": latest.get("topics"),
         "topicCount": latest.get("topicCount"),
         "loopRecordsSkipped": sum(r.get("loopRecordsSkipped") or 0 for r in reports),
+        "recordsPerSecond": round(sum(r.get("recordsPerSecond") or 0 for r in reports), 1),
     }
 
 
