@@ -12,12 +12,20 @@ from datetime import UTC, datetime
 from typing import Any, Protocol, TextIO
 
 from ferry.api.base import PartitionProgress, Totals, WorkerError
+from ferry.errors import TaskError
 
 log = logging.getLogger(__name__)
 
 
 def utc_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def worker_error(phase: str, error: TaskError | None) -> WorkerError | None:
+    """The error a report carries: only when the worker reports Failed."""
+    if error is None or phase != "Failed":
+        return None
+    return WorkerError(reason=error.reason, message=error.message, time=utc_now())
 
 
 @dataclass

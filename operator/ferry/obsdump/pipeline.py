@@ -21,14 +21,22 @@ from typing import Any
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from ferry.api.base import PartitionProgress, Totals, WorkerError
+from ferry.api.base import PartitionProgress, Totals
 from ferry.errors import TaskError
-from ferry.kafka import as_bytes, describe_kafka_error, existing_topics, message_headers, missing_topics
+from ferry.kafka import (
+    as_bytes,
+    describe_kafka_error,
+    existing_topics,
+    group_consumer_config,
+    message_headers,
+    missing_topics,
+    partition_progress,
+)
 from ferry.metrics import WorkerMetrics
 from ferry.obsdump.model import ObsDumpTaskSpec
 from ferry.obsdump.records import Record, dump_batch_key, encode_record, object_key_pattern
 from ferry.obsdump.storage import ObjectStore, ObjectUpload
-from ferry.reporting import Progress, Reporter, utc_now
+from ferry.reporting import Progress, Reporter, utc_now, worker_error
 from ferry.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -112,18 +120,13 @@ class DumpPipeline:
             self.consumer.close()
 
     def _consumer_config(self) -> dict[str, Any]:
-        return {
-            **self.kafka_config,
-            "group.id": self.group,
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "auto.offset.reset": self.spec.start_from.value,
-            "session.timeout.ms": self.settings.session_timeout_ms,
-            "client.id": f"ferry-obsdump-{self.group}",
-            # librdkafka's default 1 s backoff when its queue is full leaves the worker idle for most of
-            # that second once it has drained the queue (measured: +66% for 100 B records at 100 ms).
-            "fetch.queue.backoff.ms": 100,
-        }
+        return group_consumer_config(
+            self.kafka_config,
+            self.group,
+            self.spec.start_from,
+            self.settings.session_timeout_ms,
+            f"ferry-obsdump-{self.group}",
+        )
 
     def _wait_until_workable(self, stop: threading.Event) -> bool:
         """Check the bucket and the topics; on failure report Failed and retry with backoff (no crash loop)."""
@@ -370,38 +373,14 @@ class DumpPipeline:
             log.info("recovered: %s side works again", side)
 
     def _partition_progress(self) -> list[PartitionProgress]:
-        progress = []
-        for (topic, partition), state in sorted(self.partitions.items()):
-            delivered = state.batch.start_offset if state.batch else state.committed
-            high = None
-            if self.consumer is not None:
-                try:
-                    _, high = self.consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
-                except KafkaException:
-                    high = None
-                high = high if high is not None and high >= 0 else None
-            lag = max(high - delivered, 0) if high is not None and delivered is not None else None
-            if lag is not None:
-                self.metrics.lag.labels(**self.metrics.labels, topic=topic, partition=str(partition)).set(lag)
-            if state.committed is not None:
-                self.metrics.committed.labels(**self.metrics.labels, topic=topic, partition=str(partition)).set(
-                    state.committed
-                )
-            progress.append(
-                PartitionProgress(
-                    topic=topic,
-                    partition=partition,
-                    committed_offset=state.committed,
-                    end_offset=high,
-                    lag=lag,
-                )
-            )
-        return progress
+        delivered = {
+            key: state.batch.start_offset if state.batch else state.committed for key, state in self.partitions.items()
+        }
+        committed = {key: state.committed for key, state in self.partitions.items()}
+        return partition_progress(self.consumer, delivered, committed, self.metrics)
 
     def _report(self, phase: str) -> None:
-        error = None
-        if self.error is not None and phase == "Failed":
-            error = WorkerError(reason=self.error.reason, message=self.error.message, time=utc_now())
+        error = worker_error(phase, self.error)
         self.metrics.up.labels(**self.metrics.labels).set(0 if error else 1)
         self.reporter.report(
             Progress(

@@ -18,11 +18,17 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from ferry.api.base import PartitionProgress, Totals, WorkerError
+from ferry.api.base import PartitionProgress, Totals
 from ferry.errors import TaskError
-from ferry.kafka import describe_kafka_error, existing_topics, message_headers
+from ferry.kafka import (
+    describe_kafka_error,
+    existing_topics,
+    group_consumer_config,
+    message_headers,
+    partition_progress,
+)
 from ferry.metrics import WorkerMetrics
-from ferry.reporting import Progress, Reporter, utc_now
+from ferry.reporting import Progress, Reporter, worker_error
 from ferry.settings import WorkerSettings
 from ferry.topicsync.model import TopicState, TopicSyncSpec
 from ferry.topicsync.topics import broker_count, describe, ensure_target
@@ -101,15 +107,13 @@ class SyncPipeline:
             self.producer.flush(30)
 
     def _consumer_config(self) -> dict[str, Any]:
-        return {
-            **self.source_config,
-            "group.id": self.group,
-            "enable.auto.commit": False,
-            "auto.offset.reset": self.spec.start_from.value,
-            "session.timeout.ms": self.settings.session_timeout_ms,
-            "fetch.queue.backoff.ms": 100,
-            "client.id": f"ferry-topicsync-{self.group}",
-        }
+        return group_consumer_config(
+            self.source_config,
+            self.group,
+            self.spec.start_from,
+            self.settings.session_timeout_ms,
+            f"ferry-topicsync-{self.group}",
+        )
 
     def _producer_config(self) -> dict[str, Any]:
         return {
@@ -313,22 +317,8 @@ class SyncPipeline:
             self._report("Failed")
 
     def _partition_progress(self) -> list[PartitionProgress]:
-        progress = []
-        for topic, partition in sorted(self.assigned):
-            committed = self.committed.get((topic, partition))
-            high: int | None = None
-            if self.consumer is not None:
-                _, high = self.consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
-                high = high if high is not None and high >= 0 else None
-            lag = max(high - committed, 0) if high is not None and committed is not None else None
-            if lag is not None:
-                self.metrics.lag.labels(**self.metrics.labels, topic=topic, partition=str(partition)).set(lag)
-            progress.append(
-                PartitionProgress(
-                    topic=topic, partition=partition, committed_offset=committed, end_offset=high, lag=lag
-                )
-            )
-        return progress
+        delivered = {key: self.committed.get(key) for key in self.assigned}
+        return partition_progress(self.consumer, delivered, delivered, self.metrics)
 
     def _rate(self) -> float:
         """Records copied per second since the previous report (the target topics' write rate)."""
@@ -337,9 +327,8 @@ class SyncPipeline:
         return round((self.totals.records - records) / max(now - then, 1e-3), 1)
 
     def _report(self, phase: str) -> None:
-        error = None
-        if self.error is not None and phase == "Failed":
-            error = WorkerError(reason=self.error.reason, message=self.error.message, time=utc_now())
+        error = worker_error(phase, self.error)
+        self.metrics.up.labels(**self.metrics.labels).set(0 if error else 1)
         self.reporter.report(
             Progress(
                 phase=phase,
