@@ -12,7 +12,16 @@ from tests.conftest import TopicFactory
 from tests.support.cluster import Cluster, running_cluster
 from tests.support.dumps import wait_for
 from tests.support.servers import KafkaBroker
-from tests.test_topicsync_worker import produce_on, read_all
+from tests.test_topicsync_worker import produce_on, read_all, sync_spec
+
+
+def manifest(namespace: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "ferry.dev/v1alpha1",
+        "kind": "TopicSync",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": spec,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -26,18 +35,9 @@ def test_apply_a_topic_sync_and_watch_it_copy(
 ) -> None:
     ns, topic = cluster.namespace(), topic_factory(partitions=2)
     produce_on(kafka.bootstrap, topic, 100, 2, "e2e")
-    sync = {
-        "apiVersion": "ferry.dev/v1alpha1",
-        "kind": "TopicSync",
-        "metadata": {"name": "mirror", "namespace": ns},
-        "spec": {
-            "source": {"bootstrapServers": kafka.bootstrap, "instanceId": "a"},
-            "target": {"bootstrapServers": kafka2.bootstrap, "instanceId": "b"},
-            "topics": [topic],
-            "startFrom": "earliest",
-            "targetTopicName": "{source}.{topic}",
-        },
-    }
+    sync = manifest(
+        ns, "mirror", sync_spec(kafka, kafka2, topics=[topic], startFrom="earliest", targetTopicName="{source}.{topic}")
+    )
     cluster.apply(sync)
 
     def status() -> dict[str, object]:
@@ -64,18 +64,9 @@ def test_pause_and_resume_within_the_window_continue_from_saved_offsets(
     cluster: Cluster, kafka: KafkaBroker, kafka2: KafkaBroker, topic_factory: TopicFactory
 ) -> None:
     ns, topic = cluster.namespace(), topic_factory(partitions=1)
-    sync = {
-        "apiVersion": "ferry.dev/v1alpha1",
-        "kind": "TopicSync",
-        "metadata": {"name": "paused", "namespace": ns},
-        "spec": {
-            "source": {"bootstrapServers": kafka.bootstrap, "instanceId": "a"},
-            "target": {"bootstrapServers": kafka2.bootstrap, "instanceId": "b"},
-            "topics": [topic],
-            "startFrom": "earliest",
-            "targetTopicName": "{source}.{topic}",
-        },
-    }
+    sync = manifest(
+        ns, "paused", sync_spec(kafka, kafka2, topics=[topic], startFrom="earliest", targetTopicName="{source}.{topic}")
+    )
     cluster.apply(sync)
     produce_on(kafka.bootstrap, topic, 30, 1, "one")
 
@@ -99,19 +90,13 @@ def test_resume_after_the_window_starts_from_start_from(
     from tests.support.dumps import produce
 
     ns, topic = cluster.namespace(), topic_factory(partitions=1)
-    sync = {
-        "apiVersion": "ferry.dev/v1alpha1",
-        "kind": "TopicSync",
-        "metadata": {"name": "late", "namespace": ns},
-        "spec": {
-            "source": {"bootstrapServers": kafka.bootstrap, "instanceId": "a"},
-            "target": {"bootstrapServers": kafka2.bootstrap, "instanceId": "b"},
-            "topics": [topic],
-            "startFrom": "latest",
-            "resumeWindow": "2s",
-            "targetTopicName": "{source}.{topic}",
-        },
-    }
+    sync = manifest(
+        ns,
+        "late",
+        sync_spec(
+            kafka, kafka2, topics=[topic], startFrom="latest", resumeWindow="2s", targetTopicName="{source}.{topic}"
+        ),
+    )
     cluster.apply(sync)
 
     def status() -> dict[str, Any]:

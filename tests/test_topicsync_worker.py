@@ -28,6 +28,15 @@ from tests.support.dumps import Recorder, wait_for
 from tests.support.servers import KafkaBroker
 
 
+def sync_spec(source: KafkaBroker, target: KafkaBroker, **fields: Any) -> dict[str, Any]:
+    """A TopicSync spec from one test broker (instance `a`) to the other (instance `b`)."""
+    return {
+        "source": {"bootstrapServers": source.bootstrap, "instanceId": "a"},
+        "target": {"bootstrapServers": target.bootstrap, "instanceId": "b"},
+        **fields,
+    }
+
+
 @contextmanager
 def syncing(spec: dict[str, Any], group: str | None = None) -> Iterator[Recorder]:
     parsed = TopicSyncSpec.model_validate({"startFrom": "earliest", **spec})
@@ -97,11 +106,7 @@ def test_records_keep_key_value_headers_timestamp_and_partition_in_a_created_tar
 ) -> None:
     topic = topic_factory(partitions=3)
     produce_on(kafka.bootstrap, topic, 300, 3, "a")
-    spec = {
-        "source": {"bootstrapServers": kafka.bootstrap, "instanceId": "kafka-a"},
-        "target": {"bootstrapServers": kafka2.bootstrap, "instanceId": "kafka-b"},
-        "topics": [topic],
-    }
+    spec = sync_spec(kafka, kafka2, topics=[topic])
     with syncing(spec) as recorder:
         wait_for(lambda: recorder.reports and recorder.last.totals.records == 300, timeout=60, what="300 copied")
         topics = recorder.last.extra["topics"]
@@ -114,7 +119,7 @@ def test_records_keep_key_value_headers_timestamp_and_partition_in_a_created_tar
         i = int(m.value().decode().split("v")[1])
         assert m.key() == f"a-k{i}".encode() and m.partition() == i % 3
         assert m.timestamp()[1] == 1_700_000_000_000 + i
-        assert m.headers() == [("app", f"h{i}".encode()), (ORIGIN_HEADER, b"kafka-a")]
+        assert m.headers() == [("app", f"h{i}".encode()), (ORIGIN_HEADER, b"a")]
 
 
 def test_prefix_naming_and_topics_created_later_are_picked_up(
@@ -146,12 +151,12 @@ def test_bidirectional_sync_converges_every_record_once_on_each_side(
     kafka: KafkaBroker, kafka2: KafkaBroker, topic_factory: TopicFactory
 ) -> None:
     topic = topic_factory(partitions=2)
-    topic_factory_b = f"{topic}"  # the same name on the other instance, created by the sync
-    a = {"bootstrapServers": kafka.bootstrap, "instanceId": "kafka-a"}
-    b = {"bootstrapServers": kafka2.bootstrap, "instanceId": "kafka-b"}
+    a = {"bootstrapServers": kafka.bootstrap, "instanceId": "a"}
+    b = {"bootstrapServers": kafka2.bootstrap, "instanceId": "b"}
     with syncing({"source": a, "target": b, "topics": [topic]}) as forward:
         wait_for(lambda: forward.reports and forward.last.partitions, timeout=60, what="A->B assigned")
-        with syncing({"source": b, "target": a, "topics": [topic_factory_b]}) as backward:
+        # the same name on the other instance (created by the forward sync), back again
+        with syncing({"source": b, "target": a, "topics": [topic]}) as backward:
             wait_for(lambda: backward.reports and backward.last.partitions, timeout=60, what="B->A assigned")
             produce_on(kafka.bootstrap, topic, 50, 2, "a")
             produce_on(kafka2.bootstrap, topic, 40, 2, "b")
@@ -174,11 +179,7 @@ def test_two_workers_share_the_partitions_as_one_group(
     kafka: KafkaBroker, kafka2: KafkaBroker, topic_factory: TopicFactory
 ) -> None:
     topic = topic_factory(partitions=4)
-    spec = {
-        "source": {"bootstrapServers": kafka.bootstrap, "instanceId": "a"},
-        "target": {"bootstrapServers": kafka2.bootstrap, "instanceId": "b"},
-        "topics": [topic],
-    }
+    spec = sync_spec(kafka, kafka2, topics=[topic])
     group = f"shared-{uuid.uuid4().hex[:8]}"
     with syncing(spec, group) as one, syncing(spec, group) as two:
 
@@ -236,12 +237,7 @@ def test_no_record_is_lost_when_the_worker_is_killed_at_random(
                 "apiVersion": "ferry.dev/v1alpha1",
                 "kind": "TopicSync",
                 "metadata": {"name": "killed"},
-                "spec": {
-                    "source": {"bootstrapServers": kafka.bootstrap, "instanceId": "a"},
-                    "target": {"bootstrapServers": kafka2.bootstrap, "instanceId": "b"},
-                    "topics": [topic],
-                    "startFrom": "earliest",
-                },
+                "spec": sync_spec(kafka, kafka2, topics=[topic], startFrom="earliest"),
             }
         )
     )
@@ -298,11 +294,7 @@ def test_partitions_the_target_lacks_are_held_not_skipped_and_the_status_says_wh
 
     admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])[topic].result(15)
     produce_on(kafka.bootstrap, topic, 30, 3, "g")
-    spec = {
-        "source": {"bootstrapServers": kafka.bootstrap, "instanceId": "a"},
-        "target": {"bootstrapServers": kafka2.bootstrap, "instanceId": "b"},
-        "topics": [topic],
-    }
+    spec = sync_spec(kafka, kafka2, topics=[topic])
     with syncing(spec) as recorder:
         wait_for(lambda: recorder.reports and recorder.last.totals.records == 10, timeout=60, what="partition 0")
         time.sleep(2)
