@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ferry.api import API_VERSION, GROUP, VERSION
-from ferry.api.base import ApiModel, TaskSpec, TaskStatus
+from ferry.api import GROUP, VERSION
+from ferry.api.base import TaskSpec, TaskStatus
 
 
 @dataclass(frozen=True)
@@ -58,26 +58,5 @@ class KindDef:
         return f"{self.plural}.{GROUP}"
 
     @property
-    def api_version(self) -> str:
-        return API_VERSION
-
-    @property
     def version(self) -> str:
         return VERSION
-
-
-class TaskManifest(ApiModel):
-    """A task as `kubectl apply` and `ferry run -f` read it."""
-
-    api_version: str
-    kind: str
-    metadata: dict[str, Any]
-    spec: dict[str, Any]
-
-    @property
-    def name(self) -> str:
-        return str(self.metadata.get("name", ""))
-
-    @property
-    def namespace(self) -> str:
-        return str(self.metadata.get("namespace") or "default")

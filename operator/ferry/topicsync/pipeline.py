@@ -25,6 +25,7 @@ from ferry.kafka import (
     existing_topics,
     group_consumer_config,
     message_headers,
+    missing_topics,
     partition_progress,
 )
 from ferry.metrics import WorkerMetrics
@@ -131,7 +132,7 @@ class SyncPipeline:
         target_bootstrap = self.target_config["bootstrap.servers"]
         available = existing_topics(source_admin, source_bootstrap)
         if self.spec.topics is not None:
-            missing = sorted(set(self.spec.topics) - set(available))
+            missing = missing_topics(self.spec.topics, available)
             if missing:
                 raise TaskError(
                     "SourceTopicNotFound",
