@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+
+RETRY_BACKOFF_MAX = 60.0
+
 
 class TaskError(Exception):
     """The task cannot make progress until something outside Ferry changes (or a retry succeeds)."""
@@ -13,3 +18,17 @@ class TaskError(Exception):
 
     def __str__(self) -> str:
         return f"{self.reason}: {self.message}"
+
+
+def retry_until_stopped(stop: threading.Event, attempt: Callable[[], bool]) -> bool:
+    """Call `attempt` until it succeeds, waiting 1, 2, 4... up to 60 s between tries; False if stopped first.
+
+    A worker whose task cannot run yet waits here, reporting why, instead of exiting into a crash loop.
+    """
+    backoff = 1.0
+    while not stop.is_set():
+        if attempt():
+            return True
+        stop.wait(backoff)
+        backoff = min(backoff * 2, RETRY_BACKOFF_MAX)
+    return False

@@ -22,7 +22,7 @@ from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
 from ferry.api.base import PartitionProgress, Totals
-from ferry.errors import TaskError
+from ferry.errors import TaskError, retry_until_stopped
 from ferry.kafka import (
     as_bytes,
     describe_kafka_error,
@@ -44,7 +44,6 @@ log = logging.getLogger(__name__)
 TP = tuple[str, int]
 CONSUME_BATCH = 5000
 KAFKA, STORE = "kafka", "store"
-RETRY_BACKOFF_MAX = 60.0
 
 
 @dataclass
@@ -108,7 +107,7 @@ class DumpPipeline:
 
     def run(self, stop: threading.Event) -> None:
         """Run until `stop` is set, then write what was read, commit it and leave the group."""
-        if not self._wait_until_workable(stop):
+        if not retry_until_stopped(stop, self._workable):
             return
         self.consumer = Consumer(self._consumer_config())
         try:
@@ -128,15 +127,9 @@ class DumpPipeline:
             f"ferry-obsdump-{self.group}",
         )
 
-    def _wait_until_workable(self, stop: threading.Event) -> bool:
-        """Check the bucket and the topics; on failure report Failed and retry with backoff (no crash loop)."""
-        backoff = 1.0
-        while not stop.is_set():
-            if self._works(STORE, self.store.check) and self._works(KAFKA, self._check_topics):
-                return True
-            stop.wait(backoff)
-            backoff = min(backoff * 2, RETRY_BACKOFF_MAX)
-        return False
+    def _workable(self) -> bool:
+        """The bucket and the topics are there (otherwise reported Failed, and retried by the caller)."""
+        return self._works(STORE, self.store.check) and self._works(KAFKA, self._check_topics)
 
     def _works(self, side: str, check: Callable[[], None]) -> bool:
         try:

@@ -19,7 +19,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from confluent_kafka.admin import AdminClient
 
 from ferry.api.base import PartitionProgress, Totals
-from ferry.errors import TaskError
+from ferry.errors import TaskError, retry_until_stopped
 from ferry.kafka import (
     describe_kafka_error,
     existing_topics,
@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 
 ORIGIN_HEADER = "ferry.origin"
 CONSUME_BATCH = 5000
-RETRY_BACKOFF_MAX = 60.0
 TP = tuple[str, int]
 
 
@@ -86,16 +85,7 @@ class SyncPipeline:
     # -- lifecycle -------------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
-        backoff = 1.0
-        while not stop.is_set():
-            try:
-                self._prepare_topics()
-                break
-            except TaskError as err:
-                self._fail(err)
-                stop.wait(backoff)
-                backoff = min(backoff * 2, RETRY_BACKOFF_MAX)
-        if stop.is_set():
+        if not retry_until_stopped(stop, self._topics_ready):
             return
         self.consumer = Consumer(self._consumer_config())
         self.producer = Producer(self._producer_config())
@@ -106,6 +96,14 @@ class SyncPipeline:
             self._report("Stopped")
             self.consumer.close()
             self.producer.flush(30)
+
+    def _topics_ready(self) -> bool:
+        try:
+            self._prepare_topics()
+        except TaskError as err:
+            self._fail(err)
+            return False
+        return True
 
     def _consumer_config(self) -> dict[str, Any]:
         return group_consumer_config(
@@ -183,10 +181,7 @@ class SyncPipeline:
     def _refresh(self) -> None:
         """New matching topics and partition growth: re-shape the targets and resubscribe when needed."""
         before = dict(self.topics)
-        try:
-            self._prepare_topics()
-        except TaskError as err:
-            self._fail(err)
+        if not self._topics_ready():
             return
         if sorted(self.topics) != sorted(before) or any(
             self.topics[t].target_partitions != before[t].target_partitions for t in before if t in self.topics
