@@ -10,9 +10,10 @@ import pytest
 
 from tests.conftest import TopicFactory
 from tests.support.cluster import Cluster, running_cluster
+from tests.support.copies import produce_on, read_all
 from tests.support.dumps import wait_for
 from tests.support.servers import KafkaBroker
-from tests.test_topicsync_worker import produce_on, read_all, sync_spec
+from tests.test_topicsync_worker import sync_spec
 
 
 def manifest(namespace: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:

@@ -17,13 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Producer
 from ferry.metrics import WorkerMetrics
 from ferry.settings import WorkerSettings
 from ferry.topicsync.model import TopicSyncSpec
 from ferry.topicsync.pipeline import ORIGIN_HEADER, SyncPipeline
 
 from tests.conftest import TopicFactory
+from tests.support.copies import produce_on, read_all
 from tests.support.dumps import Recorder, wait_for
 from tests.support.servers import KafkaBroker
 
@@ -60,45 +61,6 @@ def syncing(spec: dict[str, Any], group: str | None = None) -> Iterator[Recorder
         stop.set()
         thread.join(60)
         assert not thread.is_alive()
-
-
-def read_all(bootstrap: str, topic: str, expected: int, timeout: float = 30, linger: float = 0) -> list[Any]:
-    """Every record of the topic (by an independent consumer), once `expected` arrived (and `linger` more
-    seconds passed, to catch any beyond) or the time is up."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"check-{uuid.uuid4().hex}",
-            "auto.offset.reset": "earliest",
-            "session.timeout.ms": 6000,
-        }
-    )
-    consumer.subscribe([topic])
-    records: list[Any] = []
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline and len(records) < expected:
-            records += [m for m in consumer.consume(1000, timeout=0.5) if m.error() is None]
-        end = time.monotonic() + linger
-        while time.monotonic() < end:
-            records += [m for m in consumer.consume(1000, timeout=0.5) if m.error() is None]
-    finally:
-        consumer.close()
-    return records
-
-
-def produce_on(bootstrap: str, topic: str, count: int, partitions: int, tag: str) -> None:
-    producer = Producer({"bootstrap.servers": bootstrap})
-    for i in range(count):
-        producer.produce(
-            topic,
-            key=f"{tag}-k{i}",
-            value=f"{tag}-v{i}",
-            partition=i % partitions,
-            headers=[("app", f"h{i}".encode())],
-            timestamp=1_700_000_000_000 + i,
-        )
-    assert producer.flush(30) == 0
 
 
 def test_records_keep_key_value_headers_timestamp_and_partition_in_a_created_target_topic(

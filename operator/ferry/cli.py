@@ -17,7 +17,7 @@ from ferry import credentials
 from ferry.api import API_VERSION
 from ferry.errors import TaskError
 from ferry.registry import KINDS, PLUGINS
-from ferry.reporting import ConsoleReporter, KubernetesReporter
+from ferry.reporting import ConsoleReporter, KubernetesReporter, StatusLedger
 from ferry.runtime import run_task, stop_on_signals
 from ferry.settings import WorkerSettings
 from ferry.tasks import parse_task
@@ -53,7 +53,9 @@ def main(argv: list[str] | None = None) -> None:
         metavar="PATH=VALUE",
         help="override a field, e.g. spec.source.bootstrapServers=localhost:9092",
     )
-    run.add_argument("--group", help="consumer group (default ferry-run.<namespace>.<name>)")
+    run.add_argument(
+        "--group", help="consumer group (default: the one the spec names, else ferry-run.<namespace>.<name>)"
+    )
     run.add_argument("--duration", type=float, help="stop (flushing and committing) after this many seconds")
     run.add_argument("--metrics-port", type=int, default=-1, help="serve /metrics and /healthz on this port")
 
@@ -110,9 +112,8 @@ def _worker(settings: WorkerSettings) -> None:
     except config.ConfigException:
         config.load_kube_config()
     worker_id = os.environ.get("FERRY_WORKER_ID") or os.environ.get("HOSTNAME", "worker")
-    reporter = KubernetesReporter(
-        client.CustomObjectsApi(), task.definition.plural, task.namespace, task.name, worker_id
-    )
+    api = client.CustomObjectsApi()
+    reporter = KubernetesReporter(api, task.definition.plural, task.namespace, task.name, worker_id)
     stop = threading.Event()
     stop_on_signals(stop)
     run_task(
@@ -124,6 +125,7 @@ def _worker(settings: WorkerSettings) -> None:
         settings,
         stop,
         epoch=int(os.environ.get("FERRY_OFFSET_EPOCH", "0")),
+        resets=StatusLedger(api, task.definition.plural, task.namespace, task.name),
     )
 
 
@@ -156,7 +158,9 @@ def _run(args: argparse.Namespace, settings: WorkerSettings) -> None:
     stop_on_signals(stop)
     if args.duration:
         threading.Timer(args.duration, stop.set).start()
-    group = args.group or f"ferry-run.{task.namespace}.{task.name}"
+    group = args.group or (
+        plugin.fixed_group(task.spec) if plugin.fixed_group else f"ferry-run.{task.namespace}.{task.name}"
+    )
     print(f"running {task.definition.kind} {task.namespace}/{task.name} as consumer group {group}", flush=True)
     run_task(plugin, task, secrets, group, ConsoleReporter(), settings_with_port(settings, args.metrics_port), stop)
 

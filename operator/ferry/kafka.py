@@ -32,8 +32,9 @@ def client_config(endpoint: KafkaEndpoint, role: str, secrets: Mapping[str, Sens
         "bootstrap.servers": endpoint.bootstrap_servers.replace(" ", ""),
         "security.protocol": endpoint.security_protocol.value,
     }
-    if endpoint.sasl_mechanism is not None:
-        config["sasl.mechanism"] = endpoint.sasl_mechanism.value
+    mechanism = endpoint.effective_sasl_mechanism
+    if mechanism is not None:
+        config["sasl.mechanism"] = mechanism.value
         config["sasl.username"] = secrets[f"{role}_SASL_USERNAME"].reveal()
         config["sasl.password"] = secrets[f"{role}_SASL_PASSWORD"].reveal()
     if f"{role}_TLS_CA" in secrets:

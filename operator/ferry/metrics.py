@@ -31,6 +31,24 @@ class WorkerMetrics:
             tp,
             registry=self.registry,
         )
+        self.records_read = Counter(
+            "ferry_records_read_total", "Records read from the source.", tp, registry=self.registry
+        )
+        self.bytes_read = Counter(
+            "ferry_bytes_read_total", "Bytes of record payload read from the source.", tp, registry=self.registry
+        )
+        self.target_records = Counter(
+            "ferry_target_records_total",
+            "Records written to each target topic (acknowledged): the target topic's throughput.",
+            [*base, "topic"],
+            registry=self.registry,
+        )
+        self.target_bytes = Counter(
+            "ferry_target_bytes_total",
+            "Bytes of record payload written to each target topic (acknowledged).",
+            [*base, "topic"],
+            registry=self.registry,
+        )
         self.lag = Gauge("ferry_lag_records", "Records not yet delivered, per partition.", tp, registry=self.registry)
         self.committed = Gauge(
             "ferry_committed_offset", "Next offset to read, as committed.", tp, registry=self.registry

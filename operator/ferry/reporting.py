@@ -68,6 +68,13 @@ def reportable(partitions: list[PartitionProgress]) -> list[PartitionProgress]:
     return sorted(worst, key=lambda p: (p.topic, p.partition))
 
 
+def sum_rates(reports: list[dict[str, Any]]) -> dict[str, float]:
+    """The workers' write rates added up (each worker reports its own share of the partitions)."""
+    return {
+        name: round(sum(r.get(name) or 0 for r in reports), 1) for name in ("recordsPerSecond", "bytesPerSecond")
+    }
+
+
 class Reporter(Protocol):
     def report(self, progress: Progress) -> None: ...
 
@@ -112,3 +119,55 @@ class KubernetesReporter:
             self.api.patch_namespaced_custom_object_status(GROUP, VERSION, self.namespace, self.plural, self.name, body)
         except Exception as err:  # a missed heartbeat must never stop the data path
             log.warning("status report failed: %s", type(err).__name__)
+
+
+class ResetLedger(Protocol):
+    """Which offset epoch's reset to startFrom has been applied. Kinds whose consumer group is the user's own
+    (DataAccessTask) cannot start a new group after a late resume; they reset the group's offsets once per
+    epoch, and note it here so that a restarted worker does not reset them again."""
+
+    def applied_epoch(self) -> int: ...
+
+    def record(self, epoch: int) -> None: ...
+
+
+class MemoryLedger:
+    """`ferry run` and tests: the epoch lives as long as the process."""
+
+    def __init__(self, epoch: int = 0) -> None:
+        self.epoch = epoch
+
+    def applied_epoch(self) -> int:
+        return self.epoch
+
+    def record(self, epoch: int) -> None:
+        self.epoch = epoch
+
+
+class StatusLedger:
+    """Under the operator: `status.offsetResetEpoch` of the worker's own task (its Role allows get and patch)."""
+
+    def __init__(self, api: Any, plural: str, namespace: str, name: str) -> None:
+        self.api = api  # kubernetes.client.CustomObjectsApi
+        self.plural = plural
+        self.namespace = namespace
+        self.name = name
+
+    def applied_epoch(self) -> int:
+        from ferry.api import GROUP, VERSION
+
+        try:
+            body = self.api.get_namespaced_custom_object_status(GROUP, VERSION, self.namespace, self.plural, self.name)
+        except Exception as err:
+            raise TaskError(
+                "StatusUnavailable",
+                f"cannot read the task's status to see whether its offsets were reset ({type(err).__name__}): "
+                "check the worker's ServiceAccount and the API server",
+            ) from None
+        return int((body.get("status") or {}).get("offsetResetEpoch") or 0)
+
+    def record(self, epoch: int) -> None:
+        from ferry.api import GROUP, VERSION
+
+        body = {"status": {"offsetResetEpoch": epoch}}
+        self.api.patch_namespaced_custom_object_status(GROUP, VERSION, self.namespace, self.plural, self.name, body)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from dataclasses import replace
 from types import FrameType
 
 from ferry.credentials import Sensitive
 from ferry.metrics import MetricsServer, WorkerMetrics
-from ferry.reporting import Reporter
+from ferry.reporting import Reporter, ResetLedger
 from ferry.settings import WorkerSettings
 from ferry.tasks import KindPlugin, Task, WorkerContext
 
@@ -36,6 +37,7 @@ def run_task(
     settings: WorkerSettings,
     stop: threading.Event,
     epoch: int = 0,
+    resets: ResetLedger | None = None,
 ) -> None:
     metrics = WorkerMetrics(task.definition.kind, f"{task.namespace}/{task.name}")
     server = None
@@ -43,6 +45,8 @@ def run_task(
         server = MetricsServer(metrics, settings.metrics_port, stall_seconds=settings.stall_seconds).start()
         log.info("metrics and health on port %d", server.port)
     context = WorkerContext(secrets, consumer_group, reporter, metrics, settings, epoch)
+    if resets is not None:
+        context = replace(context, resets=resets)
     try:
         plugin.build_pipeline(task, context).run(stop)
     finally:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pydantic import ValidationError
@@ -14,7 +14,7 @@ from ferry.api.kinds import KindDef
 from ferry.credentials import SecretRef, Sensitive
 from ferry.errors import TaskError
 from ferry.metrics import WorkerMetrics
-from ferry.reporting import Reporter
+from ferry.reporting import MemoryLedger, Reporter, ResetLedger
 from ferry.settings import WorkerSettings
 
 
@@ -41,6 +41,7 @@ class WorkerContext:
     metrics: WorkerMetrics
     settings: WorkerSettings
     epoch: int = 0
+    resets: ResetLedger = field(default_factory=MemoryLedger)
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,8 @@ class KindPlugin:
     summarize: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None
     # Kind-specific conditions from the other tasks of the kind (e.g. replication loops).
     conditions: Callable[[Task, list[dict[str, Any]]], list[KindCondition]] | None = None
+    # The consumer group named by the spec (the user's own), instead of one Ferry names per task.
+    fixed_group: Callable[[Any], str] | None = None
 
     @property
     def needs_peers(self) -> bool:

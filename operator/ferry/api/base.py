@@ -143,6 +143,11 @@ class KafkaEndpoint(ApiModel):
         return self
 
     @property
+    def effective_sasl_mechanism(self) -> SaslMechanism | None:
+        """The mechanism the client uses (a kind may default it)."""
+        return self.sasl_mechanism
+
+    @property
     def instance(self) -> str:
         """The instance identity used for limits: the explicit id, or the normalised broker list."""
         return self.instance_id or normalise_bootstrap(self.bootstrap_servers)
@@ -314,6 +319,11 @@ class TaskStatus(ApiModel):
     partitions: list[PartitionProgress] | None = None
     totals: Totals | None = None
     last_error: WorkerError | None = None
+    offset_reset_epoch: int | None = Field(
+        None,
+        description="For tasks reading the user's own consumer group: the offsetEpoch whose reset to startFrom "
+        "the workers have applied.",
+    )
     resumed_from: str | None = Field(
         None, description="How the last resume started: savedOffsets (within the window) or startFrom."
     )

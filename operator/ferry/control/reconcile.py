@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ferry.api.base import ConditionStatus, Phase, TaskSpec, TaskState
-from ferry.control.render import Owner, render_worker_deployment
+from ferry.control.render import Owner, deployed_spec, render_worker_deployment
 from ferry.errors import TaskError
 from ferry.reporting import MAX_REPORTED_PARTITIONS
 from ferry.settings import OperatorSettings
@@ -248,12 +248,17 @@ def decide(
             if now - paused_at > window:
                 epoch += 1
                 start = getattr(spec, "start_from", None)
+                how = (
+                    f"moving consumer group {plugin.fixed_group(spec)} to"
+                    if plugin.fixed_group
+                    else "starting a new consumer group from"
+                )
                 events.append(
                     Event(
                         "Normal",
                         "ResumedFromStartFrom",
                         f"paused for {_human(now - paused_at)}, longer than the resume window {spec.resume_window}: "
-                        f"starting from startFrom={start.value if start else 'latest'} in a new consumer group",
+                        f"{how} startFrom={start.value if start else 'latest'}",
                     )
                 )
                 patch["resumedFrom"] = "startFrom"
@@ -265,14 +270,50 @@ def decide(
     if immutable_error is not None and verdict.phase != Phase.PAUSED:
         verdict = _Verdict(Phase.FAILED, immutable_error.reason, immutable_error.message, verdict.replicas)
 
-    group = consumer_group(owner, epoch)
+    group = plugin.fixed_group(spec) if plugin.fixed_group else consumer_group(owner, epoch)
     patch["consumerGroup"] = group
     patch["offsetEpoch"] = epoch
     deployment = render_worker_deployment(
         plugin, owner, spec, group=group, epoch=epoch, replicas=verdict.replicas, settings=settings
     )
+    changed = spec_changes(deployed_spec(observed.deployment), spec.wire())
+    if changed and verdict.replicas:
+        events.append(
+            Event(
+                "Normal",
+                "SpecChanged",
+                f"{'; '.join(changed)}: rolling the workers (the old ones flush and commit first); "
+                f"consumer group {group} keeps its offsets",
+            )
+        )
     extra = plugin.conditions(task, _with_self(observed.peers, body)) if plugin.conditions else []
     return _finish(body, status, patch, verdict, deployment, events, annotations, now, extra)
+
+
+# Changes that do not roll the workers: pausing and scaling have their own events.
+_NOT_ROLLING = frozenset({"state", "replicas"})
+
+
+def spec_changes(before: dict[str, Any] | None, after: dict[str, Any], prefix: str = "spec") -> list[str]:
+    """What changed between the spec the workers run and the new one, leaf by leaf, as `path: old -> new`
+    (specs hold Secret names and keys, never values, so they can be shown)."""
+    if before is None:
+        return []
+    changes = []
+    for key in sorted(set(before) | set(after)):
+        if prefix == "spec" and key in _NOT_ROLLING:
+            continue
+        old, new, path = before.get(key), after.get(key), f"{prefix}.{key}"
+        if isinstance(old, dict) and isinstance(new, dict):
+            changes.extend(spec_changes(old, new, path))
+        elif old != new:
+            changes.append(f"{path}: {_shown(old)} -> {_shown(new)}")
+    return changes
+
+
+def _shown(value: Any) -> str:
+    text = "(unset)" if value is None else json.dumps(value) if not isinstance(value, str) else value
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _with_self(peers: list[dict[str, Any]], body: dict[str, Any]) -> list[dict[str, Any]]:

@@ -81,6 +81,19 @@ def task_document(owner: Owner, spec: TaskSpec) -> dict[str, Any]:
     }
 
 
+def deployed_spec(deployment: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The task spec a rendered worker Deployment carries in FERRY_TASK (None without one)."""
+    if deployment is None:
+        return None
+    pod = ((deployment.get("spec") or {}).get("template") or {}).get("spec") or {}
+    for container in pod.get("containers") or []:
+        for item in container.get("env") or []:
+            if item.get("name") == "FERRY_TASK" and "value" in item:
+                spec: dict[str, Any] = json.loads(item["value"]).get("spec") or {}
+                return spec
+    return None
+
+
 def worker_env(
     plugin: KindPlugin, owner: Owner, spec: TaskSpec, group: str, epoch: int, settings: OperatorSettings
 ) -> list[dict[str, Any]]:

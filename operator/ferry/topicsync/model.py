@@ -126,6 +126,7 @@ class TopicSyncStatus(TaskStatus):
     topic_count: int | None = Field(None, description="Topics being synced.")
     topics: list[TopicState] | None = Field(None, description="Each synced topic (at most 200 listed).")
     records_per_second: float | None = Field(None, description="Records written to the target per second, lately.")
+    bytes_per_second: float | None = Field(None, description="Bytes written to the target per second, lately.")
     loop_records_skipped: int | None = Field(
         None, description="Records not copied because they were first written to the target instance."
     )

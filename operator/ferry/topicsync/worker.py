@@ -6,6 +6,7 @@ from typing import Any
 
 from ferry.credentials import SecretRef
 from ferry.kafka import client_config, endpoint_secret_refs
+from ferry.reporting import sum_rates
 from ferry.tasks import KindPlugin, Task, WorkerContext
 from ferry.topicsync.loops import replication_loop
 from ferry.topicsync.model import TOPIC_SYNC, TopicSyncSpec
@@ -40,7 +41,7 @@ def summarize(reports: list[dict[str, Any]]) -> dict[str, Any]:
         "topics": latest.get("topics"),
         "topicCount": latest.get("topicCount"),
         "loopRecordsSkipped": sum(r.get("loopRecordsSkipped") or 0 for r in reports),
-        "recordsPerSecond": round(sum(r.get("recordsPerSecond") or 0 for r in reports), 1),
+        **sum_rates(reports),
     }
 
 

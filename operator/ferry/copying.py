@@ -1,0 +1,333 @@
+"""The Kafka-to-Kafka copy loop shared by TopicSync and DataAccessTask.
+
+Consume the source topics in a consumer group, produce each record to the same partition number of its
+target topic (key, value, headers and timestamp kept), wait for the target's acknowledgements, and only
+then commit the source offsets. Delivery is at least once: a worker killed after the target acknowledged
+and before the commit re-copies that batch on restart; nothing is ever skipped.
+
+A subclass says which topics to read (`_prepare`, `_topics`), where a partition's records go (`_route`:
+None holds the partition, paused and uncommitted, until it has somewhere to go), and what it reports.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, ClassVar
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from ferry.api.base import PartitionProgress, StartFrom, Totals
+from ferry.errors import TaskError, retry_until_stopped
+from ferry.kafka import describe_kafka_error, group_consumer_config, message_headers, partition_progress
+from ferry.metrics import WorkerMetrics
+from ferry.reporting import Progress, Reporter, worker_error
+from ferry.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+CONSUME_BATCH = 5000
+TP = tuple[str, int]
+Headers = list[tuple[str, str | bytes | None]]
+
+
+class CopyPipeline:
+    client_name: ClassVar[str] = "ferry-copy"
+
+    def __init__(
+        self,
+        source_config: dict[str, Any],
+        target_config: dict[str, Any],
+        consumer_group: str,
+        start_from: StartFrom,
+        reporter: Reporter,
+        metrics: WorkerMetrics,
+        settings: WorkerSettings | None = None,
+        epoch: int = 0,
+    ) -> None:
+        self.source_config = source_config
+        self.target_config = target_config
+        self.source_bootstrap = str(source_config["bootstrap.servers"])
+        self.target_bootstrap = str(target_config["bootstrap.servers"])
+        self.group = consumer_group
+        self.start_from = start_from
+        self.reporter = reporter
+        self.metrics = metrics
+        self.settings = settings or WorkerSettings()
+        self.epoch = epoch
+        self.committed: dict[TP, int] = {}
+        self.assigned: set[TP] = set()
+        self.totals = Totals()
+        self.rate_mark = (time.monotonic(), 0, 0)  # for records/s and bytes/s between reports
+        self.error: TaskError | None = None
+        self.consumer: Consumer | None = None
+        self.rebalancing = True  # until the group gives this worker its partitions
+        self.producer: Producer | None = None
+        self.delivery_errors: list[KafkaError] = []
+
+    # -- what a kind decides ---------------------------------------------------------------------
+
+    def _prepare(self) -> None:
+        """Look the topics up (and set up the targets); raise TaskError when the task cannot run yet."""
+        raise NotImplementedError
+
+    def _topics(self) -> list[str]:
+        """The source topics to subscribe to."""
+        raise NotImplementedError
+
+    def _route(self, topic: str, partition: int) -> str | None:
+        """The target topic for a source partition's records, or None to hold the partition for now."""
+        raise NotImplementedError
+
+    def _shape(self) -> object:
+        """What, when it changes on a refresh, needs a new subscription."""
+        return tuple(self._topics())
+
+    def _outgoing_headers(self, headers: Headers) -> Headers | None:
+        """The headers to write, or None to skip the record (it is still committed)."""
+        return headers
+
+    def _before_consuming(self) -> bool:
+        """A last step once the topics are ready (e.g. resetting offsets); False to retry later."""
+        return True
+
+    def _extra(self) -> dict[str, Any]:
+        """Kind-specific fields of the worker's report."""
+        return {}
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        if not retry_until_stopped(stop, self._ready) or not retry_until_stopped(stop, self._before_consuming):
+            self._report("Stopped")
+            return
+        self.consumer = Consumer(self._consumer_config())
+        self.producer = Producer(self._producer_config())
+        try:
+            self._subscribe()
+            self._loop(stop)
+        finally:
+            self._report("Stopped")
+            self.consumer.close()
+            self.producer.flush(30)
+
+    def _ready(self) -> bool:
+        try:
+            self._prepare()
+        except TaskError as err:
+            self._fail(err)
+            return False
+        self.error = None
+        return True
+
+    def _consumer_config(self) -> dict[str, Any]:
+        return group_consumer_config(
+            self.source_config,
+            self.group,
+            self.start_from,
+            self.settings.session_timeout_ms,
+            f"{self.client_name}-{self.group}",
+        )
+
+    def _producer_config(self) -> dict[str, Any]:
+        return {
+            **self.target_config,
+            "enable.idempotence": True,  # no duplicates from the producer's own retries
+            "acks": "all",
+            "linger.ms": 5,
+            "client.id": f"{self.client_name}-{self.group}",
+        }
+
+    def _subscribe(self) -> None:
+        assert self.consumer is not None
+        self.consumer.subscribe(self._topics(), on_assign=self._on_assign, on_revoke=self._on_revoke)
+
+    def _loop(self, stop: threading.Event) -> None:
+        assert self.consumer is not None
+        next_report = 0.0
+        next_refresh = time.monotonic() + self.settings.topic_refresh_interval
+        while not stop.is_set():
+            self.metrics.tick()
+            messages = self.consumer.consume(CONSUME_BATCH, timeout=0.5)
+            if messages:
+                self._copy(messages)
+            if time.monotonic() >= next_refresh:
+                self._refresh()
+                next_refresh = time.monotonic() + self.settings.topic_refresh_interval
+            if time.monotonic() >= next_report:
+                self._report("Failed" if self.error else "Rebalancing" if self.rebalancing else "Running")
+                next_report = time.monotonic() + self.settings.report_interval
+
+    def _refresh(self) -> None:
+        """Look again (new topics, partition counts); resubscribe when the shape changed, so that every
+        partition restarts from its committed offset under the new routing."""
+        before = self._shape()
+        self._ready()
+        if self._shape() != before:
+            log.info("source or target topics changed: resubscribing")
+            self._subscribe()
+
+    # -- assignment ------------------------------------------------------------------------------
+
+    def _on_assign(self, consumer: Consumer, assigned: list[TopicPartition]) -> None:
+        self.rebalancing = False
+        held = [tp for tp in assigned if self._route(tp.topic, tp.partition) is None]
+        if held:  # nowhere to write them yet: hold them, never skip them
+            consumer.pause(held)
+        self.assigned = {(tp.topic, tp.partition) for tp in assigned}
+        log.info("assigned %d partitions (%d held)", len(assigned), len(held))
+
+    def _on_revoke(self, consumer: Consumer, revoked: list[TopicPartition]) -> None:
+        self.rebalancing = True
+        self.assigned -= {(tp.topic, tp.partition) for tp in revoked}
+
+    # -- copying ---------------------------------------------------------------------------------
+
+    def _copy(self, messages: list[Message]) -> None:
+        """Produce a consumed batch, wait for the target's acknowledgements, then commit."""
+        assert self.consumer is not None and self.producer is not None
+        first: dict[TP, int] = {}
+        last: dict[TP, int] = {}
+        copied: dict[TP, tuple[int, int]] = {}
+        written: dict[str, tuple[int, int]] = {}
+        held: dict[TP, int] = {}
+        failed: KafkaException | None = None
+        for message in messages:
+            err = message.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    self._fail(describe_kafka_error(KafkaException(err), self.source_bootstrap))
+                continue
+            topic, partition, offset = message.topic(), message.partition(), message.offset()
+            assert topic is not None and partition is not None and offset is not None
+            key = (topic, partition)
+            target = self._route(topic, partition)
+            if target is None or key in held:
+                held.setdefault(key, offset)  # nowhere to go yet: neither copied nor committed
+                continue
+            size = len(message.value() or b"") + len(message.key() or b"")
+            self.metrics.partition(self.metrics.records_read, topic, partition).inc()
+            self.metrics.partition(self.metrics.bytes_read, topic, partition).inc(size)
+            first.setdefault(key, offset)
+            last[key] = offset
+            headers = self._outgoing_headers(list(message_headers(message)))
+            if headers is None:
+                continue
+            try:
+                self._produce(target, partition, message, headers)
+            except KafkaException as err:
+                failed = err
+                break
+            records, nbytes = copied.get(key, (0, 0))
+            copied[key] = (records + 1, nbytes + size)
+            records, nbytes = written.get(target, (0, 0))
+            written[target] = (records + 1, nbytes + size)
+        self._hold(held)
+        remaining = self.producer.flush(60)
+        if failed is not None or remaining or self.delivery_errors:
+            self._redo(first, failed, remaining)
+            return
+        if not last:
+            return
+        offsets = [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
+        try:
+            self.consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as err:
+            self._fail(describe_kafka_error(err, self.source_bootstrap))
+            return
+        for (topic, partition), offset in last.items():
+            self.committed[(topic, partition)] = offset + 1
+        for (topic, partition), (records, nbytes) in copied.items():
+            self.metrics.partition(self.metrics.records, topic, partition).inc(records)
+            self.metrics.partition(self.metrics.bytes, topic, partition).inc(nbytes)
+            self.totals.records += records
+            self.totals.bytes += nbytes
+        for target, (records, nbytes) in written.items():
+            self.metrics.target_records.labels(**self.metrics.labels, topic=target).inc(records)
+            self.metrics.target_bytes.labels(**self.metrics.labels, topic=target).inc(nbytes)
+        self.error = None
+
+    def _redo(self, first: dict[TP, int], failed: KafkaException | None, remaining: int) -> None:
+        """The target did not take the whole batch: report it and read it again from its first record."""
+        assert self.consumer is not None
+        if failed is not None:
+            problem = failed.args[0].str()
+        elif self.delivery_errors:
+            problem = self.delivery_errors[0].str()
+        else:
+            problem = f"{remaining} records unacknowledged"
+        self.delivery_errors.clear()
+        self._fail(TaskError("TargetWriteFailed", f"the target did not take the records: {problem}"))
+        for (topic, partition), offset in first.items():
+            self.consumer.seek(TopicPartition(topic, partition, offset))
+
+    def _hold(self, held: dict[TP, int]) -> None:
+        """Rewind and pause partitions that have nowhere to go yet; a later resubscribe picks them up."""
+        assert self.consumer is not None
+        for (topic, partition), offset in held.items():
+            tp = TopicPartition(topic, partition, offset)
+            self.consumer.seek(tp)
+            self.consumer.pause([tp])
+
+    def _produce(self, topic: str, partition: int, message: Message, headers: Headers) -> None:
+        assert self.producer is not None
+        _, timestamp = message.timestamp()
+        while True:
+            try:
+                self.producer.produce(
+                    topic,
+                    value=message.value(),
+                    key=message.key(),
+                    partition=partition,
+                    headers=headers,
+                    timestamp=timestamp,
+                    on_delivery=self._delivered,
+                )
+                return
+            except BufferError:  # local queue full: let deliveries drain, then retry
+                self.producer.poll(0.1)
+
+    def _delivered(self, err: KafkaError | None, _: Message) -> None:
+        if err is not None:
+            self.delivery_errors.append(err)
+
+    # -- reporting -------------------------------------------------------------------------------
+
+    def _fail(self, err: TaskError) -> None:
+        changed = self.error is None or self.error.reason != err.reason
+        self.error = err
+        self.metrics.error(err.reason)
+        if changed:  # at once; repeats wait for the periodic report
+            log.warning("%s", err)
+            self._report("Failed")
+
+    def _partition_progress(self) -> list[PartitionProgress]:
+        delivered = {key: self.committed.get(key) for key in self.assigned}
+        return partition_progress(self.consumer, delivered, delivered, self.metrics)
+
+    def _rates(self) -> tuple[float, float]:
+        """Records and bytes written to the target per second since the previous report."""
+        now, (then, records, nbytes) = time.monotonic(), self.rate_mark
+        self.rate_mark = (now, self.totals.records, self.totals.bytes)
+        elapsed = max(now - then, 1e-3)
+        return round((self.totals.records - records) / elapsed, 1), round((self.totals.bytes - nbytes) / elapsed, 1)
+
+    def _report(self, phase: str) -> None:
+        error = worker_error(phase, self.error)
+        self.metrics.up.labels(**self.metrics.labels).set(0 if error else 1)
+        records_per_second, bytes_per_second = self._rates()
+        self.reporter.report(
+            Progress(
+                phase=phase,
+                partitions=self._partition_progress(),
+                totals=self.totals.model_copy(),
+                error=error,
+                epoch=self.epoch,
+                extra={
+                    **self._extra(),
+                    "recordsPerSecond": records_per_second,
+                    "bytesPerSecond": bytes_per_second,
+                },
+            )
+        )
