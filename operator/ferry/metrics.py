@@ -128,3 +128,33 @@ def _handler(metrics: WorkerMetrics, stall_seconds: float) -> type[BaseHTTPReque
             return  # probes every few seconds would drown the worker's log
 
     return Handler
+
+
+class TaskStateMetrics:
+    """The operator's view for dashboards: `ferry_task_state{kind,namespace,task,state} 1` per task."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.state = Gauge(
+            "ferry_task_state",
+            "1 for each task's current status.state (Unassigned, Running, Paused, Failed, Terminating).",
+            ["kind", "namespace", "task", "state"],
+            registry=self.registry,
+        )
+        self.current: dict[tuple[str, str, str], str] = {}
+        self.lock = threading.Lock()
+
+    def set(self, kind: str, namespace: str, task: str, state: str) -> None:
+        key = (kind, namespace, task)
+        with self.lock:
+            previous = self.current.get(key)
+            if previous is not None and previous != state:
+                self.state.remove(kind, namespace, task, previous)
+            self.state.labels(kind, namespace, task, state).set(1)
+            self.current[key] = state
+
+    def forget(self, kind: str, namespace: str, task: str) -> None:
+        with self.lock:
+            previous = self.current.pop((kind, namespace, task), None)
+            if previous is not None:
+                self.state.remove(kind, namespace, task, previous)

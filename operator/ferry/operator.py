@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import kopf
+import prometheus_client
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
@@ -15,6 +16,7 @@ from ferry.api import GROUP, VERSION
 from ferry.api.base import Phase
 from ferry.control.reconcile import Observed, Outcome, accepted_spec, decide, owner_of
 from ferry.control.render import SPEC_HASH_ANNOTATION, selector_labels, worker_name
+from ferry.metrics import TaskStateMetrics
 from ferry.registry import PLUGINS
 from ferry.settings import OperatorSettings
 from ferry.tasks import KindPlugin
@@ -22,6 +24,7 @@ from ferry.tasks import KindPlugin
 log = logging.getLogger(__name__)
 SETTINGS = OperatorSettings.from_env()
 FINALIZER = "ferry.dev/flush-worker"
+TASK_STATES = TaskStateMetrics()
 # One reconcile at a time per task, whichever handler (change, timer) triggers it.
 _locks: dict[str, threading.Lock] = {}
 
@@ -38,6 +41,9 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.finalizer = FINALIZER
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 300
+    if SETTINGS.metrics_port >= 0:
+        prometheus_client.start_http_server(SETTINGS.metrics_port, registry=TASK_STATES.registry)
+        log.info("operator metrics on port %d", SETTINGS.metrics_port)
 
 
 def _observe(plugin: KindPlugin, body: dict[str, Any]) -> Observed:
@@ -97,6 +103,35 @@ def _apply_deployment(desired: dict[str, Any], current: dict[str, Any] | None) -
         log.info("updated Deployment %s/%s (replicas %s)", meta["namespace"], meta["name"], desired["spec"]["replicas"])
 
 
+def _ensure(desired: dict[str, Any]) -> None:
+    """Create a worker access object, or bring its rules and subjects back to the desired ones."""
+    meta = desired["metadata"]
+    kind, name, namespace = desired["kind"], meta["name"], meta["namespace"]
+    core, rbac = client.CoreV1Api(), client.RbacAuthorizationV1Api()
+    calls = {
+        "ServiceAccount": (core.read_namespaced_service_account, core.create_namespaced_service_account, None),
+        "Role": (rbac.read_namespaced_role, rbac.create_namespaced_role, rbac.patch_namespaced_role),
+        "RoleBinding": (
+            rbac.read_namespaced_role_binding,
+            rbac.create_namespaced_role_binding,
+            rbac.patch_namespaced_role_binding,
+        ),
+    }
+    read, create, patch = calls[kind]
+    try:
+        current = client.ApiClient().sanitize_for_serialization(read(name, namespace))
+    except ApiException as err:
+        if err.status != 404:
+            raise
+        create(namespace, desired)
+        log.info("created %s %s/%s", kind, namespace, name)
+        return
+    fields = [f for f in ("rules", "subjects") if f in desired and current.get(f) != desired[f]]
+    if patch is not None and fields:
+        patch(name, namespace, {f: desired[f] for f in fields})
+        log.info("updated %s %s/%s (%s)", kind, namespace, name, ", ".join(fields))
+
+
 def _post_events(body: kopf.Body, outcome: Outcome) -> None:
     for event in outcome.events:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
@@ -111,10 +146,14 @@ def reconcile(plugin: KindPlugin, body: kopf.Body, patch: kopf.Patch) -> None:
     with _locks.setdefault(key, threading.Lock()):
         observed = _observe(plugin, raw)
         outcome = decide(plugin, raw, observed, SETTINGS)
+        for obj in outcome.access:  # before the Deployment, so its pods start with their identity
+            _ensure(obj)
         if outcome.deployment is not None:
             _apply_deployment(outcome.deployment, observed.deployment)
         _post_events(body, outcome)
         patch.status.update(outcome.status)
+        owner = owner_of(raw)
+        TASK_STATES.set(owner.kind, owner.namespace, owner.name, outcome.status["state"])
         for name, value in outcome.annotations.items():
             patch.metadata.annotations[name] = value
 
@@ -134,6 +173,7 @@ def finalize(plugin: KindPlugin, body: kopf.Body) -> None:
             GROUP, VERSION, owner.namespace, plugin.definition.plural, owner.name, {"status": status}
         )
         kopf.event(body, type="Normal", reason="Terminating", message=status["message"])
+    TASK_STATES.set(owner.kind, owner.namespace, owner.name, Phase.TERMINATING.value)
     name = worker_name(owner)
     deployment = _read_deployment(apps, owner.namespace, name)
     if deployment is None:
@@ -167,6 +207,8 @@ def _register(plugin: KindPlugin) -> None:
 
     def on_delete(body: kopf.Body, **_: Any) -> None:
         finalize(plugin, body)
+        owner = owner_of(dict(body))
+        TASK_STATES.forget(owner.kind, owner.namespace, owner.name)
 
     kopf.on.resume(*resource, id="reconcile")(on_change)
     kopf.on.create(*resource, id="reconcile")(on_change)

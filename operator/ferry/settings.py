@@ -41,9 +41,10 @@ class OperatorSettings:
     """`FERRY_OPERATOR_<NAME>` env vars."""
 
     worker_image: str = "ghcr.io/ferry-dev/ferry:0.1.0"
-    worker_service_account: str = "ferry-worker"
     image_pull_policy: str = "IfNotPresent"
     reconcile_interval: float = 15.0
+    # /metrics with ferry_task_state; -1 turns it off.
+    metrics_port: int = 8080
     # A worker that has not reported for this long is no longer Running (Unassigned).
     heartbeat_timeout: float = 60.0
     # How long deletion waits for workers to flush before giving up on them.
@@ -52,6 +53,9 @@ class OperatorSettings:
     worker_report_interval: float = 10.0
     worker_topic_refresh_interval: float = 30.0
     worker_session_timeout_ms: int = 45000
+    # The validating admission webhook (ferry/webhook.py): HTTPS port, 0 = off; tls.crt and tls.key in the dir.
+    webhook_port: int = 0
+    webhook_cert_dir: str = "/etc/ferry/webhook"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorSettings:

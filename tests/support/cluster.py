@@ -101,12 +101,20 @@ class Cluster:
 
 
 @contextlib.contextmanager
-def running_cluster(workdir: Path, with_kubelet: bool = True) -> Iterator[Cluster]:
+def running_cluster(
+    workdir: Path, with_kubelet: bool = True, operator_env: dict[str, str] | None = None
+) -> Iterator[Cluster]:
     workdir.mkdir(parents=True, exist_ok=True)
     with start_apiserver(workdir / "api", CRDS) as api:
         api_client = api.api_client()
         log_path = workdir / "operator.log"
-        env = {**os.environ, **OPERATOR_ENV, "KUBECONFIG": str(api.kubeconfig)}
+        env = {
+            **os.environ,
+            **OPERATOR_ENV,
+            "FERRY_OPERATOR_METRICS_PORT": str(free_port()),
+            **(operator_env or {}),
+            "KUBECONFIG": str(api.kubeconfig),
+        }
         command = [
             sys.executable,
             "-m",

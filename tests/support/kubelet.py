@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -42,6 +44,7 @@ class PodProcess:
     log_path: Path
     grace: float
     process: subprocess.Popen[bytes] | None = None
+    template_hash: str = ""
     restarts: int = 0
     backoff_until: float = 0.0
     last_exit: str = ""
@@ -120,12 +123,19 @@ class FakeKubelet:
         alive = [p for p in mine if not p.terminating]
         desired = deployment.spec.replicas or 0
         template = self.api_client.sanitize_for_serialization(deployment.spec.template)
-        for pod in alive[desired:]:
-            self._terminate(pod)
-        for _ in range(desired - len(alive)):
-            self._create_pod(deployment, template)
-        for pod in alive[:desired]:
-            self._restart_if_exited(pod)
+        current = _template_hash(template)
+        outdated = [p for p in mine if p.template_hash != current]
+        if outdated:  # strategy Recreate: every old pod is gone before a new one starts
+            for pod in outdated:
+                self._terminate(pod)
+            alive = []
+        else:
+            for pod in alive[desired:]:
+                self._terminate(pod)
+            for _ in range(desired - len(alive)):
+                self._create_pod(deployment, template)
+            for pod in alive[:desired]:
+                self._restart_if_exited(pod)
         running = [p for p in mine if p.running]
         ready = [p for p in running if not p.terminating]
         status = {
@@ -155,6 +165,7 @@ class FakeKubelet:
             env=env,
             log_path=self.workdir / f"{pod_name}.log",
             grace=float(template["spec"].get("terminationGracePeriodSeconds", 30)),
+            template_hash=_template_hash(template),
         )
         pod.start()
         self.pods[pod_name] = pod
@@ -256,3 +267,7 @@ def _tail(path: Path, lines: int = 5) -> str:
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _template_hash(template: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()

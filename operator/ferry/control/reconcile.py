@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ferry.api.base import ConditionStatus, Phase, TaskSpec, TaskState
-from ferry.control.render import Owner, deployed_spec, render_worker_deployment
+from ferry.control.render import Owner, deployed_spec, render_worker_access, render_worker_deployment
 from ferry.errors import TaskError
 from ferry.reporting import MAX_REPORTED_PARTITIONS
 from ferry.settings import OperatorSettings
@@ -47,6 +47,8 @@ class Outcome:
     status: dict[str, Any]
     annotations: dict[str, str] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
+    # The workers' ServiceAccount, Role and RoleBinding (with the Deployment).
+    access: list[dict[str, Any]] = field(default_factory=list)
 
 
 def rfc3339(moment: datetime) -> str:
@@ -287,7 +289,9 @@ def decide(
             )
         )
     extra = plugin.conditions(task, _with_self(observed.peers, body)) if plugin.conditions else []
-    return _finish(body, status, patch, verdict, deployment, events, annotations, now, extra)
+    outcome = _finish(body, status, patch, verdict, deployment, events, annotations, now, extra)
+    outcome.access = render_worker_access(plugin, owner)
+    return outcome
 
 
 # Changes that do not roll the workers: pausing and scaling have their own events.

@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from ferry.api import API_VERSION
+from ferry.api import API_VERSION, GROUP
 from ferry.api.base import TaskSpec
 from ferry.credentials import env_name
 from ferry.settings import OperatorSettings
@@ -158,7 +158,7 @@ def render_worker_deployment(
         "prometheus.io/path": "/metrics",
     }
     pod_spec: dict[str, Any] = {
-        "serviceAccountName": settings.worker_service_account,
+        "serviceAccountName": worker_name(owner),  # its own, bound to a Role over this task only
         "terminationGracePeriodSeconds": 120,
         "securityContext": {
             "runAsNonRoot": True,
@@ -202,3 +202,39 @@ def render_worker_deployment(
         SPEC_HASH_ANNOTATION: short_hash(json.dumps(deployment["spec"], sort_keys=True), 16)
     }
     return deployment
+
+
+def render_worker_access(plugin: KindPlugin, owner: Owner) -> list[dict[str, Any]]:
+    """The workers' identity: a ServiceAccount, and a Role bound to it that allows reading and patching the
+    status of this one task (by resourceNames) and nothing else. All owned by the task, so they go with it."""
+    name = worker_name(owner)
+    metadata = {
+        "name": name,
+        "namespace": owner.namespace,
+        "labels": worker_labels(owner),
+        "ownerReferences": [owner_reference(owner)],
+    }
+    rbac = "rbac.authorization.k8s.io"
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": metadata},
+        {
+            "apiVersion": f"{rbac}/v1",
+            "kind": "Role",
+            "metadata": metadata,
+            "rules": [
+                {
+                    "apiGroups": [GROUP],
+                    "resources": [f"{plugin.definition.plural}/status"],
+                    "resourceNames": [owner.name],
+                    "verbs": ["get", "patch"],
+                }
+            ],
+        },
+        {
+            "apiVersion": f"{rbac}/v1",
+            "kind": "RoleBinding",
+            "metadata": metadata,
+            "roleRef": {"apiGroup": rbac, "kind": "Role", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": owner.namespace}],
+        },
+    ]

@@ -1,0 +1,171 @@
+"""DataAccessTask end to end: kubectl apply, the operator, the worker its Deployment describes (run by the fake
+kubelet with the Secrets resolved), Tansu playing the DTS endpoint and the target instance."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from confluent_kafka import Producer
+
+from tests.conftest import TopicFactory
+from tests.support.cluster import Cluster, running_cluster
+from tests.support.copies import read_all
+from tests.support.dumps import wait_for
+from tests.support.servers import KafkaBroker
+from tests.test_dataaccess_worker import access_spec
+
+PASSWORD = "dts-pa55word-never-shown"
+
+
+def manifests(namespace: str, name: str, spec: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "dts-account", "namespace": namespace},
+            "stringData": {"username": "dts-user", "password": PASSWORD},
+        },
+        {
+            "apiVersion": "ferry.dev/v1alpha1",
+            "kind": "DataAccessTask",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": spec,
+        },
+    ]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    with running_cluster(tmp_path_factory.mktemp("access-cluster")) as running:
+        yield running
+
+
+def test_apply_switch_the_target_under_load_pause_resume_and_delete(
+    cluster: Cluster, kafka: KafkaBroker, kafka2: KafkaBroker, topic_factory: TopicFactory
+) -> None:
+    ns = cluster.namespace()
+    source = topic_factory(partitions=2)
+    first, second = topic_factory(broker=kafka2, partitions=2), topic_factory(broker=kafka2, partitions=2)
+    spec = access_spec(kafka, source, kafka2, first)
+    # A Secret the worker resolves (Tansu has no SASL: the source stays PLAINTEXT, the target's TLS CA is the
+    # way a Secret reaches this worker through secretKeyRef).
+    spec["target"]["tls"] = {"caSecretRef": {"name": "dts-account", "key": "password"}}
+    spec["target"]["securityProtocol"] = "PLAINTEXT"
+    group = spec["source"]["dts"]["consumerGroup"]
+    cluster.apply(*manifests(ns, "pull", spec))
+
+    def status() -> dict[str, Any]:
+        return cluster.status(ns, "pull", plural="dataaccesstasks")
+
+    wait_for(lambda: status().get("state") == "Running", timeout=90, what="Running")
+    assert status()["consumerGroup"] == group
+    assert (status()["sourcePartitions"], status()["targetPartitions"]) == (2, 2)
+
+    enough, produced = threading.Event(), [0]
+
+    def produce_until_enough() -> None:
+        producer = Producer({"bootstrap.servers": kafka.bootstrap, "linger.ms": 5})
+        while not enough.is_set():
+            for _ in range(50):
+                producer.produce(source, value=f"v{produced[0]}".encode(), partition=produced[0] % 2)
+                produced[0] += 1
+            producer.flush(10)
+            time.sleep(0.1)
+        assert producer.flush(30) == 0
+
+    writer = threading.Thread(target=produce_until_enough)
+    writer.start()
+    try:
+        wait_for(lambda: (status().get("totals") or {}).get("records", 0) > 300, timeout=60, what="copying")
+        cluster.kubectl("patch", "dataaccesstask", "pull", "-n", ns, "--type", "merge", "-p", _target(second))
+        wait_for(
+            lambda: any(e["reason"] == "SpecChanged" for e in cluster.events(ns, "pull")),
+            timeout=30,
+            what="SpecChanged Event",
+        )
+        wait_for(lambda: read_all(kafka2.bootstrap, second, 200, timeout=5), timeout=120, what="into the new target")
+    finally:
+        enough.set()
+        writer.join()
+    total = produced[0]
+    [changed] = [e for e in cluster.events(ns, "pull") if e["reason"] == "SpecChanged"]
+    assert f"spec.target.topic: {first} -> {second}" in changed["message"] and group in changed["message"]
+
+    def delivered() -> Counter[bytes]:
+        before = read_all(kafka2.bootstrap, first, 1, timeout=5, linger=1)
+        after = read_all(kafka2.bootstrap, second, 1, timeout=5, linger=1)
+        return Counter(m.value() for m in before + after)
+
+    wait_for(lambda: len(delivered()) == total, timeout=120, what="every record delivered")
+    counts = delivered()
+    duplicates = sum(n - 1 for n in counts.values())
+    print(f"e2e target switch: {total} records, {duplicates} duplicates")
+    assert set(counts) == {f"v{i}".encode() for i in range(total)}
+    assert duplicates == 0  # the old worker flushed and committed before the new one started (Recreate)
+
+    cluster.patch_spec(ns, "pull", {"state": "Paused"}, plural="dataaccesstasks")
+    wait_for(lambda: status().get("state") == "Paused" and status().get("pausedAt"), timeout=60, what="Paused")
+    producer = Producer({"bootstrap.servers": kafka.bootstrap})
+    for i in range(total, total + 20):
+        producer.produce(source, value=f"v{i}".encode(), partition=i % 2)
+    assert producer.flush(10) == 0
+    cluster.patch_spec(ns, "pull", {"state": "Running"}, plural="dataaccesstasks")
+    wait_for(lambda: status().get("resumedFrom") == "savedOffsets", timeout=30, what="resumed")
+    wait_for(lambda: len(delivered()) == total + 20, timeout=90, what="the 20 sent while paused")
+
+    # The worker's identity: its own ServiceAccount, bound to a Role over this task's status only.
+    deployment = cluster.deployment(ns, "pull-dataaccesstask")
+    assert deployment is not None
+    assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == "pull-dataaccesstask"
+    from kubernetes import client
+
+    role = client.RbacAuthorizationV1Api(cluster.api_client).read_namespaced_role("pull-dataaccesstask", ns)
+    assert [(r.resources, r.resource_names, r.verbs) for r in role.rules] == [
+        (["dataaccesstasks/status"], ["pull"], ["get", "patch"])
+    ]
+
+    # The password went to the worker by secretKeyRef only: not in status, Events or either log.
+    assert PASSWORD not in str(cluster.task(ns, "pull", plural="dataaccesstasks"))
+    assert PASSWORD not in str(cluster.events(ns, "pull"))
+    assert PASSWORD not in cluster.operator_output()
+    assert PASSWORD not in "".join(p.read_text(errors="replace") for p in cluster.workdir.rglob("*.log"))
+
+    cluster.kubectl("delete", "dataaccesstask", "pull", "-n", ns)
+    wait_for(lambda: cluster.task(ns, "pull", plural="dataaccesstasks") is None, timeout=60, what="deleted")
+    assert cluster.deployment(ns, "pull-dataaccesstask") is None
+    assert len(delivered()) == total + 20  # delivered data stays
+
+
+def _target(topic: str) -> str:
+    import json
+
+    return json.dumps({"spec": {"target": {"topic": topic}}})
+
+
+def test_a_partition_mismatch_is_failed_with_both_counts(
+    cluster: Cluster, kafka: KafkaBroker, kafka2: KafkaBroker, topic_factory: TopicFactory
+) -> None:
+    ns = cluster.namespace()
+    source, target = topic_factory(partitions=3), topic_factory(broker=kafka2, partitions=1)
+    cluster.apply(*manifests(ns, "mismatch", access_spec(kafka, source, kafka2, target)))
+
+    def status() -> dict[str, Any]:
+        return cluster.status(ns, "mismatch", plural="dataaccesstasks")
+
+    wait_for(lambda: status().get("reason") == "PartitionCountMismatch", timeout=90, what="PartitionCountMismatch")
+    assert status()["state"] == "Failed"
+    assert "has 3 partitions" in status()["message"] and "has 1" in status()["message"]
+    ready = next(c for c in status()["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "PartitionCountMismatch")
+    assert any(
+        e["reason"] == "PartitionCountMismatch" and e["type"] == "Warning" for e in cluster.events(ns, "mismatch")
+    )
+    time.sleep(2)
+    assert cluster.kubelet is not None
+    restarts = [p.restarts for p in cluster.kubelet.worker_processes("mismatch-dataaccesstask")]
+    assert restarts and all(r == 0 for r in restarts), "a Failed task waits for a fix instead of crash-looping"

@@ -1,0 +1,146 @@
+"""The operator's decisions for DataAccessTask (and the per-task worker access every kind gets), without an
+API server: spec and observations in, outcome out."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from ferry.control.reconcile import Observed, Outcome, decide, rfc3339
+from ferry.control.render import deployed_spec
+from ferry.dataaccess.worker import PLUGIN
+from ferry.metrics import TaskStateMetrics
+from ferry.settings import OperatorSettings
+
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+SETTINGS = OperatorSettings(heartbeat_timeout=60)
+SECRETS: dict[str, set[str] | None] = {"dts": {"username", "password"}}
+
+
+def task(status: dict[str, Any] | None = None, target_topic: str = "orders", **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "ferry.dev/v1alpha1",
+        "kind": "DataAccessTask",
+        "metadata": {
+            "name": "pull",
+            "namespace": "team-a",
+            "uid": "0123456789abcdef",
+            "generation": 2,
+            "creationTimestamp": "2026-11-22T10:00:00Z",
+        },
+        "spec": {
+            "source": {
+                "type": "DTS",
+                "dts": {
+                    "bootstrapServers": "dts:9092",
+                    "topic": "subs",
+                    "consumerGroup": "dts-grp",
+                    "credentialsSecretRef": {"name": "dts"},
+                },
+            },
+            "target": {"bootstrapServers": "kafka:9092", "topic": target_topic},
+            **spec,
+        },
+        "status": status or {},
+    }
+
+
+def run(body: dict[str, Any], now: datetime = NOW, **observed: Any) -> Outcome:
+    observed.setdefault("secrets", SECRETS)
+    return decide(PLUGIN, body, Observed(now=now, **observed), SETTINGS)
+
+
+def env_of(deployment: dict[str, Any]) -> dict[str, Any]:
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+def test_the_workers_join_the_subscription_group_with_secrets_by_reference_only() -> None:
+    outcome = run(task())
+    assert outcome.status["consumerGroup"] == "dts-grp"
+    assert outcome.deployment is not None
+    env = env_of(outcome.deployment)
+    assert env["FERRY_CONSUMER_GROUP"] == "dts-grp"
+    assert env["FERRY_SECRET_SOURCE_SASL_PASSWORD"] == {"secretKeyRef": {"name": "dts", "key": "password"}}
+    assert "password" not in json.loads(env["FERRY_TASK"])["spec"]["source"]["dts"]
+
+
+def test_a_missing_credentials_secret_fails_the_task_with_its_name() -> None:
+    outcome = run(task(), secrets={})
+    assert (outcome.status["state"], outcome.status["reason"]) == ("Failed", "SecretNotFound")
+    assert "'dts'" in outcome.status["message"]
+
+
+def test_a_target_change_rolls_the_workers_says_what_changed_and_keeps_the_group() -> None:
+    before = run(task()).deployment
+    after = run(task(target_topic="orders-v2"), deployment=before)
+    assert after.deployment is not None and before is not None
+    assert deployed_spec(after.deployment)["target"]["topic"] == "orders-v2"  # type: ignore[index]
+    template = after.deployment["spec"]["template"]["metadata"]["annotations"]
+    assert (
+        template["ferry.dev/config-hash"]
+        != before["spec"]["template"]["metadata"]["annotations"]["ferry.dev/config-hash"]
+    )
+    [event] = [e for e in after.events if e.reason == "SpecChanged"]
+    assert "spec.target.topic: orders -> orders-v2" in event.message
+    assert "consumer group dts-grp keeps its offsets" in event.message
+    assert env_of(after.deployment)["FERRY_CONSUMER_GROUP"] == "dts-grp"
+    # Once the Deployment carries the new spec, nothing more is announced.
+    assert not [
+        e for e in run(task(target_topic="orders-v2"), deployment=after.deployment).events if e.reason == "SpecChanged"
+    ]
+
+
+def test_pausing_or_scaling_is_not_announced_as_a_spec_change() -> None:
+    before = run(task()).deployment
+    assert not [e for e in run(task(replicas=3), deployment=before).events if e.reason == "SpecChanged"]
+
+
+def test_a_late_resume_keeps_the_group_and_bumps_the_epoch_the_workers_reset_once() -> None:
+    paused_at = rfc3339(NOW - timedelta(hours=30))
+    outcome = run(task(status={"state": "Paused", "pausedAt": paused_at, "offsetEpoch": 0}))
+    assert outcome.status["consumerGroup"] == "dts-grp" and outcome.status["offsetEpoch"] == 1
+    assert outcome.deployment is not None and env_of(outcome.deployment)["FERRY_OFFSET_EPOCH"] == "1"
+    [event] = [e for e in outcome.events if e.reason == "ResumedFromStartFrom"]
+    assert "moving consumer group dts-grp to startFrom=latest" in event.message
+
+
+def test_each_task_gets_a_service_account_and_a_role_over_its_own_status_only() -> None:
+    outcome = run(task())
+    assert outcome.deployment is not None
+    account, role, binding = outcome.access
+    name = outcome.deployment["metadata"]["name"]
+    assert outcome.deployment["spec"]["template"]["spec"]["serviceAccountName"] == name
+    assert (account["kind"], role["kind"], binding["kind"]) == ("ServiceAccount", "Role", "RoleBinding")
+    assert {o["metadata"]["name"] for o in outcome.access} == {name}
+    assert role["rules"] == [
+        {
+            "apiGroups": ["ferry.dev"],
+            "resources": ["dataaccesstasks/status"],
+            "resourceNames": ["pull"],
+            "verbs": ["get", "patch"],
+        }
+    ]
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": name, "namespace": "team-a"}]
+    for obj in outcome.access:
+        [ref] = obj["metadata"]["ownerReferences"]
+        assert (ref["kind"], ref["name"], ref["uid"]) == ("DataAccessTask", "pull", "0123456789abcdef")
+
+
+def test_the_operator_exports_one_state_per_task() -> None:
+    states = TaskStateMetrics()
+    states.set("DataAccessTask", "team-a", "pull", "Unassigned")
+    states.set("DataAccessTask", "team-a", "pull", "Running")
+    states.set("TopicSync", "team-a", "mirror", "Failed")
+
+    def value(kind: str, task: str, state: str) -> float | None:
+        labels = {"kind": kind, "namespace": "team-a", "task": task, "state": state}
+        return states.registry.get_sample_value("ferry_task_state", labels)
+
+    assert value("DataAccessTask", "pull", "Running") == 1
+    assert value("DataAccessTask", "pull", "Unassigned") is None  # not a stale second state
+    assert value("TopicSync", "mirror", "Failed") == 1
+    states.forget("DataAccessTask", "team-a", "pull")
+    assert value("DataAccessTask", "pull", "Running") is None
