@@ -1,4 +1,5 @@
-"""Throughput of the TopicSync worker next to a `kcat -C | kcat -P` pipe and a raw consumer, in one run.
+"""Throughput of the TopicSync and DataAccessTask workers next to a `kcat -C | kcat -P` pipe and a raw consumer,
+in one run.
 
     python -m bench.topicsync_throughput [--records-100b N] [--records-1k N]
 
@@ -9,7 +10,9 @@ Starts two local Tansu brokers. For 1 KB and 100 B records in a 3-partition sour
            (values only: no keys, headers, timestamps or partitions kept), timed from start to exit;
   ferry    the real SyncPipeline (keys, headers, timestamps and partitions kept, commits after the target's
            acknowledgement), timed from its partitions' assignment to the last record committed, and from
-           its start ("e2e", which adds the topic set-up and the ~3 s group join on Tansu).
+           its start ("e2e", which adds the topic set-up and the ~3 s group join on Tansu);
+  access   the real AccessPipeline (DataAccessTask) on the same records into a pre-created 3-partition topic,
+           timed like ferry.
 
 kcat must be installed (Debian: `apt-get install kcat`). Debian links it to librdkafka 2.0.2, which
 Tansu refuses, so it is run against the librdkafka 2.16 inside the confluent-kafka wheel.
@@ -34,6 +37,9 @@ from typing import Any
 import confluent_kafka
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
+from ferry.copying import CopyPipeline
+from ferry.dataaccess.model import DataAccessTaskSpec
+from ferry.dataaccess.pipeline import AccessPipeline
 from ferry.metrics import WorkerMetrics
 from ferry.reporting import Progress
 from ferry.settings import WorkerSettings
@@ -167,7 +173,6 @@ def ferry_sync(source: KafkaBroker, target: KafkaBroker, topic: str, count: int)
         }
     )
     clock = Clock(count)
-    settings = WorkerSettings(report_interval=0.05, session_timeout_ms=6000, topic_refresh_interval=3600)
     group = f"bench-{uuid.uuid4().hex[:8]}"
     pipeline = SyncPipeline(
         spec,
@@ -176,8 +181,48 @@ def ferry_sync(source: KafkaBroker, target: KafkaBroker, topic: str, count: int)
         group,
         clock,
         WorkerMetrics("TopicSync", group),
-        settings,
+        SETTINGS,
     )
+    return timed(pipeline, clock, target, f"{topic}-ferry")
+
+
+def ferry_access(source: KafkaBroker, target: KafkaBroker, topic: str, count: int) -> tuple[float, float]:
+    """The DataAccessTask worker on the same records: the source plays the DTS subscription."""
+    create_topic(target, f"{topic}-access")  # a DataAccessTask never creates its target
+    group = f"bench-dts-{uuid.uuid4().hex[:8]}"
+    spec = DataAccessTaskSpec.model_validate(
+        {
+            "source": {
+                "type": "DTS",
+                "dts": {
+                    "bootstrapServers": source.bootstrap,
+                    "securityProtocol": "PLAINTEXT",
+                    "topic": topic,
+                    "consumerGroup": group,
+                },
+            },
+            "target": {"bootstrapServers": target.bootstrap, "topic": f"{topic}-access"},
+            "startFrom": "earliest",
+        }
+    )
+    clock = Clock(count)
+    pipeline = AccessPipeline(
+        spec,
+        {"bootstrap.servers": source.bootstrap},
+        {"bootstrap.servers": target.bootstrap},
+        group,
+        clock,
+        WorkerMetrics("DataAccessTask", group),
+        SETTINGS,
+    )
+    return timed(pipeline, clock, target, f"{topic}-access")
+
+
+SETTINGS = WorkerSettings(report_interval=0.05, session_timeout_ms=6000, topic_refresh_interval=3600)
+
+
+def timed(pipeline: CopyPipeline, clock: Clock, target: KafkaBroker, target_topic: str) -> tuple[float, float]:
+    """Records/s from the assignment to the last record committed, and from the worker's start."""
     stop = threading.Event()
     started = time.monotonic()
     thread = threading.Thread(target=pipeline.run, args=(stop,))
@@ -186,11 +231,11 @@ def ferry_sync(source: KafkaBroker, target: KafkaBroker, topic: str, count: int)
     stop.set()
     thread.join(60)
     if not finished:
-        raise SystemExit("the TopicSync worker did not copy every record within 10 minutes")
-    copied = count_records(target, f"{topic}-ferry", count)
-    if copied != count:
-        raise SystemExit(f"ferry copied {copied} of {count} records")
-    return count / (clock.done - clock.assigned), count / (clock.done - started)
+        raise SystemExit(f"{type(pipeline).__name__} did not copy every record within 10 minutes")
+    copied = count_records(target, target_topic, clock.count)
+    if copied != clock.count:
+        raise SystemExit(f"{type(pipeline).__name__} copied {copied} of {clock.count} records")
+    return clock.count / (clock.done - clock.assigned), clock.count / (clock.done - started)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -211,6 +256,7 @@ def main(argv: list[str] | None = None) -> None:
                 consume = raw_consume(source, topic, count)
                 kcat = kcat_pipe(source, target, topic, count, lib)
                 ferry, e2e = ferry_sync(source, target, topic, count)
+                access, _ = ferry_access(source, target, topic, count)
                 rows.append(
                     {
                         "case": label,
@@ -219,25 +265,26 @@ def main(argv: list[str] | None = None) -> None:
                         "kcat": kcat,
                         "ferry": ferry,
                         "e2e": e2e,
+                        "access": access,
                         "mb": ferry * (size + 6) / 1e6,
                     }
                 )
                 print(
                     f"{label}: consume {consume:,.0f} rec/s, kcat pipe {kcat:,.0f}, ferry {ferry:,.0f} "
-                    f"(e2e {e2e:,.0f})",
+                    f"(e2e {e2e:,.0f}), access {access:,.0f}",
                     flush=True,
                 )
     print()
     print(
         "| case | records | consume rec/s | kcat pipe rec/s | ferry rec/s | ferry MB/s | ferry / kcat | "
-        "ferry / consume | ferry e2e rec/s | e2e / kcat |"
+        "ferry / consume | ferry e2e rec/s | e2e / kcat | access rec/s | access / kcat |"
     )
-    print("|:--|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+    print("|:--|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
     for r in rows:
         print(
             f"| {r['case']} | {r['records']:,} | {r['consume']:,.0f} | {r['kcat']:,.0f} | {r['ferry']:,.0f} | "
             f"{r['mb']:.1f} | {r['ferry'] / r['kcat']:.2f} | {r['ferry'] / r['consume']:.2f} | "
-            f"{r['e2e']:,.0f} | {r['e2e'] / r['kcat']:.2f} |"
+            f"{r['e2e']:,.0f} | {r['e2e'] / r['kcat']:.2f} | {r['access']:,.0f} | {r['access'] / r['kcat']:.2f} |"
         )
 
 

@@ -192,6 +192,7 @@ class CopyPipeline:
         copied: dict[TP, tuple[int, int]] = {}
         written: dict[str, tuple[int, int]] = {}
         held: dict[TP, int] = {}
+        read: dict[TP, tuple[int, int]] = {}
         failed: KafkaException | None = None
         for message in messages:
             err = message.error()
@@ -207,8 +208,8 @@ class CopyPipeline:
                 held.setdefault(key, offset)  # nowhere to go yet: neither copied nor committed
                 continue
             size = len(message.value() or b"") + len(message.key() or b"")
-            self.metrics.partition(self.metrics.records_read, topic, partition).inc()
-            self.metrics.partition(self.metrics.bytes_read, topic, partition).inc(size)
+            records, nbytes = read.get(key, (0, 0))
+            read[key] = (records + 1, nbytes + size)
             first.setdefault(key, offset)
             last[key] = offset
             headers = self._outgoing_headers(list(message_headers(message)))
@@ -224,6 +225,9 @@ class CopyPipeline:
             records, nbytes = written.get(target, (0, 0))
             written[target] = (records + 1, nbytes + size)
         self._hold(held)
+        for (topic, partition), (records, nbytes) in read.items():  # per batch: metric look-ups are not free
+            self.metrics.partition(self.metrics.records_read, topic, partition).inc(records)
+            self.metrics.partition(self.metrics.bytes_read, topic, partition).inc(nbytes)
         remaining = self.producer.flush(60)
         if failed is not None or remaining or self.delivery_errors:
             self._redo(first, failed, remaining)
