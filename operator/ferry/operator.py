@@ -34,7 +34,12 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     try:
         config.load_incluster_config()
     except config.ConfigException:
-        config.load_kube_config()
+        try:
+            config.load_kube_config()
+        except (config.ConfigException, OSError) as err:  # retrying cannot help: stop with the reason
+            raise kopf.PermanentError(
+                f"no Kubernetes configuration ({err}): run in a pod with a ServiceAccount, or set KUBECONFIG"
+            ) from None
     # Keep Kopf's bookkeeping out of the status that users and Argo CD read.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="ferry.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="ferry.dev")
@@ -219,3 +224,5 @@ def _register(plugin: KindPlugin) -> None:
 
 for _plugin in PLUGINS.values():
     _register(_plugin)
+
+import ferry.webhook  # noqa: E402,F401  (registers the admission webhook when FERRY_OPERATOR_WEBHOOK_PORT is set)

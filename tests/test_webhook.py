@@ -1,0 +1,485 @@
+"""The validating admission webhook: `review` decided without Kopf, then the real operator serving it over HTTPS."""
+
+from __future__ import annotations
+
+import copy
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import kopf
+import pytest
+from ferry import webhook
+from ferry.control.reconcile import ACCEPTED_SPEC_ANNOTATION, rfc3339
+from ferry.obsdump.worker import PLUGIN as OBS_DUMP
+from ferry.registry import PLUGINS
+from ferry.settings import OperatorSettings
+from ferry.topicsync.worker import PLUGIN as TOPIC_SYNC
+from ferry.webhook import ALLOW_LOOP_ANNOTATION, review
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import MaxRetryError
+
+from tests.support.cluster import Cluster, running_cluster
+from tests.support.dumps import wait_for
+from tests.support.servers import free_port
+from tests.support.webhook import WebhookClient, admission_review, write_certificate
+
+Peers = Callable[[], list[dict[str, Any]]]
+
+
+def obsdump(
+    name: str = "dump",
+    namespace: str = "team-a",
+    created: str = "2026-11-21T10:00:00Z",
+    bootstrap: str = "kafka:9092",
+    **spec: Any,
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "ferry.dev/v1alpha1",
+        "kind": "ObsDumpTask",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "uid": f"uid-{namespace}-{name}",
+            "creationTimestamp": created,
+            "annotations": {},
+        },
+        "spec": {
+            "source": {"bootstrapServers": bootstrap},
+            "topics": ["orders"],
+            "target": {"endpoint": "http://s3:8333", "bucket": "dumps", "credentialsSecretRef": {"name": "obs"}},
+            **spec,
+        },
+    }
+
+
+def sync(name: str, source: str, target: str, topics: list[str] | None = None, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "ferry.dev/v1alpha1",
+        "kind": "TopicSync",
+        "metadata": {
+            "name": name,
+            "namespace": "ns",
+            "uid": f"uid-{name}",
+            "creationTimestamp": "2026-11-21T10:00:00Z",
+        },
+        "spec": {
+            "source": {"bootstrapServers": f"{source}:9092", "instanceId": source},
+            "target": {"bootstrapServers": f"{target}:9092", "instanceId": target},
+            "topics": topics or ["orders"],
+            **spec,
+        },
+    }
+
+
+def peers_of(*bodies: dict[str, Any]) -> Peers:
+    return lambda: [copy.deepcopy(b) for b in bodies]
+
+
+def no_peers_needed() -> list[dict[str, Any]]:
+    raise AssertionError("peers were listed for a request that does not need them")
+
+
+def filled(count: int, bootstrap: str = "kafka:9092") -> list[dict[str, Any]]:
+    return [obsdump(f"t{i:02d}", created=f"2026-11-21T10:{i:02d}:00Z", bootstrap=bootstrap) for i in range(count)]
+
+
+def accepted(body: dict[str, Any]) -> dict[str, Any]:
+    """The task as the operator leaves it: its spec at creation recorded (without the mutable state)."""
+    stored = copy.deepcopy(body)
+    spec = {k: v for k, v in body["spec"].items() if k != "state"}
+    stored["metadata"]["annotations"][ACCEPTED_SPEC_ANNOTATION] = json.dumps(spec, sort_keys=True)
+    return stored
+
+
+# ---------------------------------------------------------------------------------------------
+# Valid manifests
+
+
+def test_valid_creates_are_admitted() -> None:
+    assert review(OBS_DUMP, "CREATE", obsdump(), None, peers_of()) is None
+    assert review(TOPIC_SYNC, "CREATE", sync("ab", "a", "b"), None, peers_of()) is None
+
+
+def test_deletes_are_admitted_without_looking_at_anything() -> None:
+    broken = obsdump(topicRegex="x.*")
+    assert review(OBS_DUMP, "DELETE", None, broken, no_peers_needed) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. What the models reject
+
+
+@pytest.mark.parametrize("plugin", list(PLUGINS.values()), ids=list(PLUGINS))
+def test_every_kind_refuses_a_manifest_its_model_rejects(plugin: Any) -> None:
+    body = {
+        "apiVersion": "ferry.dev/v1alpha1",
+        "kind": plugin.definition.kind,
+        "metadata": {"name": "empty", "namespace": "ns", "annotations": {}},
+        "spec": {},
+    }
+    message = review(plugin, "CREATE", body, None, peers_of())
+    assert message is not None and message.startswith(f"invalid {plugin.definition.kind}: spec.")
+    assert "Field required" in message
+
+
+def test_cross_field_rules_say_what_to_change() -> None:
+    both = review(OBS_DUMP, "CREATE", obsdump(topicRegex="orders-.*"), None, peers_of())
+    assert both is not None and "set exactly one of topics and topicRegex" in both
+    regex = obsdump(topicRegex="orders-([")
+    del regex["spec"]["topics"]
+    bad = review(OBS_DUMP, "CREATE", regex, None, peers_of())
+    assert bad is not None and "not a valid regular expression" in bad
+    onto_itself = review(TOPIC_SYNC, "CREATE", sync("aa", "a", "a"), None, peers_of())
+    assert onto_itself is not None and "'{source}.{topic}'" in onto_itself
+
+
+def test_a_refusal_never_echoes_the_rejected_values() -> None:
+    leaky = obsdump()
+    leaky["spec"]["target"]["credentialsSecretRef"] = "AKIA-not-a-reference-s3cr3t"
+    message = review(OBS_DUMP, "CREATE", leaky, None, peers_of())
+    assert message is not None and "spec.target.credentialsSecretRef" in message
+    assert "s3cr3t" not in message
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Immutable specs
+
+
+def test_changing_an_obsdumptask_spec_other_than_state_is_refused() -> None:
+    old = accepted(obsdump())
+    new = copy.deepcopy(old)
+    new["spec"]["target"]["bucket"] = "elsewhere"
+    new["spec"]["topics"] = ["orders", "payments"]
+    message = review(OBS_DUMP, "UPDATE", new, old, no_peers_needed)
+    assert message is not None
+    assert message.startswith("spec.target, spec.topics changed after creation, but only spec.state may change")
+    assert "revert the change, or create a new ObsDumpTask" in message
+
+
+def test_a_state_only_update_is_admitted_and_needs_no_peers() -> None:
+    old = accepted(obsdump())
+    paused = copy.deepcopy(old)
+    paused["spec"]["state"] = "Paused"
+    assert review(OBS_DUMP, "UPDATE", paused, old, no_peers_needed) is None
+
+
+def test_before_the_operator_records_the_spec_the_stored_one_is_the_reference() -> None:
+    old = obsdump()  # no accepted-spec annotation yet
+    new = copy.deepcopy(old)
+    new["spec"]["source"]["bootstrapServers"] = "other:9092"
+    message = review(OBS_DUMP, "UPDATE", new, old, no_peers_needed)
+    assert message is not None and message.startswith("spec.source changed after creation")
+
+
+def test_a_mangled_accepted_spec_annotation_falls_back_to_the_stored_spec() -> None:
+    old = obsdump()
+    old["metadata"]["annotations"][ACCEPTED_SPEC_ANNOTATION] = "{not json"
+    new = copy.deepcopy(old)
+    new["spec"]["topics"] = ["payments"]
+    message = review(OBS_DUMP, "UPDATE", new, old, no_peers_needed)
+    assert message is not None and message.startswith("spec.topics changed after creation")
+    new = copy.deepcopy(old)
+    new["spec"]["state"] = "Paused"
+    assert review(OBS_DUMP, "UPDATE", new, old, no_peers_needed) is None
+
+
+def test_editing_the_accepted_spec_annotation_along_with_the_spec_does_not_get_a_change_through() -> None:
+    old = accepted(obsdump())
+    new = accepted(obsdump(topics=["payments"]))  # the request's own annotation agrees with its new spec
+    message = review(OBS_DUMP, "UPDATE", new, old, no_peers_needed)
+    assert message is not None and message.startswith("spec.topics changed after creation")
+
+
+def test_a_task_changed_before_the_webhook_may_be_reverted_and_finalized() -> None:
+    drifted = accepted(obsdump())
+    drifted["spec"]["target"]["bucket"] = "changed-before-the-webhook"
+    # The operator's own writes (finalizers, annotations) leave the spec alone: always admitted.
+    released = copy.deepcopy(drifted)
+    released["metadata"]["finalizers"] = []
+    released["metadata"]["annotations"]["ferry.dev/last-handled-configuration"] = "{}"
+    assert review(OBS_DUMP, "UPDATE", released, drifted, no_peers_needed) is None
+    # Back to the accepted spec: a repair, admitted; anything else still refused.
+    reverted = copy.deepcopy(drifted)
+    reverted["spec"]["target"]["bucket"] = "dumps"
+    assert review(OBS_DUMP, "UPDATE", reverted, drifted, no_peers_needed) is None
+    again = copy.deepcopy(drifted)
+    again["spec"]["target"]["bucket"] = "a-third-bucket"
+    message = review(OBS_DUMP, "UPDATE", again, drifted, no_peers_needed)
+    assert message is not None and message.startswith("spec.target changed after creation")
+
+
+def test_a_kind_without_mutable_fields_may_change_its_spec() -> None:
+    old = sync("ab", "a", "b", ["orders"])
+    new = sync("ab", "a", "b", ["orders", "payments"], startFrom="earliest")
+    assert review(TOPIC_SYNC, "UPDATE", new, old, peers_of(old)) is None
+
+
+def test_an_invalid_spec_change_is_refused_by_the_model() -> None:
+    old = sync("ab", "a", "b", ["orders"])
+    new = sync("ab", "a", "b", ["orders"], topicPattern="orders.*")
+    message = review(TOPIC_SYNC, "UPDATE", new, old, peers_of(old))
+    assert message is not None and "set exactly one of topics and topicPattern" in message
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Per-instance limit
+
+
+def test_the_eighteenth_obsdumptask_on_an_instance_is_admitted() -> None:
+    assert (
+        review(OBS_DUMP, "CREATE", obsdump("new", created="2026-11-21T11:00:00Z"), None, peers_of(*filled(17))) is None
+    )
+
+
+def test_the_nineteenth_obsdumptask_on_an_instance_is_refused_naming_the_instance_and_the_limit() -> None:
+    message = review(OBS_DUMP, "CREATE", obsdump("new", created="2026-11-21T11:00:00Z"), None, peers_of(*filled(18)))
+    assert message == (
+        "Kafka instance kafka:9092 already has 18 ObsDumpTasks, the most allowed (the earliest created keep "
+        "their slots): delete one of them first, then create this ObsDumpTask again"
+    )
+
+
+def test_the_limit_counts_only_live_tasks_on_the_same_instance() -> None:
+    others = filled(18, bootstrap="other:9092")
+    assert review(OBS_DUMP, "CREATE", obsdump("new"), None, peers_of(*others)) is None
+    leaving = filled(18)
+    leaving[5]["metadata"]["deletionTimestamp"] = "2026-11-21T10:30:00Z"
+    assert review(OBS_DUMP, "CREATE", obsdump("new", created="2026-11-21T11:00:00Z"), None, peers_of(*leaving)) is None
+
+
+def test_a_create_without_creation_time_is_ranked_now_not_first() -> None:
+    new = obsdump("a-first-by-name")
+    del new["metadata"]["creationTimestamp"]
+    now = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
+    assert review(OBS_DUMP, "CREATE", new, None, peers_of(*filled(18)), now=now) is not None
+
+
+def test_the_limit_is_checked_on_create_only() -> None:
+    everyone = filled(19)
+    old = accepted(everyone[18])
+    paused = copy.deepcopy(old)
+    paused["spec"]["state"] = "Paused"
+    assert review(OBS_DUMP, "UPDATE", paused, old, peers_of(*everyone)) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Replication loops
+
+
+def test_a_topicsync_closing_a_loop_with_identity_naming_is_refused_with_both_fixes() -> None:
+    message = review(TOPIC_SYNC, "CREATE", sync("ba", "b", "a"), None, peers_of(sync("ab", "a", "b")))
+    assert message is not None
+    assert "TopicSyncs ns/ba, ns/ab replicate the same topics around b -> a -> b with identity naming" in message
+    assert "set spec.targetTopicName" in message and "'{source}.{topic}'" in message
+    assert f'annotate this TopicSync with {ALLOW_LOOP_ANNOTATION}: "true"' in message
+
+
+def test_a_loop_with_the_opt_in_annotation_is_admitted() -> None:
+    looping = sync("ba", "b", "a")
+    looping["metadata"]["annotations"] = {ALLOW_LOOP_ANNOTATION: "true"}
+    assert review(TOPIC_SYNC, "CREATE", looping, None, no_peers_needed) is None
+    looping["metadata"]["annotations"] = {ALLOW_LOOP_ANNOTATION: "yes please"}
+    assert review(TOPIC_SYNC, "CREATE", looping, None, peers_of(sync("ab", "a", "b"))) is not None
+
+
+def test_a_cycle_with_renaming_is_admitted() -> None:
+    renamed = sync("ba", "b", "a", targetTopicName="{source}.{topic}")
+    assert review(TOPIC_SYNC, "CREATE", renamed, None, peers_of(sync("ab", "a", "b"))) is None
+
+
+def test_an_update_that_closes_a_loop_is_refused_against_the_new_spec() -> None:
+    a_to_b = sync("ab", "a", "b")
+    stored = sync("ba", "b", "a", targetTopicName="{source}.{topic}")
+    identity = sync("ba", "b", "a")
+    message = review(TOPIC_SYNC, "UPDATE", identity, stored, peers_of(a_to_b, stored))
+    assert message is not None and "b -> a -> b" in message
+    # The stored version of the task itself is not one of the syncs it could loop with.
+    assert review(TOPIC_SYNC, "UPDATE", stored, identity, peers_of(a_to_b, identity)) is None
+
+
+def test_a_three_instance_cycle_is_refused() -> None:
+    peers = peers_of(sync("ab", "a", "b"), sync("bc", "b", "c"))
+    message = review(TOPIC_SYNC, "CREATE", sync("ca", "c", "a"), None, peers)
+    assert message is not None and "c -> a -> b -> c" in message
+
+
+# ---------------------------------------------------------------------------------------------
+# Kopf wiring, in process
+
+
+def test_handlers_are_registered_at_validate_plural_for_every_kind() -> None:
+    registry = kopf.OperatorRegistry()
+    webhook.register(OperatorSettings(webhook_port=9443), registry)
+    handlers = registry._webhooks.get_all_handlers()
+    assert sorted(h.id for h in handlers) == sorted(f"validate-{p.definition.plural}" for p in PLUGINS.values())
+    assert {"validate-obsdumptasks", "validate-topicsyncs"} <= {h.id for h in handlers}
+    assert all(h.reason == "validating" and h.subresource is None for h in handlers)
+
+
+def test_the_webhook_is_off_by_default() -> None:
+    assert OperatorSettings().webhook_port == 0
+    assert OperatorSettings.from_env({"FERRY_OPERATOR_WEBHOOK_PORT": "9443"}).webhook_port == 9443
+    cert_dir = OperatorSettings.from_env({"FERRY_OPERATOR_WEBHOOK_CERT_DIR": "/certs"}).webhook_cert_dir
+    assert cert_dir == "/certs" and OperatorSettings().webhook_cert_dir == "/etc/ferry/webhook"
+
+
+def test_missing_certificate_files_fail_the_startup_with_what_to_do(tmp_path: Path) -> None:
+    (tmp_path / "tls.crt").write_text("")
+    settings = OperatorSettings(webhook_port=9443, webhook_cert_dir=str(tmp_path))
+    with pytest.raises(kopf.PermanentError) as err:
+        webhook.webhook_server(settings)
+    assert "tls.key is missing in" in str(err.value) and "tls.crt" not in str(err.value)
+    assert "FERRY_OPERATOR_WEBHOOK_PORT=0" in str(err.value)
+    (tmp_path / "tls.key").write_text("")
+    server = webhook.webhook_server(settings)
+    assert (server.port, server.addr, server.path) == (9443, None, None)
+    assert server.certfile == str(tmp_path / "tls.crt") and server.pkeyfile == str(tmp_path / "tls.key")
+
+
+@pytest.mark.parametrize(
+    ("failure", "why"),
+    [
+        (ApiException(status=403, reason="Forbidden"), "the API answered 403 Forbidden"),
+        (MaxRetryError(None, "/apis"), "the API is unreachable (MaxRetryError)"),  # type: ignore[arg-type]
+    ],
+)
+def test_peers_that_cannot_be_listed_refuse_the_request_saying_to_retry(
+    monkeypatch: pytest.MonkeyPatch, failure: Exception, why: str
+) -> None:
+    class Failing:
+        def list_cluster_custom_object(self, *_: Any) -> dict[str, Any]:
+            raise failure
+
+    monkeypatch.setattr(client, "CustomObjectsApi", Failing)
+    with pytest.raises(kopf.AdmissionError) as err:
+        webhook._list_peers(OBS_DUMP)
+    assert err.value.code == 503
+    assert f"could not list the obsdumptasks it checks this request against ({why}): try again" in str(err.value)
+    assert "RBAC" in str(err.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# The real operator serving the webhook over HTTPS
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster, WebhookClient]]:
+    workdir = tmp_path_factory.mktemp("webhook")
+    context = write_certificate(workdir / "certs")
+    port = free_port()
+    env = {"FERRY_OPERATOR_WEBHOOK_PORT": str(port), "FERRY_OPERATOR_WEBHOOK_CERT_DIR": str(workdir / "certs")}
+    with running_cluster(workdir / "cluster", with_kubelet=False, operator_env=env) as cluster:
+        webhook_client = WebhookClient(port, context)
+        webhook_client.wait_until_serving("/validate-obsdumptasks", admission_review("CREATE", obsdump()))
+        yield cluster, webhook_client
+
+
+def create(cluster: Cluster, body: dict[str, Any], plural: str = "obsdumptasks") -> dict[str, Any]:
+    """Straight into the emulator, which calls no webhook."""
+    meta = body["metadata"]
+    api = client.CustomObjectsApi(cluster.api_client)
+    created: dict[str, Any] = api.create_namespaced_custom_object(
+        "ferry.dev", "v1alpha1", meta["namespace"], plural, {**body, "metadata": {"name": meta["name"]}}
+    )
+    return created
+
+
+def unique_instance() -> str:
+    return f"kafka-{uuid.uuid4().hex[:8]}:9092"
+
+
+def test_kopf_serves_each_kind_at_validate_plural_and_answers_422_with_the_request_uid(
+    served: tuple[Cluster, WebhookClient],
+) -> None:
+    _, hook = served
+    request = admission_review("CREATE", obsdump(topicRegex="orders-.*"))
+    answer = hook.post("/validate-obsdumptasks", request)
+    assert (answer["apiVersion"], answer["kind"]) == ("admission.k8s.io/v1", "AdmissionReview")
+    response = answer["response"]
+    assert response["uid"] == request["request"]["uid"]
+    assert response["allowed"] is False and response["status"]["code"] == 422
+    assert "set exactly one of topics and topicRegex" in response["status"]["message"]
+
+    looping = admission_review("CREATE", sync("aa", "a", "a"), plural="topicsyncs")
+    answer = hook.post("/validate-topicsyncs", looping)["response"]
+    assert answer["allowed"] is False and "'{source}.{topic}'" in answer["status"]["message"]
+
+    # A path that names no handler runs none and admits: the chart's paths must match the handler ids.
+    assert hook.post("/validate-widgets", request)["response"]["allowed"] is True
+
+    valid = admission_review("CREATE", obsdump())
+    answer = hook.post("/validate-obsdumptasks", valid)["response"]
+    assert answer == {"uid": valid["request"]["uid"], "allowed": True}
+
+
+def test_only_state_may_change_on_a_live_obsdumptask(served: tuple[Cluster, WebhookClient]) -> None:
+    cluster, hook = served
+    ns = cluster.namespace()
+    create(cluster, obsdump("orders", ns, bootstrap=unique_instance()))
+
+    def recorded() -> dict[str, Any] | None:
+        task = cluster.task(ns, "orders")
+        return task if task and ACCEPTED_SPEC_ANNOTATION in (task["metadata"].get("annotations") or {}) else None
+
+    # The operator records the accepted spec; the webhook then checks against it.
+    stored: dict[str, Any] = wait_for(recorded, timeout=30, what="the accepted spec recorded")
+    paused = copy.deepcopy(stored)
+    paused["spec"]["state"] = "Paused"
+    assert hook.post("/validate-obsdumptasks", admission_review("UPDATE", paused, stored))["response"]["allowed"]
+    moved = copy.deepcopy(stored)
+    moved["spec"]["target"]["bucket"] = "elsewhere"
+    response = hook.post("/validate-obsdumptasks", admission_review("UPDATE", moved, stored))["response"]
+    assert response["allowed"] is False and response["status"]["code"] == 422
+    assert response["status"]["message"].startswith("spec.target changed after creation, but only spec.state")
+    gone = hook.post("/validate-obsdumptasks", admission_review("DELETE", None, stored))["response"]
+    assert gone["allowed"] is True
+
+
+def test_the_nineteenth_obsdumptask_on_an_instance_is_refused_live(served: tuple[Cluster, WebhookClient]) -> None:
+    cluster, hook = served
+    ns, instance = cluster.namespace(), unique_instance()
+    for i in range(17):
+        create(cluster, obsdump(f"dump-{i:02d}", ns, bootstrap=instance))
+
+    def candidate(i: int) -> dict[str, Any]:
+        # As kube-apiserver sends it: creationTimestamp (now) is set before validating admission.
+        return obsdump(f"dump-{i:02d}", ns, created=rfc3339(datetime.now(UTC)), bootstrap=instance)
+
+    eighteenth = hook.post("/validate-obsdumptasks", admission_review("CREATE", candidate(17)))["response"]
+    assert eighteenth["allowed"] is True, eighteenth
+    create(cluster, obsdump("dump-17", ns, bootstrap=instance))
+    response = hook.post("/validate-obsdumptasks", admission_review("CREATE", candidate(18)))["response"]
+    assert response["allowed"] is False and response["status"]["code"] == 422
+    message = response["status"]["message"]
+    assert f"Kafka instance {instance} already has 18 ObsDumpTasks" in message
+    assert "delete one of them first, then create this ObsDumpTask again" in message
+
+
+def test_a_replication_loop_is_refused_unless_annotated_live(served: tuple[Cluster, WebhookClient]) -> None:
+    cluster, hook = served
+    a, b = f"a-{uuid.uuid4().hex[:6]}", f"b-{uuid.uuid4().hex[:6]}"
+    ns = cluster.namespace()
+    create(cluster, {**sync("ab", a, b), "metadata": {"name": "ab", "namespace": ns}}, "topicsyncs")
+    back = sync("ba", b, a)
+    back["metadata"]["namespace"] = ns
+    response = hook.post("/validate-topicsyncs", admission_review("CREATE", back, plural="topicsyncs"))["response"]
+    assert response["allowed"] is False and response["status"]["code"] == 422
+    assert f"{b} -> {a} -> {b}" in response["status"]["message"]
+    assert ALLOW_LOOP_ANNOTATION in response["status"]["message"]
+    back["metadata"]["annotations"] = {ALLOW_LOOP_ANNOTATION: "true"}
+    response = hook.post("/validate-topicsyncs", admission_review("CREATE", back, plural="topicsyncs"))["response"]
+    assert response["allowed"] is True
+
+
+def test_the_operator_refuses_to_start_the_webhook_without_its_certificate(tmp_path: Path) -> None:
+    env = {"FERRY_OPERATOR_WEBHOOK_PORT": str(free_port()), "FERRY_OPERATOR_WEBHOOK_CERT_DIR": str(tmp_path / "none")}
+    with running_cluster(tmp_path / "cluster", with_kubelet=False, operator_env=env) as cluster:
+        wait_for(lambda: cluster.operator.poll() is not None, timeout=60, what="the operator to exit")
+        assert cluster.operator.returncode != 0
+        output = cluster.operator_output()
+        assert "tls.crt and tls.key are missing in" in output and "FERRY_OPERATOR_WEBHOOK_CERT_DIR" in output
