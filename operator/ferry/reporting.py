@@ -70,9 +70,7 @@ def reportable(partitions: list[PartitionProgress]) -> list[PartitionProgress]:
 
 def sum_rates(reports: list[dict[str, Any]]) -> dict[str, float]:
     """The workers' write rates added up (each worker reports its own share of the partitions)."""
-    return {
-        name: round(sum(r.get(name) or 0 for r in reports), 1) for name in ("recordsPerSecond", "bytesPerSecond")
-    }
+    return {name: round(sum(r.get(name) or 0 for r in reports), 1) for name in ("recordsPerSecond", "bytesPerSecond")}
 
 
 class Reporter(Protocol):

@@ -58,8 +58,7 @@ class DtsSource(KafkaEndpoint):
         json_schema_extra=validations(
             rule(
                 "!self.securityProtocol.startsWith('SASL') || has(self.credentialsSecretRef)",
-                "securityProtocol SASL_PLAINTEXT and SASL_SSL need credentialsSecretRef (the DTS account and "
-                "password)",
+                "securityProtocol SASL_PLAINTEXT and SASL_SSL need credentialsSecretRef (the DTS account and password)",
             ),
             rule(
                 "self.securityProtocol.startsWith('SASL') || !has(self.saslMechanism)",
