@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint crds bench clean
+.PHONY: demo test lint crds deploy bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,12 @@ test: lint
 
 crds: $(STAMP)
 	$(VENV)/bin/ferry crds --out crds
+	rm -f charts/ferry/crds/*.yaml
+	cp crds/*.yaml charts/ferry/crds/
+
+# deploy/ferry.yaml: Namespace + CRDs + `helm template` of charts/ferry with default values.
+deploy: crds
+	$(PY) -m tests.support.chart
 
 bench: $(STAMP)
 	$(PY) -m bench.obsdump_throughput
