@@ -103,6 +103,8 @@ METRICS: dict[str, set[str]] = {
     "ferry_errors_total": {"kind", "task", "reason"},
     "ferry_dump_latency_seconds": {"kind", "task"},
     "ferry_objects_total": {"kind", "task", "topic"},
+    "ferry_target_records_total": {"kind", "task", "topic"},
+    "ferry_target_bytes_total": {"kind", "task", "topic"},
     "ferry_worker_healthy": {"kind", "task"},
     "ferry_task_state": {"kind", "namespace", "task", "state"},
 }
@@ -951,6 +953,8 @@ def test_dashboard_shows_what_operators_ask_for() -> None:
         "histogram_quantile(0.99, ",
         "sum by (reason) (rate(ferry_errors_total",
         "ferry_objects_total",
+        "rate(ferry_target_records_total",
+        "rate(ferry_target_bytes_total",
         "ferry_worker_healthy",
         "sum by (state) (ferry_task_state",
     ):

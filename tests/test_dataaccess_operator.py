@@ -136,7 +136,7 @@ def test_the_operator_exports_one_state_per_task() -> None:
     states.set("TopicSync", "team-a", "mirror", "Failed")
 
     def value(kind: str, task: str, state: str) -> float | None:
-        labels = {"kind": kind, "namespace": "team-a", "task": task, "state": state}
+        labels = {"kind": kind, "namespace": "team-a", "task": f"team-a/{task}", "state": state}
         return states.registry.get_sample_value("ferry_task_state", labels)
 
     assert value("DataAccessTask", "pull", "Running") == 1

@@ -131,7 +131,8 @@ def _handler(metrics: WorkerMetrics, stall_seconds: float) -> type[BaseHTTPReque
 
 
 class TaskStateMetrics:
-    """The operator's view for dashboards: `ferry_task_state{kind,namespace,task,state} 1` per task."""
+    """The operator's view for dashboards: `ferry_task_state{kind,namespace,task,state} 1` per task, `task` being
+    `namespace/name` as in the workers' metrics."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -144,7 +145,8 @@ class TaskStateMetrics:
         self.current: dict[tuple[str, str, str], str] = {}
         self.lock = threading.Lock()
 
-    def set(self, kind: str, namespace: str, task: str, state: str) -> None:
+    def set(self, kind: str, namespace: str, name: str, state: str) -> None:
+        task = f"{namespace}/{name}"
         key = (kind, namespace, task)
         with self.lock:
             previous = self.current.get(key)
@@ -153,7 +155,8 @@ class TaskStateMetrics:
             self.state.labels(kind, namespace, task, state).set(1)
             self.current[key] = state
 
-    def forget(self, kind: str, namespace: str, task: str) -> None:
+    def forget(self, kind: str, namespace: str, name: str) -> None:
+        task = f"{namespace}/{name}"
         with self.lock:
             previous = self.current.pop((kind, namespace, task), None)
             if previous is not None:
