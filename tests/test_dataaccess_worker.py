@@ -426,3 +426,34 @@ def test_a_late_resume_moves_the_subscription_group_to_start_from_once(
     with accessing(spec, epoch=1, ledger=ledger) as (recorder, _):
         wait_for(lambda: recorder.reports and recorder.last.totals.records == 2, timeout=60, what="the 2 new")
     assert committed(kafka.bootstrap, group, source, 1) == [15]
+
+
+def test_a_source_change_and_back_keeps_each_subscriptions_offsets(
+    kafka: KafkaBroker, kafka2: KafkaBroker, topic_factory: TopicFactory
+) -> None:
+    """Switching to another subscription (its own topic and group) and back: each group resumes where it
+    committed, so every record of both sources lands once, partition for partition."""
+    one, two = topic_factory(partitions=2), topic_factory(partitions=2)
+    target = topic_factory(broker=kafka2, partitions=2)
+    first = access_spec(kafka, one, kafka2, target)
+    second = access_spec(kafka, two, kafka2, target)
+    produce_on(kafka.bootstrap, one, 100, 2, "one")
+    produce_on(kafka.bootstrap, two, 60, 2, "two")
+    with accessing(first) as (recorder, _):
+        wait_for(lambda: recorder.reports and recorder.last.totals.records == 100, timeout=60, what="first source")
+    produce_on(kafka.bootstrap, one, 40, 2, "one-more")  # arrives while the task reads the other source
+    with accessing(second) as (recorder, _):
+        wait_for(lambda: recorder.reports and recorder.last.totals.records == 60, timeout=60, what="second source")
+    with accessing(first) as (recorder, _):
+        wait_for(lambda: recorder.reports and recorder.last.totals.records == 40, timeout=60, what="back: the rest")
+        time.sleep(1)
+        assert recorder.last.totals.records == 40
+    copied = read_all(kafka2.bootstrap, target, 200, linger=1)
+    counts = Counter(m.value() for m in copied)
+    expected = (
+        [f"one-v{i}".encode() for i in range(100)]
+        + [f"two-v{i}".encode() for i in range(60)]
+        + [f"one-more-v{i}".encode() for i in range(40)]
+    )
+    assert sorted(counts) == sorted(expected) and set(counts.values()) == {1}
+    assert all(int(m.value().decode().rsplit("v", 1)[1]) % 2 == m.partition() for m in copied)
