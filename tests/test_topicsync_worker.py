@@ -2,29 +2,22 @@
 
 from __future__ import annotations
 
-import os
-import random
-import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import yaml
-from confluent_kafka import Producer
 from ferry.metrics import WorkerMetrics
 from ferry.settings import WorkerSettings
 from ferry.topicsync.model import TopicSyncSpec
 from ferry.topicsync.pipeline import ORIGIN_HEADER, SyncPipeline
 
 from tests.conftest import TopicFactory
-from tests.support.copies import produce_on, read_all
+from tests.support.copies import copy_while_killing, produce_on, read_all
 from tests.support.dumps import Recorder, wait_for
 from tests.support.servers import KafkaBroker
 
@@ -188,10 +181,7 @@ def test_a_missing_source_topic_is_named(kafka: KafkaBroker, kafka2: KafkaBroker
 def test_no_record_is_lost_when_the_worker_is_killed_at_random(
     kafka: KafkaBroker, kafka2: KafkaBroker, topic_factory: TopicFactory, tmp_path: Path
 ) -> None:
-    total, partitions, kills = 20_000, 3, 5
-    seed = int(os.environ.get("FERRY_TEST_SEED", time.time()))
-    rng = random.Random(seed)
-    topic = topic_factory(partitions=partitions)
+    topic = topic_factory(partitions=3)
     manifest = tmp_path / "killed-sync.yaml"
     manifest.write_text(
         yaml.safe_dump(
@@ -203,48 +193,18 @@ def test_no_record_is_lost_when_the_worker_is_killed_at_random(
             }
         )
     )
-
-    def produce_slowly() -> None:
-        for start in range(0, total, 1000):
-            producer = Producer({"bootstrap.servers": kafka.bootstrap})
-            for i in range(start, start + 1000):
-                producer.produce(topic, value=f"v{i}", partition=i % partitions)
-            producer.flush(30)
-            time.sleep(0.3)
-
-    def worker() -> subprocess.Popen[bytes]:
-        env = {**os.environ, "FERRY_REPORT_INTERVAL": "0.5", "FERRY_SESSION_TIMEOUT_MS": "6000"}
-        with (tmp_path / "worker.log").open("ab") as log:
-            return subprocess.Popen(
-                [sys.executable, "-m", "ferry", "run", "-f", str(manifest), "--group", "killed"],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    producer = threading.Thread(target=produce_slowly)
-    producer.start()
-    for _ in range(kills):
-        process = worker()
-        time.sleep(rng.uniform(1.0, 4.0))
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    producer.join()
-    process = worker()
-    try:
-        copied = read_all(kafka2.bootstrap, topic, total, timeout=120, linger=5)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(30)
-    values = Counter(m.value() for m in copied)
-    missing = [i for i in range(total) if f"v{i}".encode() not in values]
-    duplicates = sum(n - 1 for n in values.values())
-    print(
-        f"TopicSync after {kills} SIGKILLs (seed {seed}): {len(copied)} copies of {total} records, "
-        f"{duplicates} duplicates (at-least-once), {len(missing)} missing"
+    result = copy_while_killing(
+        manifest,
+        kafka.bootstrap,
+        topic,
+        kafka2.bootstrap,
+        topic,
+        total=20_000,
+        kills=5,
+        extra_args=("--group", "killed"),
     )
-    assert not missing, f"lost records {missing[:10]} (seed {seed})"
+    print(result.summary("TopicSync", 5, 20_000))
+    assert not result.missing, f"lost records {result.missing[:10]} (seed {result.seed})"
 
 
 def test_partitions_the_target_lacks_are_held_not_skipped_and_the_status_says_why(

@@ -22,7 +22,7 @@ from ferry.api.base import PartitionProgress, StartFrom, Totals
 from ferry.errors import TaskError, retry_until_stopped
 from ferry.kafka import describe_kafka_error, group_consumer_config, message_headers, partition_progress
 from ferry.metrics import WorkerMetrics
-from ferry.reporting import Progress, Reporter, worker_error
+from ferry.reporting import Reporter, send_progress
 from ferry.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -318,20 +318,8 @@ class CopyPipeline:
         return round((self.totals.records - records) / elapsed, 1), round((self.totals.bytes - nbytes) / elapsed, 1)
 
     def _report(self, phase: str) -> None:
-        error = worker_error(phase, self.error)
-        self.metrics.up.labels(**self.metrics.labels).set(0 if error else 1)
         records_per_second, bytes_per_second = self._rates()
-        self.reporter.report(
-            Progress(
-                phase=phase,
-                partitions=self._partition_progress(),
-                totals=self.totals.model_copy(),
-                error=error,
-                epoch=self.epoch,
-                extra={
-                    **self._extra(),
-                    "recordsPerSecond": records_per_second,
-                    "bytesPerSecond": bytes_per_second,
-                },
-            )
+        extra = {**self._extra(), "recordsPerSecond": records_per_second, "bytesPerSecond": bytes_per_second}
+        send_progress(
+            self.reporter, self.metrics, phase, self.error, self._partition_progress(), self.totals, self.epoch, extra
         )

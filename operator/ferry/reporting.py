@@ -13,6 +13,7 @@ from typing import Any, Protocol, TextIO
 
 from ferry.api.base import PartitionProgress, Totals, WorkerError
 from ferry.errors import TaskError
+from ferry.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,11 @@ def reportable(partitions: list[PartitionProgress]) -> list[PartitionProgress]:
     return sorted(worst, key=lambda p: (p.topic, p.partition))
 
 
+def latest(reports: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The most recent of the workers' reports (fields every worker sees alike, such as topic shapes)."""
+    return max(reports, key=lambda r: r.get("heartbeatTime", ""), default=None)
+
+
 def sum_rates(reports: list[dict[str, Any]]) -> dict[str, float]:
     """The workers' write rates added up (each worker reports its own share of the partitions)."""
     return {name: round(sum(r.get(name) or 0 for r in reports), 1) for name in ("recordsPerSecond", "bytesPerSecond")}
@@ -75,6 +81,31 @@ def sum_rates(reports: list[dict[str, Any]]) -> dict[str, float]:
 
 class Reporter(Protocol):
     def report(self, progress: Progress) -> None: ...
+
+
+def send_progress(
+    reporter: Reporter,
+    metrics: WorkerMetrics,
+    phase: str,
+    error: TaskError | None,
+    partitions: list[PartitionProgress],
+    totals: Totals,
+    epoch: int,
+    extra: dict[str, Any],
+) -> None:
+    """One report: the health gauge follows it (0 while the worker reports Failed)."""
+    reported = worker_error(phase, error)
+    metrics.up.labels(**metrics.labels).set(0 if reported else 1)
+    reporter.report(
+        Progress(
+            phase=phase,
+            partitions=partitions,
+            totals=totals.model_copy(),
+            error=reported,
+            epoch=epoch,
+            extra=extra,
+        )
+    )
 
 
 class ConsoleReporter:

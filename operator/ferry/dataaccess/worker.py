@@ -8,7 +8,7 @@ from ferry.credentials import SecretRef
 from ferry.dataaccess.model import DATA_ACCESS_TASK, DataAccessTaskSpec
 from ferry.dataaccess.pipeline import AccessPipeline
 from ferry.kafka import client_config, endpoint_secret_refs
-from ferry.reporting import sum_rates
+from ferry.reporting import latest, sum_rates
 from ferry.tasks import KindPlugin, Task, WorkerContext
 
 
@@ -39,12 +39,12 @@ def consumer_group(spec: DataAccessTaskSpec) -> str:
 
 def summarize(reports: list[dict[str, Any]]) -> dict[str, Any]:
     """Partition counts as last seen by any worker; rates add up over the workers."""
-    latest = max(reports, key=lambda r: r.get("heartbeatTime", ""), default=None)
-    if latest is None:
+    last = latest(reports)
+    if last is None:
         return {}
     return {
-        "sourcePartitions": latest.get("sourcePartitions"),
-        "targetPartitions": latest.get("targetPartitions"),
+        "sourcePartitions": last.get("sourcePartitions"),
+        "targetPartitions": last.get("targetPartitions"),
         **sum_rates(reports),
     }
 

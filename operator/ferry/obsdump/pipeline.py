@@ -36,7 +36,7 @@ from ferry.metrics import WorkerMetrics
 from ferry.obsdump.model import ObsDumpTaskSpec
 from ferry.obsdump.records import Record, dump_batch_key, encode_record, object_key_pattern
 from ferry.obsdump.storage import ObjectStore, ObjectUpload
-from ferry.reporting import Progress, Reporter, utc_now, worker_error
+from ferry.reporting import Reporter, send_progress, utc_now
 from ferry.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -373,19 +373,11 @@ class DumpPipeline:
         return partition_progress(self.consumer, delivered, committed, self.metrics)
 
     def _report(self, phase: str) -> None:
-        error = worker_error(phase, self.error)
-        self.metrics.up.labels(**self.metrics.labels).set(0 if error else 1)
-        self.reporter.report(
-            Progress(
-                phase=phase,
-                partitions=self._partition_progress(),
-                totals=self.totals.model_copy(),
-                error=error,
-                epoch=self.epoch,
-                extra={
-                    "lastDumpTime": self.last_dump_time,
-                    "objectsWritten": self.objects_written,
-                    "lastObjectKey": self.last_object_key,
-                },
-            )
+        extra = {
+            "lastDumpTime": self.last_dump_time,
+            "objectsWritten": self.objects_written,
+            "lastObjectKey": self.last_object_key,
+        }
+        send_progress(
+            self.reporter, self.metrics, phase, self.error, self._partition_progress(), self.totals, self.epoch, extra
         )

@@ -6,7 +6,7 @@ from typing import Any
 
 from ferry.credentials import SecretRef
 from ferry.kafka import client_config, endpoint_secret_refs
-from ferry.reporting import sum_rates
+from ferry.reporting import latest, sum_rates
 from ferry.tasks import KindPlugin, Task, WorkerContext
 from ferry.topicsync.loops import replication_loop
 from ferry.topicsync.model import TOPIC_SYNC, TopicSyncSpec
@@ -34,12 +34,12 @@ def build_pipeline(task: Task, ctx: WorkerContext) -> SyncPipeline:
 
 def summarize(reports: list[dict[str, Any]]) -> dict[str, Any]:
     """Every worker sees the same topics: take the latest list; loop skips add up."""
-    latest = max(reports, key=lambda r: r.get("heartbeatTime", ""), default=None)
-    if latest is None:
+    last = latest(reports)
+    if last is None:
         return {}
     return {
-        "topics": latest.get("topics"),
-        "topicCount": latest.get("topicCount"),
+        "topics": last.get("topics"),
+        "topicCount": last.get("topicCount"),
         "loopRecordsSkipped": sum(r.get("loopRecordsSkipped") or 0 for r in reports),
         **sum_rates(reports),
     }
