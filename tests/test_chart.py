@@ -624,9 +624,7 @@ def test_users_get_task_roles_aggregated_into_the_default_roles(
     assert view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
     assert "rbac.authorization.k8s.io/aggregate-to-view" not in edit["metadata"]["labels"]
     assert grants(view["rules"]) == {
-        ("ferry.dev", resource, verb)
-        for resource in TASK_PLURALS
-        for verb in ("get", "list", "watch")
+        ("ferry.dev", resource, verb) for resource in TASK_PLURALS for verb in ("get", "list", "watch")
     } | {("ferry.dev", f"{resource}/status", "get") for resource in TASK_PLURALS}
     assert ("ferry.dev", "dataaccesstasks", "create") in grants(edit["rules"])
     assert not [g for g in grants(edit["rules"]) if g[1].endswith("/status") and g[2] != "get"]
