@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from ferry.control.render import Owner, fit, render_worker_deployment
@@ -133,3 +134,26 @@ def test_long_names_are_shortened_stably_within_limits() -> None:
     name = "a" * 100
     assert len(fit(name)) == 63 and fit(name) == fit(name) and fit(name) != fit("a" * 99 + "b")
     assert fit("short") == "short"
+
+
+def test_every_kinds_worker_passes_pod_security_restricted_even_with_pod_overrides() -> None:
+    """The operator renders the worker pods itself (the chart cannot): they must pass "restricted" as well."""
+    import yaml
+    from ferry.registry import PLUGINS
+    from ferry.tasks import parse_task
+
+    from tests.support.podsecurity import pod_templates, restricted_violations
+
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    docs = [d for path in sorted(examples.glob("*.yaml")) for d in yaml.safe_load_all(path.read_text()) if d]
+    tasks = [parse_task(d, PLUGINS) for d in docs if d.get("kind") in PLUGINS]
+    assert {t.definition.kind for t in tasks} == set(PLUGINS)
+    for task in tasks:
+        overrides = {"podTemplate": {"nodeSelector": {"pool": "ferry"}, "annotations": {"a": "b"}}}
+        spec = task.definition.spec_model.model_validate({**task.spec.wire(), **overrides})
+        owner = Owner(task.definition.kind, task.name, "team-a", "0b1c2d3e-0000-4000-8000-000000000000")
+        deployment = render_worker_deployment(
+            PLUGINS[task.definition.kind], owner, spec, group="g", epoch=0, replicas=1, settings=OperatorSettings()
+        )
+        [(_, template)] = list(pod_templates([deployment]))
+        assert restricted_violations(template) == [], task.definition.kind
