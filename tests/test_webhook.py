@@ -483,3 +483,23 @@ def test_the_operator_refuses_to_start_the_webhook_without_its_certificate(tmp_p
         assert cluster.operator.returncode != 0
         output = cluster.operator_output()
         assert "tls.crt and tls.key are missing in" in output and "FERRY_OPERATOR_WEBHOOK_CERT_DIR" in output
+
+
+def test_refusals_are_logged_as_info_not_as_operator_errors() -> None:
+    import logging
+
+    from ferry.webhook import RefusalsAreNotErrors
+
+    refusal = logging.LogRecord(
+        "kopf.objects",
+        logging.ERROR,
+        __file__,
+        1,
+        "Webhook 'validate-obsdumptasks' failed permanently: %s",
+        ("no",),
+        None,
+    )
+    other = logging.LogRecord("kopf.objects", logging.ERROR, __file__, 1, "Handler 'reconcile' failed: boom", (), None)
+    assert RefusalsAreNotErrors().filter(refusal) and RefusalsAreNotErrors().filter(other)
+    assert (refusal.levelname, refusal.getMessage()) == ("INFO", "admission refused by 'validate-obsdumptasks': no")
+    assert (other.levelname, other.getMessage()) == ("ERROR", "Handler 'reconcile' failed: boom")

@@ -204,11 +204,25 @@ def _unavailable(plural: str, why: str) -> kopf.AdmissionError:
     )
 
 
+class RefusalsAreNotErrors(logging.Filter):
+    """Kopf logs every refused admission as an ERROR ("Webhook 'validate-x' failed permanently: ..."). A refusal
+    is the webhook doing its job, not a fault of the operator: log it at INFO, as "admission refused"."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if record.levelno == logging.ERROR and text.startswith("Webhook 'validate-") and "failed permanently" in text:
+            handler, _, reason = text.partition(" failed permanently: ")
+            record.msg, record.args = "admission refused by %s: %s", (handler.removeprefix("Webhook "), reason)
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
 def register(config: OperatorSettings, registry: kopf.OperatorRegistry | None = None) -> None:
     """The webhook server at startup and a validating handler per kind, at /validate-<plural>."""
 
     def serve_webhook(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.admission.server = webhook_server(config)
+        logging.getLogger("kopf.objects").addFilter(RefusalsAreNotErrors())
         # settings.admission.managed stays None: the chart owns the ValidatingWebhookConfiguration.
 
     kopf.on.startup(id="webhook-server", registry=registry)(serve_webhook)
