@@ -144,3 +144,37 @@ def test_the_operator_exports_one_state_per_task() -> None:
     assert value("TopicSync", "mirror", "Failed") == 1
     states.forget("DataAccessTask", "team-a", "pull")
     assert value("DataAccessTask", "pull", "Running") is None
+
+
+def named(name: str, created: str, group: str = "dts-grp", bootstrap: str = "dts:9092") -> dict[str, Any]:
+    body = task()
+    body["metadata"].update(name=name, uid=f"uid-{name}", creationTimestamp=created)
+    body["spec"]["source"]["dts"].update(consumerGroup=group, bootstrapServers=bootstrap)
+    return body
+
+
+def test_a_second_task_in_the_same_subscription_group_is_refused_until_the_first_is_gone() -> None:
+    first, second = named("first", "2026-11-22T10:00:00Z"), named("second", "2026-11-22T11:00:00Z")
+    held = run(second, peers=[first, second])
+    assert (held.status["state"], held.status["reason"]) == ("Failed", "ConsumerGroupInUse")
+    assert "team-a/first already reads through consumer group dts-grp on dts:9092" in held.status["message"]
+    assert held.deployment is not None and held.deployment["spec"]["replicas"] == 0  # no worker joins the group
+    assert run(first, peers=[first, second]).status["state"] != "Failed"
+    # Another group, or the same group name on another instance, is another group.
+    assert run(named("other", "2026-11-22T11:00:00Z", group="grp-2"), peers=[first]).status["state"] != "Failed"
+    elsewhere = named("elsewhere", "2026-11-22T11:00:00Z", bootstrap="dts-2:9092")
+    assert run(elsewhere, peers=[first]).status["state"] != "Failed"
+    # The first one is being deleted: the group is free.
+    first["metadata"]["deletionTimestamp"] = "2026-11-22T12:00:00Z"
+    assert run(second, peers=[first, second]).status["state"] != "Failed"
+
+
+def test_the_webhook_refuses_creating_a_second_task_in_the_group() -> None:
+    from ferry.webhook import review
+
+    first, second = named("first", "2026-11-22T10:00:00Z"), named("second", "2026-11-22T11:00:00Z")
+    message = review(PLUGIN, "CREATE", second, None, lambda: [first])
+    assert message is not None and "give this task its own consumer group" in message
+    assert (
+        review(PLUGIN, "CREATE", named("other", "2026-11-22T11:00:00Z", group="grp-2"), None, lambda: [first]) is None
+    )

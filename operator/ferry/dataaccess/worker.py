@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ferry.credentials import SecretRef
+from ferry.dataaccess.admission import check_group
 from ferry.dataaccess.model import DATA_ACCESS_TASK, DataAccessTaskSpec
 from ferry.dataaccess.pipeline import AccessPipeline
 from ferry.kafka import client_config, endpoint_secret_refs
@@ -53,6 +54,7 @@ PLUGIN = KindPlugin(
     definition=DATA_ACCESS_TASK,
     secret_refs=secret_refs,
     build_pipeline=build_pipeline,
+    admission=check_group,
     summarize=summarize,
     fixed_group=consumer_group,
 )
