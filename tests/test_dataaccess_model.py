@@ -173,3 +173,24 @@ def test_source_and_target_may_change_after_creation() -> None:
     new["spec"]["source"]["dts"]["topic"] = "subscribe-orders-v2"
     assert validate(CRD, new, old) == []
     assert DATA_ACCESS_TASK.mutable_fields is None
+
+
+def test_a_strimzi_kafkauser_secret_works_with_the_username_given_in_the_spec() -> None:
+    """Strimzi's KafkaUser Secrets hold `password` (and `sasl.jaas.config`) but no username key: the
+    username is the KafkaUser's name, so the spec may name it directly."""
+    body = manifest(
+        target={
+            "bootstrapServers": "my-cluster-kafka-bootstrap.kafka.svc:9093",
+            "topic": "orders",
+            "securityProtocol": "SASL_SSL",
+            "saslMechanism": "SCRAM-SHA-512",
+            "credentialsSecretRef": {"name": "ferry-writer", "username": "ferry-writer"},
+        }
+    )
+    assert validate(CRD, body, field_validation="Strict") == []
+    task = parse_task(body, PLUGINS)
+    refs = secret_refs(task.spec)  # type: ignore[arg-type]
+    assert "TARGET_SASL_USERNAME" not in refs and refs["TARGET_SASL_PASSWORD"].key == "password"
+    spec = DataAccessTaskSpec.model_validate(body["spec"])
+    config = client_config(spec.target, "TARGET", {"TARGET_SASL_PASSWORD": Sensitive("pw")})
+    assert (config["sasl.username"], config["sasl.password"]) == ("ferry-writer", "pw")

@@ -19,7 +19,8 @@ def endpoint_secret_refs(endpoint: KafkaEndpoint, role: str) -> dict[str, Secret
     refs = {}
     if endpoint.credentials_secret_ref is not None:
         creds = endpoint.credentials_secret_ref
-        refs[f"{role}_SASL_USERNAME"] = SecretRef(creds.name, creds.username_key)
+        if creds.username is None:
+            refs[f"{role}_SASL_USERNAME"] = SecretRef(creds.name, creds.username_key)
         refs[f"{role}_SASL_PASSWORD"] = SecretRef(creds.name, creds.password_key)
     if endpoint.tls is not None and endpoint.tls.ca_secret_ref is not None:
         refs[f"{role}_TLS_CA"] = SecretRef(endpoint.tls.ca_secret_ref.name, endpoint.tls.ca_secret_ref.key)
@@ -35,7 +36,9 @@ def client_config(endpoint: KafkaEndpoint, role: str, secrets: Mapping[str, Sens
     mechanism = endpoint.effective_sasl_mechanism
     if mechanism is not None:
         config["sasl.mechanism"] = mechanism.value
-        config["sasl.username"] = secrets[f"{role}_SASL_USERNAME"].reveal()
+        creds = endpoint.credentials_secret_ref
+        named = creds.username if creds is not None else None
+        config["sasl.username"] = named if named is not None else secrets[f"{role}_SASL_USERNAME"].reveal()
         config["sasl.password"] = secrets[f"{role}_SASL_PASSWORD"].reveal()
     if f"{role}_TLS_CA" in secrets:
         config["ssl.ca.pem"] = secrets[f"{role}_TLS_CA"].reveal()

@@ -75,9 +75,16 @@ DEFAULT_KAFKA_PORT = 9092
 
 
 class KafkaCredentialsRef(ApiModel):
-    """A Secret in the task's namespace holding the SASL username and password."""
+    """A Secret in the task's namespace holding the SASL password, and the username or the key holding it."""
 
     name: str = Field(description="Name of the Secret.", pattern=K8S_NAME, max_length=253)
+    username: str | None = Field(
+        None,
+        description="The SASL username itself, for Secrets that hold only the password (a Strimzi KafkaUser's "
+        "Secret: the username is the KafkaUser's name). Takes precedence over usernameKey.",
+        min_length=1,
+        max_length=256,
+    )
     username_key: str = Field("username", description="Key of the username in the Secret.", pattern=SECRET_KEY)
     password_key: str = Field("password", description="Key of the password in the Secret.", pattern=SECRET_KEY)
 
