@@ -24,6 +24,10 @@ def endpoint_secret_refs(endpoint: KafkaEndpoint, role: str) -> dict[str, Secret
         refs[f"{role}_SASL_PASSWORD"] = SecretRef(creds.name, creds.password_key)
     if endpoint.tls is not None and endpoint.tls.ca_secret_ref is not None:
         refs[f"{role}_TLS_CA"] = SecretRef(endpoint.tls.ca_secret_ref.name, endpoint.tls.ca_secret_ref.key)
+    if endpoint.tls is not None and endpoint.tls.client_certificate_secret_ref is not None:
+        client = endpoint.tls.client_certificate_secret_ref
+        refs[f"{role}_TLS_CERT"] = SecretRef(client.name, client.certificate_key)
+        refs[f"{role}_TLS_KEY"] = SecretRef(client.name, client.key_key)
     return refs
 
 
@@ -40,8 +44,9 @@ def client_config(endpoint: KafkaEndpoint, role: str, secrets: Mapping[str, Sens
         named = creds.username if creds is not None else None
         config["sasl.username"] = named if named is not None else secrets[f"{role}_SASL_USERNAME"].reveal()
         config["sasl.password"] = secrets[f"{role}_SASL_PASSWORD"].reveal()
-    if f"{role}_TLS_CA" in secrets:
-        config["ssl.ca.pem"] = secrets[f"{role}_TLS_CA"].reveal()
+    for name, setting in (("TLS_CA", "ssl.ca.pem"), ("TLS_CERT", "ssl.certificate.pem"), ("TLS_KEY", "ssl.key.pem")):
+        if f"{role}_{name}" in secrets:
+            config[setting] = secrets[f"{role}_{name}"].reveal()
     return config
 
 

@@ -94,9 +94,24 @@ class SecretKeyRef(ApiModel):
     key: str = Field(description="Key in the Secret.", pattern=SECRET_KEY)
 
 
+class ClientCertificateRef(ApiModel):
+    """A Secret holding a PEM client certificate and its key, for TLS client authentication (mTLS)."""
+
+    name: str = Field(description="Name of the Secret.", pattern=K8S_NAME, max_length=253)
+    certificate_key: str = Field(
+        "user.crt", description="Key of the PEM certificate (Strimzi KafkaUser: user.crt).", pattern=SECRET_KEY
+    )
+    key_key: str = Field(
+        "user.key", description="Key of the PEM private key (Strimzi KafkaUser: user.key).", pattern=SECRET_KEY
+    )
+
+
 class KafkaTls(ApiModel):
     ca_secret_ref: SecretKeyRef | None = Field(
         None, description="Secret key holding the PEM CA bundle that signed the brokers' certificates."
+    )
+    client_certificate_secret_ref: ClientCertificateRef | None = Field(
+        None, description="Client certificate and key for brokers that authenticate clients by TLS (mTLS)."
     )
 
 

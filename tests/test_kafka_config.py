@@ -1,0 +1,45 @@
+"""librdkafka configuration built from a Kafka endpoint, for every kind: TLS with a CA and a client
+certificate (mTLS, as Strimzi's `authentication: tls` users have), checked by librdkafka itself."""
+
+from __future__ import annotations
+
+import pytest
+import trustme
+from confluent_kafka import KafkaException, Producer
+from ferry.api.base import KafkaEndpoint
+from ferry.credentials import Sensitive
+from ferry.kafka import client_config, endpoint_secret_refs
+
+
+def test_a_client_certificate_and_ca_reach_librdkafka_from_their_secrets() -> None:
+    ca = trustme.CA()
+    client = ca.issue_cert("ferry-worker")
+    endpoint = KafkaEndpoint.model_validate(
+        {
+            "bootstrapServers": "my-cluster-kafka-bootstrap.kafka.svc:9093",
+            "securityProtocol": "SSL",
+            "tls": {
+                "caSecretRef": {"name": "my-cluster-cluster-ca-cert", "key": "ca.crt"},
+                "clientCertificateSecretRef": {"name": "ferry-user"},
+            },
+        }
+    )
+    refs = {role: (ref.secret, ref.key) for role, ref in endpoint_secret_refs(endpoint, "SOURCE").items()}
+    assert refs == {
+        "SOURCE_TLS_CA": ("my-cluster-cluster-ca-cert", "ca.crt"),
+        "SOURCE_TLS_CERT": ("ferry-user", "user.crt"),  # Strimzi KafkaUser Secret keys by default
+        "SOURCE_TLS_KEY": ("ferry-user", "user.key"),
+    }
+    secrets = {
+        "SOURCE_TLS_CA": Sensitive(ca.cert_pem.bytes().decode()),
+        "SOURCE_TLS_CERT": Sensitive(client.cert_chain_pems[0].bytes().decode()),
+        "SOURCE_TLS_KEY": Sensitive(client.private_key_pem.bytes().decode()),
+    }
+    config = client_config(endpoint, "SOURCE", secrets)
+    assert config["ssl.certificate.pem"].startswith("-----BEGIN CERTIFICATE-----")
+    assert "PRIVATE KEY" in config["ssl.key.pem"] and "CERTIFICATE" in config["ssl.ca.pem"]
+    Producer(config).flush(0)  # librdkafka parses the PEMs when it builds the SSL context
+
+    broken = {**secrets, "SOURCE_TLS_KEY": Sensitive("not a key")}
+    with pytest.raises(KafkaException, match=r"ssl\.key"):
+        Producer(client_config(endpoint, "SOURCE", broken))
