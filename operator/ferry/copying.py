@@ -99,7 +99,10 @@ class CopyPipeline:
     # -- lifecycle -------------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
-        if not retry_until_stopped(stop, self._ready) or not retry_until_stopped(stop, self._before_consuming):
+        alive = self.metrics.tick
+        if not retry_until_stopped(stop, self._ready, alive) or not retry_until_stopped(
+            stop, self._before_consuming, alive
+        ):
             self._report("Stopped")
             return
         self.consumer = Consumer(self._consumer_config())

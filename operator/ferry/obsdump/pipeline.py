@@ -107,7 +107,7 @@ class DumpPipeline:
 
     def run(self, stop: threading.Event) -> None:
         """Run until `stop` is set, then write what was read, commit it and leave the group."""
-        if not retry_until_stopped(stop, self._workable):
+        if not retry_until_stopped(stop, self._workable, self.metrics.tick):
             return
         self.consumer = Consumer(self._consumer_config())
         try:
