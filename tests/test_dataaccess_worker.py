@@ -358,27 +358,27 @@ def test_no_record_is_lost_when_the_worker_is_killed_at_random(
 def test_a_late_resume_moves_the_subscription_group_to_start_from_once(
     start_from: str, kafka: KafkaBroker, kafka2: KafkaBroker, topic_factory: TopicFactory
 ) -> None:
-    source = topic_factory(partitions=1)
-    target = topic_factory(broker=kafka2, partitions=1)
+    source = topic_factory(partitions=2)
+    target = topic_factory(broker=kafka2, partitions=2)
     # One batch each: Tansu answers a `latest` ListOffsets with its last batch's base offset + 1.
-    produce(kafka.bootstrap, source, 10, partitions=1, batch_each=True)
+    produce(kafka.bootstrap, source, 10, partitions=2, batch_each=True)
     spec = access_spec(kafka, source, kafka2, target, startFrom=start_from)
     group = spec["source"]["dts"]["consumerGroup"]
-    commit(kafka.bootstrap, group, source, [4])  # saved before a pause longer than the window
+    commit(kafka.bootstrap, group, source, [2, 3])  # saved before a pause longer than the window
     ledger = MemoryLedger(0)
     with accessing(spec, epoch=1, ledger=ledger) as (recorder, _):
         wait_for(lambda: recorder.reports and recorder.last.partitions, timeout=60, what="assigned")
         assert ledger.applied_epoch() == 1
-        produce(kafka.bootstrap, source, 3, partitions=1, start=10, batch_each=True)
+        produce(kafka.bootstrap, source, 3, partitions=2, start=10, batch_each=True)
         expected = 3 if start_from == "latest" else 13
         wait_for(lambda: recorder.last.totals.records == expected, timeout=60, what="copied from startFrom")
     values = sorted(int(m.value().decode().split("-")[1]) for m in read_all(kafka2.bootstrap, target, expected))
     assert values == ([10, 11, 12] if start_from == "latest" else list(range(13)))
     # A restart in the same epoch keeps the offsets it committed since: no second reset.
-    produce(kafka.bootstrap, source, 2, partitions=1, start=13, batch_each=True)
+    produce(kafka.bootstrap, source, 2, partitions=2, start=13, batch_each=True)
     with accessing(spec, epoch=1, ledger=ledger) as (recorder, _):
         wait_for(lambda: recorder.reports and recorder.last.totals.records == 2, timeout=60, what="the 2 new")
-    assert committed(kafka.bootstrap, group, source, 1) == [15]
+    assert committed(kafka.bootstrap, group, source, 2) == [8, 7]
 
 
 def test_a_source_change_and_back_keeps_each_subscriptions_offsets(

@@ -81,3 +81,37 @@ def test_ferry_run_refuses_an_invalid_manifest_with_a_reason(
         main(["run", "-f", str(manifest)])
     assert exit_info.value.code == 2
     assert "InvalidSpec: spec.topicRegex" in capsys.readouterr().err
+
+
+def test_the_status_ledger_turns_api_failures_into_a_reason_the_worker_reports() -> None:
+    from ferry.errors import TaskError
+    from ferry.reporting import StatusLedger
+
+    class Refusing:
+        def get_namespaced_custom_object_status(self, *args: object) -> dict[str, object]:
+            raise RuntimeError("403 Forbidden")
+
+        def patch_namespaced_custom_object_status(self, *args: object) -> None:
+            raise RuntimeError("403 Forbidden")
+
+    class Answering:
+        def __init__(self) -> None:
+            self.patched: list[object] = []
+
+        def get_namespaced_custom_object_status(self, *args: object) -> dict[str, object]:
+            return {"status": {"offsetResetEpoch": 2}}
+
+        def patch_namespaced_custom_object_status(self, *args: object) -> None:
+            self.patched.append(args[-1])
+
+    ledger = StatusLedger(Refusing(), "dataaccesstasks", "ns", "t")
+    with pytest.raises(TaskError, match="RuntimeError") as read:
+        ledger.applied_epoch()
+    assert read.value.reason == "StatusUnavailable"
+    with pytest.raises(TaskError, match="ServiceAccount"):
+        ledger.record(3)
+    answering = Answering()
+    ledger = StatusLedger(answering, "dataaccesstasks", "ns", "t")
+    assert ledger.applied_epoch() == 2
+    ledger.record(3)
+    assert answering.patched == [{"status": {"offsetResetEpoch": 3}}]

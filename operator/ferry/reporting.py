@@ -199,4 +199,11 @@ class StatusLedger:
         from ferry.api import GROUP, VERSION
 
         body = {"status": {"offsetResetEpoch": epoch}}
-        self.api.patch_namespaced_custom_object_status(GROUP, VERSION, self.namespace, self.plural, self.name, body)
+        try:
+            self.api.patch_namespaced_custom_object_status(GROUP, VERSION, self.namespace, self.plural, self.name, body)
+        except Exception as err:
+            raise TaskError(
+                "StatusUnavailable",
+                f"cannot note in the task's status that its offsets were reset ({type(err).__name__}): "
+                "check the worker's ServiceAccount and the API server",
+            ) from None

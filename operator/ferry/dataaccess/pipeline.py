@@ -99,10 +99,10 @@ class AccessPipeline(CopyPipeline):
             if self.epoch <= self.resets.applied_epoch():
                 return True
             self._reset_offsets()
+            self.resets.record(self.epoch)
         except TaskError as err:
             self._fail(err)
             return False
-        self.resets.record(self.epoch)
         return True
 
     def _reset_offsets(self) -> None:
@@ -113,7 +113,10 @@ class AccessPipeline(CopyPipeline):
         wanted = {TopicPartition(self.source_topic, p): where for p in range(self.source_partitions)}
         try:
             found = {tp: future.result().offset for tp, future in admin.list_offsets(wanted).items()}
-            offsets = [TopicPartition(tp.topic, tp.partition, offset) for tp, offset in sorted(found.items())]
+            offsets = sorted(
+                (TopicPartition(tp.topic, tp.partition, offset) for tp, offset in found.items()),
+                key=lambda tp: tp.partition,
+            )
             request = [ConsumerGroupTopicPartitions(self.group, offsets)]
             for future in admin.alter_consumer_group_offsets(request).values():
                 future.result()
