@@ -8,7 +8,8 @@ import trustme
 from confluent_kafka import KafkaException, Producer
 from ferry.api.base import KafkaEndpoint
 from ferry.credentials import Sensitive
-from ferry.kafka import client_config, endpoint_secret_refs
+from ferry.errors import TaskError
+from ferry.kafka import admin_client, client_config, endpoint_secret_refs
 
 
 def test_a_client_certificate_and_ca_reach_librdkafka_from_their_secrets() -> None:
@@ -43,3 +44,44 @@ def test_a_client_certificate_and_ca_reach_librdkafka_from_their_secrets() -> No
     broken = {**secrets, "SOURCE_TLS_KEY": Sensitive("not a key")}
     with pytest.raises(KafkaException, match=r"ssl\.key"):
         Producer(client_config(endpoint, "SOURCE", broken))
+
+
+def test_a_worker_given_a_certificate_secret_that_is_not_pem_reports_it_and_waits() -> None:
+    """librdkafka refuses such settings when the client is built: the worker reports a reason a user can
+    act on and retries, instead of dying into a crash loop."""
+    from ferry.dataaccess.model import DataAccessTaskSpec
+    from ferry.dataaccess.pipeline import AccessPipeline
+    from ferry.metrics import WorkerMetrics
+
+    from tests.support.dumps import Recorder
+
+    spec = DataAccessTaskSpec.model_validate(
+        {
+            "source": {
+                "type": "DTS",
+                "dts": {
+                    "bootstrapServers": "127.0.0.1:1",
+                    "securityProtocol": "SSL",
+                    "topic": "t",
+                    "consumerGroup": "g",
+                    "tls": {"clientCertificateSecretRef": {"name": "user"}},
+                },
+            },
+            "target": {"bootstrapServers": "127.0.0.1:2", "topic": "t"},
+        }
+    )
+    secrets = {"SOURCE_TLS_CERT": Sensitive("not a certificate"), "SOURCE_TLS_KEY": Sensitive("not a key either")}
+    source_config = client_config(spec.source.endpoint, "SOURCE", secrets)
+    with pytest.raises(TaskError) as refused:
+        admin_client(source_config)
+    assert refused.value.reason == "KafkaClientConfigInvalid"
+    assert "ssl.certificate.pem" in refused.value.message and "127.0.0.1:1" in refused.value.message
+
+    recorder = Recorder()
+    pipeline = AccessPipeline(
+        spec, source_config, {"bootstrap.servers": "127.0.0.1:2"}, "g", recorder, WorkerMetrics("DataAccessTask", "t")
+    )
+    assert pipeline._ready() is False  # reported, and retried by the caller: no exception escapes
+    error = recorder.last.error
+    assert error is not None and error.reason == "KafkaClientConfigInvalid"
+    assert "not a key either" not in error.message and "not a certificate" not in error.message

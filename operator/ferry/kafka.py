@@ -77,7 +77,22 @@ def describe_kafka_error(err: KafkaError | KafkaException | BaseException, boots
             "and the user's ACLs",
         )
     text = kerr.str() if isinstance(kerr, KafkaError) else str(kerr)
+    if code == KafkaError._INVALID_ARG:  # librdkafka refused the settings (e.g. a PEM that does not parse)
+        return TaskError(
+            "KafkaClientConfigInvalid",
+            f"the Kafka client for {bootstrap} cannot be set up: {text}: check the TLS and SASL settings and the "
+            "Secrets they name",
+        )
     return TaskError("KafkaError", f"Kafka at {bootstrap}: {text}")
+
+
+def admin_client(config: dict[str, Any]) -> AdminClient:
+    """An admin client; settings librdkafka refuses (a CA or client certificate Secret that is not PEM, say)
+    are a TaskError the worker reports and waits on, not an exception that kills it."""
+    try:
+        return AdminClient(config)
+    except KafkaException as err:
+        raise describe_kafka_error(err, str(config.get("bootstrap.servers"))) from None
 
 
 def existing_topics(admin: AdminClient, bootstrap: str, timeout: float = 10.0) -> dict[str, int]:

@@ -12,13 +12,13 @@ import logging
 from typing import Any
 
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
+from confluent_kafka.admin import OffsetSpec  # type: ignore[attr-defined]
 
 from ferry.api.base import StartFrom
 from ferry.copying import CopyPipeline
 from ferry.dataaccess.model import DataAccessTaskSpec
 from ferry.errors import TaskError
-from ferry.kafka import describe_kafka_error, existing_topics
+from ferry.kafka import admin_client, describe_kafka_error, existing_topics
 from ferry.metrics import WorkerMetrics
 from ferry.reporting import MemoryLedger, Reporter, ResetLedger
 from ferry.settings import WorkerSettings
@@ -59,14 +59,14 @@ class AccessPipeline(CopyPipeline):
         return self.source_partitions is not None and self.source_partitions == self.target_partitions
 
     def _prepare(self) -> None:
-        source = existing_topics(AdminClient(self.source_config), self.source_bootstrap)
+        source = existing_topics(admin_client(self.source_config), self.source_bootstrap)
         if self.source_topic not in source:
             raise TaskError(
                 "SourceTopicNotFound",
                 f"topic {self.source_topic} does not exist on {self.source_bootstrap}: check "
                 "spec.source.dts.topic against the subscription",
             )
-        target = existing_topics(AdminClient(self.target_config), self.target_bootstrap)
+        target = existing_topics(admin_client(self.target_config), self.target_bootstrap)
         self.source_partitions = source[self.source_topic]
         if self.target_topic not in target:
             self.target_partitions = None
@@ -107,7 +107,7 @@ class AccessPipeline(CopyPipeline):
 
     def _reset_offsets(self) -> None:
         assert self.source_partitions is not None
-        admin = AdminClient(self.source_config)
+        admin = admin_client(self.source_config)
         earliest = self.start_from == StartFrom.EARLIEST
         where = OffsetSpec.earliest() if earliest else OffsetSpec.latest()  # type: ignore[no-untyped-call]
         wanted = {TopicPartition(self.source_topic, p): where for p in range(self.source_partitions)}

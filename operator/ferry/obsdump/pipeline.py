@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message, TopicPartition
-from confluent_kafka.admin import AdminClient
 
 from ferry.api.base import PartitionProgress, Totals
 from ferry.errors import TaskError, retry_until_stopped
 from ferry.kafka import (
+    admin_client,
     as_bytes,
     describe_kafka_error,
     existing_topics,
@@ -141,7 +141,7 @@ class DumpPipeline:
         return True
 
     def _check_topics(self) -> None:
-        existing = existing_topics(AdminClient(self.kafka_config), self.kafka_config["bootstrap.servers"])
+        existing = existing_topics(admin_client(self.kafka_config), self.kafka_config["bootstrap.servers"])
         if self.spec.topics is not None:
             missing = missing_topics(self.spec.topics, existing)
             if missing:

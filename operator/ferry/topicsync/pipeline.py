@@ -12,11 +12,10 @@ import logging
 from typing import Any
 
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient
 
 from ferry.copying import CopyPipeline, Headers
 from ferry.errors import TaskError
-from ferry.kafka import describe_kafka_error, existing_topics, missing_topics
+from ferry.kafka import admin_client, describe_kafka_error, existing_topics, missing_topics
 from ferry.metrics import WorkerMetrics
 from ferry.reporting import Reporter
 from ferry.settings import WorkerSettings
@@ -60,7 +59,7 @@ class SyncPipeline(CopyPipeline):
 
     def _prepare(self) -> None:
         """Find the source topics and give each a target topic shaped like it."""
-        source_admin, target_admin = AdminClient(self.source_config), AdminClient(self.target_config)
+        source_admin, target_admin = admin_client(self.source_config), admin_client(self.target_config)
         available = existing_topics(source_admin, self.source_bootstrap)
         if self.spec.topics is not None:
             missing = missing_topics(self.spec.topics, available)
