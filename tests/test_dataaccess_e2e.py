@@ -83,11 +83,7 @@ def test_apply_switch_the_target_under_load_pause_resume_and_delete(
     try:
         wait_for(lambda: (status().get("totals") or {}).get("records", 0) > 300, timeout=60, what="copying")
         cluster.kubectl("patch", "dataaccesstask", "pull", "-n", ns, "--type", "merge", "-p", _target(second))
-        wait_for(
-            lambda: any(e["reason"] == "SpecChanged" for e in cluster.events(ns, "pull")),
-            timeout=30,
-            what="SpecChanged Event",
-        )
+        cluster.event(ns, "pull", "SpecChanged", timeout=30)
         wait_for(lambda: read_all(kafka2.bootstrap, second, 200, timeout=5), timeout=120, what="into the new target")
     finally:
         enough.set()
@@ -162,9 +158,7 @@ def test_a_partition_mismatch_is_failed_with_both_counts(
     assert "has 3 partitions" in status()["message"] and "has 1" in status()["message"]
     ready = next(c for c in status()["conditions"] if c["type"] == "Ready")
     assert (ready["status"], ready["reason"]) == ("False", "PartitionCountMismatch")
-    assert any(
-        e["reason"] == "PartitionCountMismatch" and e["type"] == "Warning" for e in cluster.events(ns, "mismatch")
-    )
+    cluster.event(ns, "mismatch", "PartitionCountMismatch", "Warning")
     time.sleep(2)
     assert cluster.kubelet is not None
     restarts = [p.restarts for p in cluster.kubelet.worker_processes("mismatch-dataaccesstask")]

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -95,6 +96,20 @@ class Cluster:
     def events(self, namespace: str, name: str) -> list[dict[str, Any]]:
         events = client.CoreV1Api(self.api_client).list_namespaced_event(namespace).items
         return [self.api_client.sanitize_for_serialization(e) for e in events if e.involved_object.name == name]
+
+    def event(
+        self, namespace: str, name: str, reason: str, type: str | None = None, timeout: float = 15
+    ) -> dict[str, Any]:
+        """The first Event with this reason (and type) about the object, once it is there: Kopf posts Events in
+        the background, so one can land a moment after the status patch that goes with it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for event in self.events(namespace, name):
+                if event["reason"] == reason and (type is None or event["type"] == type):
+                    return event
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {type or ''} Event {reason} about {namespace}/{name} within {timeout}s")
+            time.sleep(0.2)
 
     def operator_output(self) -> str:
         return self.operator_log.read_text(errors="replace")
