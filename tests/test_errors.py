@@ -27,8 +27,9 @@ def test_attempts_back_off_and_the_worker_stays_alive_while_it_waits(monkeypatch
     # 1 s, 2 s, 4 s between the attempts
     gaps = [b - a for a, b in itertools.pairwise(attempts)]
     assert [round(g) for g in gaps] == [1, 2, 4]
-    # alive at least every ALIVE_INTERVAL the whole time
-    assert max(b - a for a, b in itertools.pairwise(alive)) < 0.2 + 0.15
+    # alive every ALIVE_INTERVAL (0.2 s) the whole time, never only around the attempts 1-4 s apart
+    # (the bound leaves room for a loaded machine)
+    assert max(b - a for a, b in itertools.pairwise(alive)) < 0.8
 
 
 def test_a_worker_waiting_for_a_fix_keeps_its_health_check_passing(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -40,12 +41,12 @@ def test_a_worker_waiting_for_a_fix_keeps_its_health_check_passing(monkeypatch: 
     thread = threading.Thread(target=retry_until_stopped, args=(stop, lambda: False, metrics.tick))
     thread.start()
     try:
-        for _ in range(20):  # 3 s, through waits of 1 s and 2 s
-            time.sleep(0.15)
-            assert metrics.healthy(stall_seconds=0.5)
+        for _ in range(20):  # 4 s, through waits of 1 s and 2 s
+            time.sleep(0.2)
+            assert metrics.healthy(stall_seconds=1.0)
     finally:
         stop.set()
         thread.join(5)
     assert not thread.is_alive()
-    time.sleep(0.6)
-    assert not metrics.healthy(stall_seconds=0.5)  # and the check can fail: nothing ticks once it returned
+    time.sleep(1.2)
+    assert not metrics.healthy(stall_seconds=1.0)  # and the check can fail: nothing ticks once it returned
