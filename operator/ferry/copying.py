@@ -193,7 +193,6 @@ class CopyPipeline:
         first: dict[TP, int] = {}
         last: dict[TP, int] = {}
         copied: dict[TP, tuple[int, int]] = {}
-        written: dict[str, tuple[int, int]] = {}
         held: dict[TP, int] = {}
         read: dict[TP, tuple[int, int]] = {}
         failed: KafkaException | None = None
@@ -225,8 +224,6 @@ class CopyPipeline:
                 break
             records, nbytes = copied.get(key, (0, 0))
             copied[key] = (records + 1, nbytes + size)
-            records, nbytes = written.get(target, (0, 0))
-            written[target] = (records + 1, nbytes + size)
         self._hold(held)
         for (topic, partition), (records, nbytes) in read.items():  # per batch: metric look-ups are not free
             self.metrics.partition(self.metrics.records_read, topic, partition).inc(records)
@@ -250,7 +247,8 @@ class CopyPipeline:
             self.metrics.partition(self.metrics.bytes, topic, partition).inc(nbytes)
             self.totals.records += records
             self.totals.bytes += nbytes
-        for target, (records, nbytes) in written.items():
+            target = self._route(topic, partition)  # as when copied: routing changes only between batches
+            assert target is not None
             self.metrics.target_records.labels(**self.metrics.labels, topic=target).inc(records)
             self.metrics.target_bytes.labels(**self.metrics.labels, topic=target).inc(nbytes)
         self.error = None

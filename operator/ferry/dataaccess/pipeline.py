@@ -47,7 +47,6 @@ class AccessPipeline(CopyPipeline):
         super().__init__(
             source_config, target_config, consumer_group, spec.start_from, reporter, metrics, settings, epoch
         )
-        self.spec = spec
         self.source_topic = spec.source.topic
         self.target_topic = spec.target.topic
         self.resets = resets or MemoryLedger()
