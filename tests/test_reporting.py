@@ -83,9 +83,9 @@ def test_ferry_run_refuses_an_invalid_manifest_with_a_reason(
     assert "InvalidSpec: spec.topicRegex" in capsys.readouterr().err
 
 
-def test_the_status_ledger_turns_api_failures_into_a_reason_the_worker_reports() -> None:
+def test_the_status_reset_ledger_turns_api_failures_into_a_reason_the_worker_reports() -> None:
     from ferry.errors import TaskError
-    from ferry.reporting import StatusLedger
+    from ferry.reporting import KubernetesReporter
 
     class Refusing:
         def get_namespaced_custom_object_status(self, *args: object) -> dict[str, object]:
@@ -104,14 +104,14 @@ def test_the_status_ledger_turns_api_failures_into_a_reason_the_worker_reports()
         def patch_namespaced_custom_object_status(self, *args: object) -> None:
             self.patched.append(args[-1])
 
-    ledger = StatusLedger(Refusing(), "dataaccesstasks", "ns", "t")
+    ledger = KubernetesReporter(Refusing(), "dataaccesstasks", "ns", "t", "pod-1")
     with pytest.raises(TaskError, match="RuntimeError") as read:
         ledger.applied_epoch()
     assert read.value.reason == "StatusUnavailable"
     with pytest.raises(TaskError, match="ServiceAccount"):
         ledger.record(3)
     answering = Answering()
-    ledger = StatusLedger(answering, "dataaccesstasks", "ns", "t")
+    ledger = KubernetesReporter(answering, "dataaccesstasks", "ns", "t", "pod-1")
     assert ledger.applied_epoch() == 2
     ledger.record(3)
     assert answering.patched == [{"status": {"offsetResetEpoch": 3}}]

@@ -17,7 +17,7 @@ from ferry import credentials
 from ferry.api import API_VERSION
 from ferry.errors import TaskError
 from ferry.registry import KINDS, PLUGINS
-from ferry.reporting import ConsoleReporter, KubernetesReporter, StatusLedger
+from ferry.reporting import ConsoleReporter, KubernetesReporter
 from ferry.runtime import run_task, stop_on_signals
 from ferry.settings import WorkerSettings
 from ferry.tasks import parse_task
@@ -112,8 +112,9 @@ def _worker(settings: WorkerSettings) -> None:
     except config.ConfigException:
         config.load_kube_config()
     worker_id = os.environ.get("FERRY_WORKER_ID") or os.environ.get("HOSTNAME", "worker")
-    api = client.CustomObjectsApi()
-    reporter = KubernetesReporter(api, task.definition.plural, task.namespace, task.name, worker_id)
+    reporter = KubernetesReporter(
+        client.CustomObjectsApi(), task.definition.plural, task.namespace, task.name, worker_id
+    )
     stop = threading.Event()
     stop_on_signals(stop)
     run_task(
@@ -125,7 +126,7 @@ def _worker(settings: WorkerSettings) -> None:
         settings,
         stop,
         epoch=int(os.environ.get("FERRY_OFFSET_EPOCH", "0")),
-        resets=StatusLedger(api, task.definition.plural, task.namespace, task.name),
+        resets=reporter,
     )
 
 

@@ -127,10 +127,11 @@ class ConsoleReporter:
 
 
 class KubernetesReporter:
-    """Under the operator: merge-patch this worker's entry in the CR's `status.workers` map.
+    """Under the operator, the worker's own task's status (its Role allows get and patch on nothing else).
 
-    Each pod writes only its own key, so replicas never overwrite each other; the operator
-    aggregates the entries into the task's top-level status.
+    Progress: merge-patch this worker's entry in the CR's `status.workers` map. Each pod writes only its
+    own key, so replicas never overwrite each other; the operator aggregates the entries into the task's
+    top-level status. It is also the task's ResetLedger, in `status.offsetResetEpoch`.
     """
 
     def __init__(self, api: Any, plural: str, namespace: str, name: str, worker_id: str) -> None:
@@ -140,14 +141,40 @@ class KubernetesReporter:
         self.name = name
         self.worker_id = worker_id
 
-    def report(self, progress: Progress) -> None:
+    def _patch(self, status: dict[str, Any]) -> None:
         from ferry.api import GROUP, VERSION
 
-        body = {"status": {"workers": {self.worker_id: progress.wire()}}}
+        body = {"status": status}
+        self.api.patch_namespaced_custom_object_status(GROUP, VERSION, self.namespace, self.plural, self.name, body)
+
+    def report(self, progress: Progress) -> None:
         try:
-            self.api.patch_namespaced_custom_object_status(GROUP, VERSION, self.namespace, self.plural, self.name, body)
+            self._patch({"workers": {self.worker_id: progress.wire()}})
         except Exception as err:  # a missed heartbeat must never stop the data path
             log.warning("status report failed: %s", type(err).__name__)
+
+    def applied_epoch(self) -> int:
+        from ferry.api import GROUP, VERSION
+
+        try:
+            body = self.api.get_namespaced_custom_object_status(GROUP, VERSION, self.namespace, self.plural, self.name)
+        except Exception as err:
+            raise TaskError(
+                "StatusUnavailable",
+                f"cannot read the task's status to see whether its offsets were reset ({type(err).__name__}): "
+                "check the worker's ServiceAccount and the API server",
+            ) from None
+        return int((body.get("status") or {}).get("offsetResetEpoch") or 0)
+
+    def record(self, epoch: int) -> None:
+        try:
+            self._patch({"offsetResetEpoch": epoch})
+        except Exception as err:
+            raise TaskError(
+                "StatusUnavailable",
+                f"cannot note in the task's status that its offsets were reset ({type(err).__name__}): "
+                "check the worker's ServiceAccount and the API server",
+            ) from None
 
 
 class ResetLedger(Protocol):
@@ -171,39 +198,3 @@ class MemoryLedger:
 
     def record(self, epoch: int) -> None:
         self.epoch = epoch
-
-
-class StatusLedger:
-    """Under the operator: `status.offsetResetEpoch` of the worker's own task (its Role allows get and patch)."""
-
-    def __init__(self, api: Any, plural: str, namespace: str, name: str) -> None:
-        self.api = api  # kubernetes.client.CustomObjectsApi
-        self.plural = plural
-        self.namespace = namespace
-        self.name = name
-
-    def applied_epoch(self) -> int:
-        from ferry.api import GROUP, VERSION
-
-        try:
-            body = self.api.get_namespaced_custom_object_status(GROUP, VERSION, self.namespace, self.plural, self.name)
-        except Exception as err:
-            raise TaskError(
-                "StatusUnavailable",
-                f"cannot read the task's status to see whether its offsets were reset ({type(err).__name__}): "
-                "check the worker's ServiceAccount and the API server",
-            ) from None
-        return int((body.get("status") or {}).get("offsetResetEpoch") or 0)
-
-    def record(self, epoch: int) -> None:
-        from ferry.api import GROUP, VERSION
-
-        body = {"status": {"offsetResetEpoch": epoch}}
-        try:
-            self.api.patch_namespaced_custom_object_status(GROUP, VERSION, self.namespace, self.plural, self.name, body)
-        except Exception as err:
-            raise TaskError(
-                "StatusUnavailable",
-                f"cannot note in the task's status that its offsets were reset ({type(err).__name__}): "
-                "check the worker's ServiceAccount and the API server",
-            ) from None

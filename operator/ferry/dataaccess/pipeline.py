@@ -95,7 +95,7 @@ class AccessPipeline(CopyPipeline):
     def _before_consuming(self) -> bool:
         """After a resume later than the window, move the group to startFrom once for this epoch."""
         try:
-            if self.epoch <= self.resets.applied_epoch():
+            if self.epoch == 0 or self.epoch <= self.resets.applied_epoch():  # epoch 0 never resets: no read
                 return True
             self._reset_offsets()
             self.resets.record(self.epoch)
