@@ -108,8 +108,13 @@ def existing_topics(admin: AdminClient, bootstrap: str, timeout: float = 10.0) -
     }
 
 
-def missing_topics(wanted: Iterable[str], existing: Mapping[str, int]) -> list[str]:
-    return sorted(set(wanted) - set(existing))
+def require_topics(wanted: Iterable[str], existing: Mapping[str, int], bootstrap: str, reason: str) -> None:
+    """A TaskError with `reason` naming the topics of `wanted` that do not exist."""
+    missing = sorted(set(wanted) - set(existing))
+    if missing:
+        raise TaskError(
+            reason, f"topics {', '.join(missing)} do not exist on {bootstrap}: create them or fix spec.topics"
+        )
 
 
 def as_bytes(data: str | bytes | None) -> bytes | None:

@@ -29,8 +29,8 @@ from ferry.kafka import (
     existing_topics,
     group_consumer_config,
     message_headers,
-    missing_topics,
     partition_progress,
+    require_topics,
 )
 from ferry.metrics import WorkerMetrics
 from ferry.obsdump.model import ObsDumpTaskSpec
@@ -141,15 +141,10 @@ class DumpPipeline:
         return True
 
     def _check_topics(self) -> None:
-        existing = existing_topics(admin_client(self.kafka_config), self.kafka_config["bootstrap.servers"])
+        bootstrap = self.kafka_config["bootstrap.servers"]
+        existing = existing_topics(admin_client(self.kafka_config), bootstrap)
         if self.spec.topics is not None:
-            missing = missing_topics(self.spec.topics, existing)
-            if missing:
-                raise TaskError(
-                    "TopicNotFound",
-                    f"topics {', '.join(missing)} do not exist on {self.kafka_config['bootstrap.servers']}: "
-                    "create them or fix spec.topics",
-                )
+            require_topics(self.spec.topics, existing, bootstrap, "TopicNotFound")
 
     def _loop(self, stop: threading.Event) -> None:
         assert self.consumer is not None

@@ -15,7 +15,7 @@ from confluent_kafka import KafkaException
 
 from ferry.copying import CopyPipeline, Headers
 from ferry.errors import TaskError
-from ferry.kafka import admin_client, describe_kafka_error, existing_topics, missing_topics
+from ferry.kafka import admin_client, describe_kafka_error, existing_topics, require_topics
 from ferry.metrics import WorkerMetrics
 from ferry.reporting import Reporter
 from ferry.settings import WorkerSettings
@@ -62,13 +62,7 @@ class SyncPipeline(CopyPipeline):
         source_admin, target_admin = admin_client(self.source_config), admin_client(self.target_config)
         available = existing_topics(source_admin, self.source_bootstrap)
         if self.spec.topics is not None:
-            missing = missing_topics(self.spec.topics, available)
-            if missing:
-                raise TaskError(
-                    "SourceTopicNotFound",
-                    f"topics {', '.join(missing)} do not exist on {self.source_bootstrap}: create them or fix "
-                    "spec.topics",
-                )
+            require_topics(self.spec.topics, available, self.source_bootstrap, "SourceTopicNotFound")
         selected = sorted(t for t in available if self.spec.selects(t))
         if not selected:
             raise TaskError(
