@@ -7,7 +7,7 @@
 #                  (deploy/image/build-local.sh builds it from debootstrap)
 #   PIP_CERT       path of a CA bundle, visible during the build, that pip trusts (TLS-intercepting
 #                  proxies); used by the pip step only, never stored in the runtime image
-#   PIP_INDEX_URL  a PyPI mirror, for builds without access to pypi.org
+#   PIP_INDEX_URL  a PyPI mirror, for builds without access to PyPI itself
 #   VERSION, REVISION, SOURCE   OCI labels
 #
 # The runtime stage holds the base's Python and /opt/ferry (a virtualenv without pip or setuptools)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build Ferry's image with no Docker engine, no container registry and no base image to pull, then
-# smoke-test it. Needs root, a Debian mirror (the one in this machine's apt sources) and a PyPI index
-# (pypi.org, or PIP_INDEX_URL).
+# smoke-test it. Needs root, a Debian mirror (the one in this machine's apt sources) and PyPI
+# (pip's configured index, or PIP_INDEX_URL).
 #
 #   deploy/image/build-local.sh
 #
@@ -17,7 +17,7 @@
 # Environment (all optional):
 #   FERRY_IMAGE_WORKDIR   work directory, kept afterwards (default: a new mktemp directory). Reuse it
 #                         to skip the base image and reuse build layers.
-#   FERRY_DEBIAN_MIRROR   Debian mirror for debootstrap (default: from /etc/apt sources, else deb.debian.org)
+#   FERRY_DEBIAN_MIRROR   Debian mirror for debootstrap (default: the one in this machine's apt sources)
 #   FERRY_DEBIAN_SUITE    default bookworm
 #   FERRY_HOST_CA         CA bundle pip trusts inside the build (default /etc/ssl/certs/ca-certificates.crt;
 #                         mounted for the build only, never copied into the image)
@@ -157,7 +157,7 @@ if podman image exists "$BASE_IMAGE"; then
     echo "already in $WORK/storage: skipped"
 else
     MIRROR=${FERRY_DEBIAN_MIRROR:-$(debian_mirror)}
-    MIRROR=${MIRROR:-http://deb.debian.org/debian}
+    [[ -n $MIRROR ]] || die "no Debian mirror for $SUITE in the apt sources: set FERRY_DEBIAN_MIRROR"
     echo "debootstrap from $MIRROR"
     rm -rf "$ROOTFS"
     debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
