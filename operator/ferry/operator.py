@@ -24,6 +24,7 @@ from ferry.tasks import KindPlugin
 log = logging.getLogger(__name__)
 SETTINGS = OperatorSettings.from_env()
 FINALIZER = "ferry.dev/flush-worker"
+FIELD_MANAGER = "ferry-operator"  # the server-side apply field manager of every child Ferry renders
 TASK_STATES = TaskStateMetrics()
 # One reconcile at a time per task, whichever handler (change, timer) triggers it.
 _locks: dict[str, threading.Lock] = {}
@@ -95,17 +96,27 @@ def _secret_keys(core: client.CoreV1Api, namespace: str, name: str) -> set[str] 
     return set((secret.data or {}).keys()) | set((secret.string_data or {}).keys())
 
 
-def _apply_deployment(desired: dict[str, Any], current: dict[str, Any] | None) -> None:
-    apps = client.AppsV1Api()
+def _server_side_apply(patch: Any, desired: dict[str, Any]) -> None:
+    """Apply desired with server-side apply: fields Ferry set before and no longer renders are removed."""
     meta = desired["metadata"]
-    if current is None:
-        apps.create_namespaced_deployment(meta["namespace"], desired)
-        log.info("created Deployment %s/%s", meta["namespace"], meta["name"])
+    patch(
+        meta["name"],
+        meta["namespace"],
+        desired,
+        field_manager=FIELD_MANAGER,
+        force=True,  # Ferry owns its children: take back fields someone else changed
+        _content_type="application/apply-patch+yaml",
+    )
+
+
+def _apply_deployment(desired: dict[str, Any], current: dict[str, Any] | None) -> None:
+    meta = desired["metadata"]
+    have = ((current or {}).get("metadata", {}).get("annotations") or {}).get(SPEC_HASH_ANNOTATION)
+    if current is not None and have == meta["annotations"][SPEC_HASH_ANNOTATION]:
         return
-    have = (current.get("metadata", {}).get("annotations") or {}).get(SPEC_HASH_ANNOTATION)
-    if have != meta["annotations"][SPEC_HASH_ANNOTATION]:
-        apps.patch_namespaced_deployment(meta["name"], meta["namespace"], desired)
-        log.info("updated Deployment %s/%s (replicas %s)", meta["namespace"], meta["name"], desired["spec"]["replicas"])
+    _server_side_apply(client.AppsV1Api().patch_namespaced_deployment, desired)
+    verb = "created" if current is None else "updated"
+    log.info("%s Deployment %s/%s (replicas %s)", verb, meta["namespace"], meta["name"], desired["spec"]["replicas"])
 
 
 def _ensure(desired: dict[str, Any]) -> None:
@@ -114,26 +125,24 @@ def _ensure(desired: dict[str, Any]) -> None:
     kind, name, namespace = desired["kind"], meta["name"], meta["namespace"]
     core, rbac = client.CoreV1Api(), client.RbacAuthorizationV1Api()
     calls = {
-        "ServiceAccount": (core.read_namespaced_service_account, core.create_namespaced_service_account, None),
-        "Role": (rbac.read_namespaced_role, rbac.create_namespaced_role, rbac.patch_namespaced_role),
-        "RoleBinding": (
-            rbac.read_namespaced_role_binding,
-            rbac.create_namespaced_role_binding,
-            rbac.patch_namespaced_role_binding,
-        ),
+        "ServiceAccount": (core.read_namespaced_service_account, core.patch_namespaced_service_account),
+        "Role": (rbac.read_namespaced_role, rbac.patch_namespaced_role),
+        "RoleBinding": (rbac.read_namespaced_role_binding, rbac.patch_namespaced_role_binding),
     }
-    read, create, patch = calls[kind]
+    read, patch = calls[kind]
     try:
         current = client.ApiClient().sanitize_for_serialization(read(name, namespace))
     except ApiException as err:
         if err.status != 404:
             raise
-        create(namespace, desired)
-        log.info("created %s %s/%s", kind, namespace, name)
+        current = None
+    fields = [f for f in ("rules", "subjects", "roleRef") if f in desired and (current or {}).get(f) != desired[f]]
+    if current is not None and not fields:
         return
-    fields = [f for f in ("rules", "subjects") if f in desired and current.get(f) != desired[f]]
-    if patch is not None and fields:
-        patch(name, namespace, {f: desired[f] for f in fields})
+    _server_side_apply(patch, desired)
+    if current is None:
+        log.info("created %s %s/%s", kind, namespace, name)
+    else:
         log.info("updated %s %s/%s (%s)", kind, namespace, name, ", ".join(fields))
 
 
