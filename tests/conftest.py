@@ -1,7 +1,9 @@
-"""Shared fixtures: real Tansu brokers and a SeaweedFS store, started only when a test asks for them."""
+"""Shared fixtures: real Apache Kafka clusters, a SeaweedFS store and a Kubernetes control plane, started only
+when a test asks for them (the first run ever fetches and builds them: its progress is shown, not captured)."""
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import uuid
 from collections.abc import Callable, Iterator
@@ -10,23 +12,46 @@ from typing import Any
 import pytest
 from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]  # not re-exported in its stubs
 
-from tests.support.servers import KafkaBroker, ObjectStore, start_seaweedfs, start_tansu
+from tests.support.cluster import KubeEnv, kube_env
+from tests.support.controlplane import start_control_plane
+from tests.support.kafka import KafkaCluster, start_kafka
+from tests.support.servers import ObjectStore, start_seaweedfs
 
 TopicFactory = Callable[..., str]
 BucketFactory = Callable[..., str]
 
 
+def uncaptured(pytestconfig: pytest.Config) -> contextlib.AbstractContextManager[Any]:
+    """Let a fixture's first-run messages (downloads, builds) reach the terminal."""
+    capture = pytestconfig.pluginmanager.getplugin("capturemanager")
+    return contextlib.nullcontext() if capture is None else capture.global_and_fixture_disabled()
+
+
 @pytest.fixture(scope="session")
-def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
-    with start_tansu(tmp_path_factory.mktemp("tansu"), "ferry-test-1") as broker:
+def kafka(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> Iterator[KafkaCluster]:
+    """A real Apache Kafka cluster (KRaft, one node) with PLAINTEXT, SASL_PLAINTEXT, SSL and SASL_SSL listeners."""
+    with uncaptured(pytestconfig):
+        broker = start_kafka(tmp_path_factory.mktemp("kafka"), "ferry-test-1")
+    with broker:
         yield broker
 
 
 @pytest.fixture(scope="session")
-def kafka2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
-    """A second, independent broker (e.g. the target of a topic sync)."""
-    with start_tansu(tmp_path_factory.mktemp("tansu2"), "ferry-test-2") as broker:
+def kafka2(tmp_path_factory: pytest.TempPathFactory, kafka: KafkaCluster) -> Iterator[KafkaCluster]:
+    """A second, independent cluster (e.g. the target of a topic sync); asks for `kafka` so the jars exist."""
+    with start_kafka(tmp_path_factory.mktemp("kafka2"), "ferry-test-2") as broker:
         yield broker
+
+
+@pytest.fixture(scope="session")
+def kube(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> Iterator[KubeEnv]:
+    """A real control plane (etcd, kube-apiserver, kube-controller-manager), the process kubelet as its node,
+    helm, and Ferry's CRDs applied server-side. Each test module installs the chart on it (running_cluster)."""
+    workdir = tmp_path_factory.mktemp("kube")
+    with uncaptured(pytestconfig):
+        control_plane = start_control_plane(workdir / "control-plane")
+    with control_plane, kube_env(control_plane, workdir) as env:
+        yield env
 
 
 @pytest.fixture(scope="session")
@@ -39,20 +64,21 @@ def object_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ObjectSto
 
 @pytest.fixture
 def topic_factory(request: pytest.FixtureRequest) -> Iterator[TopicFactory]:
-    """make(partitions=1, broker=None, prefix="t", config=None) -> name of a new, unique topic.
+    """make(partitions=1, broker=None, prefix="t", config=None, name=None) -> name of a new (by default unique) topic.
 
     broker defaults to the `kafka` fixture; topics are deleted after the test.
     """
-    created: list[tuple[KafkaBroker, str]] = []
+    created: list[tuple[KafkaCluster, str]] = []
 
     def make(
         partitions: int = 1,
-        broker: KafkaBroker | None = None,
+        broker: KafkaCluster | None = None,
         prefix: str = "t",
         config: dict[str, str] | None = None,
+        name: str | None = None,
     ) -> str:
-        target: KafkaBroker = broker or request.getfixturevalue("kafka")
-        name = f"{prefix}-{uuid.uuid4().hex[:12]}"
+        target: KafkaCluster = broker or request.getfixturevalue("kafka")
+        name = name or f"{prefix}-{uuid.uuid4().hex[:12]}"
         topic = NewTopic(name, num_partitions=partitions, replication_factor=1, config=config or {})
         admin = target.admin()  # must outlive the future: a collected client cancels it
         admin.create_topics([topic])[name].result(timeout=15)
@@ -64,7 +90,7 @@ def topic_factory(request: pytest.FixtureRequest) -> Iterator[TopicFactory]:
         _delete_topic(broker, name)
 
 
-def _delete_topic(broker: KafkaBroker, name: str) -> None:
+def _delete_topic(broker: KafkaCluster, name: str) -> None:
     try:
         admin = broker.admin()
         admin.delete_topics([name])[name].result(timeout=15)

@@ -13,10 +13,10 @@ import pytest
 from confluent_kafka import Producer
 
 from tests.conftest import TopicFactory
-from tests.support.cluster import Cluster, running_cluster
+from tests.support.cluster import Cluster, KubeEnv, running_cluster
 from tests.support.copies import read_all
 from tests.support.dumps import wait_for
-from tests.support.servers import KafkaBroker
+from tests.support.kafka import KafkaCluster
 from tests.test_dataaccess_worker import access_spec
 
 PASSWORD = "dts-pa55word-never-shown"
@@ -40,13 +40,13 @@ def manifests(namespace: str, name: str, spec: dict[str, Any]) -> list[dict[str,
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    with running_cluster(tmp_path_factory.mktemp("access-cluster")) as running:
+def cluster(kube: KubeEnv, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    with running_cluster(kube, tmp_path_factory.mktemp("access-cluster")) as running:
         yield running
 
 
 def test_apply_switch_the_target_under_load_pause_resume_and_delete(
-    cluster: Cluster, kafka: KafkaBroker, kafka2: KafkaBroker, topic_factory: TopicFactory
+    cluster: Cluster, kafka: KafkaCluster, kafka2: KafkaCluster, topic_factory: TopicFactory
 ) -> None:
     ns = cluster.namespace()
     source = topic_factory(partitions=2)
@@ -144,7 +144,7 @@ def _target(topic: str) -> str:
 
 
 def test_a_partition_mismatch_is_failed_with_both_counts(
-    cluster: Cluster, kafka: KafkaBroker, kafka2: KafkaBroker, topic_factory: TopicFactory
+    cluster: Cluster, kafka: KafkaCluster, kafka2: KafkaCluster, topic_factory: TopicFactory
 ) -> None:
     ns = cluster.namespace()
     source, target = topic_factory(partitions=3), topic_factory(broker=kafka2, partitions=1)

@@ -1,8 +1,10 @@
-"""The DataAccessTask worker between two real Tansu brokers; the first plays the DTS subscription endpoint."""
+"""The DataAccessTask worker between two real Apache Kafka clusters; the first plays the DTS subscription endpoint."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -24,13 +26,14 @@ from ferry.settings import WorkerSettings
 from tests.conftest import TopicFactory
 from tests.support.copies import copy_while_killing, produce_on, read_all
 from tests.support.dumps import Recorder, produce, wait_for
-from tests.support.servers import KafkaBroker, free_port
+from tests.support.kafka import KafkaCluster
+from tests.support.servers import free_port
 
 
 def access_spec(
-    source: KafkaBroker | str, topic: str, target: KafkaBroker | str, target_topic: str, **fields: Any
+    source: KafkaCluster | str, topic: str, target: KafkaCluster | str, target_topic: str, **fields: Any
 ) -> Any:
-    """A DataAccessTask spec with a plain (no SASL: Tansu has none) DTS endpoint."""
+    """A DataAccessTask spec with a PLAINTEXT DTS endpoint (the SASL ones are below)."""
     source_bootstrap = source if isinstance(source, str) else source.bootstrap
     target_bootstrap = target if isinstance(target, str) else target.bootstrap
     group = fields.pop("consumerGroup", f"dts-{uuid.uuid4().hex[:8]}")
@@ -102,7 +105,7 @@ def sample(metrics: WorkerMetrics, name: str, **labels: str) -> float:
 
 
 def test_records_go_partition_to_partition_keeping_key_value_headers_timestamp(
-    kafka: KafkaBroker, kafka2: KafkaBroker, topic_factory: TopicFactory
+    kafka: KafkaCluster, kafka2: KafkaCluster, topic_factory: TopicFactory
 ) -> None:
     source = topic_factory(partitions=4)
     target = topic_factory(broker=kafka2, partitions=4)
@@ -132,7 +135,7 @@ def test_records_go_partition_to_partition_keeping_key_value_headers_timestamp(
 
 
 def test_the_worker_joins_the_subscription_group_and_continues_from_its_offsets(
-    kafka: KafkaBroker, kafka2: KafkaBroker, topic_factory: TopicFactory
+    kafka: KafkaCluster, kafka2: KafkaCluster, topic_factory: TopicFactory
 ) -> None:
     source = topic_factory(partitions=2)
     target = topic_factory(broker=kafka2, partitions=2)
@@ -150,7 +153,7 @@ def test_the_worker_joins_the_subscription_group_and_continues_from_its_offsets(
 
 
 def test_a_partition_count_mismatch_fails_with_both_counts_copies_nothing_and_heals(
-    kafka: KafkaBroker, kafka2: KafkaBroker, topic_factory: TopicFactory
+    kafka: KafkaCluster, kafka2: KafkaCluster, topic_factory: TopicFactory
 ) -> None:
     source = topic_factory(partitions=3)
     target = topic_factory(broker=kafka2, partitions=2)
@@ -178,7 +181,7 @@ def test_a_partition_count_mismatch_fails_with_both_counts_copies_nothing_and_he
 
 @pytest.mark.parametrize("side", ["source", "target"])
 def test_a_missing_topic_on_either_side_is_named(
-    side: str, kafka: KafkaBroker, kafka2: KafkaBroker, topic_factory: TopicFactory
+    side: str, kafka: KafkaCluster, kafka2: KafkaCluster, topic_factory: TopicFactory
 ) -> None:
     present_source = topic_factory(partitions=1)
     present_target = topic_factory(broker=kafka2, partitions=1)
@@ -195,7 +198,7 @@ def test_a_missing_topic_on_either_side_is_named(
         assert "create it with 1 partitions" in error.message
 
 
-def test_an_unreachable_source_is_reported_and_the_worker_keeps_trying(kafka2: KafkaBroker) -> None:
+def test_an_unreachable_source_is_reported_and_the_worker_keeps_trying(kafka2: KafkaCluster) -> None:
     nowhere = f"127.0.0.1:{free_port()}"
     with accessing(access_spec(nowhere, "orders", kafka2, "orders")) as (recorder, _):
         wait_for(lambda: recorder.reports and recorder.last.error, timeout=30, what="failure")
@@ -204,7 +207,7 @@ def test_an_unreachable_source_is_reported_and_the_worker_keeps_trying(kafka2: K
 
 
 def test_a_sasl_source_against_a_broker_without_sasl_fails_clearly_and_keeps_trying(
-    kafka: KafkaBroker, kafka2: KafkaBroker, topic_factory: TopicFactory
+    kafka: KafkaCluster, kafka2: KafkaCluster, topic_factory: TopicFactory
 ) -> None:
     """What a SASL misconfiguration looks like from the worker: a Failed report with a reason, no crash."""
     target = topic_factory(broker=kafka2, partitions=1)
@@ -233,7 +236,7 @@ def test_a_sasl_source_against_a_broker_without_sasl_fails_clearly_and_keeps_try
     try:
         wait_for(lambda: recorder.reports and recorder.last.error, timeout=40, what="failure")
         error = recorder.last.error
-        assert error is not None and error.reason in ("KafkaAuthenticationFailed", "KafkaUnreachable")
+        assert error is not None and error.reason == "KafkaAuthenticationFailed", error
         assert "dts-password-never-shown" not in error.message
         assert thread.is_alive()  # waiting for a fix, not crashing
     finally:
@@ -241,49 +244,82 @@ def test_a_sasl_source_against_a_broker_without_sasl_fails_clearly_and_keeps_try
         thread.join(60)
 
 
-@pytest.mark.skipif(
-    not os.environ.get("FERRY_TEST_SASL_BOOTSTRAP"),
-    reason="needs a Kafka with SASL/SCRAM (FERRY_TEST_SASL_BOOTSTRAP, _USERNAME, _PASSWORD, _MECHANISM, and a topic "
-    "FERRY_TEST_SASL_TOPIC with a twin FERRY_TEST_SASL_TOPIC-copy): Tansu 0.6, the only broker installable here, "
-    "has no working SASL mechanism",
-)
-def test_live_sasl_copy_against_a_real_kafka() -> None:
-    bootstrap = os.environ["FERRY_TEST_SASL_BOOTSTRAP"]
-    topic = os.environ.get("FERRY_TEST_SASL_TOPIC", "ferry-sasl")
-    sasl = {
-        "bootstrap.servers": bootstrap,
-        "security.protocol": os.environ.get("FERRY_TEST_SASL_PROTOCOL", "SASL_PLAINTEXT"),
-        "sasl.mechanism": os.environ.get("FERRY_TEST_SASL_MECHANISM", "SCRAM-SHA-512"),
-        "sasl.username": os.environ["FERRY_TEST_SASL_USERNAME"],
-        "sasl.password": os.environ["FERRY_TEST_SASL_PASSWORD"],
+def dts_manifest(
+    kafka: KafkaCluster, listener: str, mechanism: str, topic: str, target: KafkaCluster, password: str
+) -> list[dict[str, Any]]:
+    """A DataAccessTask whose DTS endpoint is the test cluster's SASL listener, with its Secrets, for `ferry run`."""
+    bootstrap = {"SASL_PLAINTEXT": kafka.sasl_plaintext_bootstrap, "SASL_SSL": kafka.sasl_ssl_bootstrap}[listener]
+    user = kafka.plain_user if mechanism == "PLAIN" else kafka.scram_user
+    dts: dict[str, Any] = {
+        "bootstrapServers": bootstrap,
+        "securityProtocol": listener,
+        "saslMechanism": mechanism,
+        "credentialsSecretRef": {"name": "dts-credentials"},
+        "topic": topic,
+        "consumerGroup": f"dts-{uuid.uuid4().hex[:8]}",
     }
-    spec = access_spec(bootstrap, topic, bootstrap, f"{topic}-copy")
-    spec["source"]["dts"].update(
-        securityProtocol=sasl["security.protocol"],
-        saslMechanism=sasl["sasl.mechanism"],
-        credentialsSecretRef={"name": "unused"},
-    )
-    parsed = DataAccessTaskSpec.model_validate(spec)
-    recorder = Recorder()
-    pipeline = AccessPipeline(
-        parsed, sasl, sasl, f"ferry-sasl-{uuid.uuid4().hex[:6]}", recorder, WorkerMetrics("DataAccessTask", "sasl")
-    )
-    producer = Producer(sasl)
-    for i in range(10):
-        producer.produce(topic, value=f"sasl-{i}".encode())
-    assert producer.flush(30) == 0
-    stop = threading.Event()
-    thread = threading.Thread(target=pipeline.run, args=(stop,), daemon=True)
-    thread.start()
-    try:
-        wait_for(lambda: recorder.reports and recorder.last.totals.records >= 10, timeout=60, what="copied")
-    finally:
-        stop.set()
-        thread.join(60)
+    secrets: dict[str, str] = {"username": user, "password": password}
+    if listener == "SASL_SSL":
+        dts["tls"] = {"caSecretRef": {"name": "dts-credentials", "key": "ca.crt"}}
+        secrets["ca.crt"] = kafka.ca_pem
+    task = {
+        "apiVersion": "ferry.dev/v1alpha1",
+        "kind": "DataAccessTask",
+        "metadata": {"name": "sasl", "namespace": "qa"},
+        "spec": {
+            "source": {"type": "DTS", "dts": dts},
+            "target": {"bootstrapServers": target.bootstrap, "topic": topic},
+            "startFrom": "earliest",
+        },
+    }
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "dts-credentials"}, "stringData": secrets}
+    return [task, secret]
+
+
+def ferry_run(manifest: list[dict[str, Any]], tmp_path: Path, duration: float) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / "task.yaml"
+    path.write_text(yaml.safe_dump_all(manifest))
+    env = {**os.environ, "FERRY_REPORT_INTERVAL": "0.5"}
+    command = [sys.executable, "-m", "ferry", "run", "-f", str(path), "--duration", str(duration)]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=duration + 60)
+
+
+@pytest.mark.parametrize(
+    ("listener", "mechanism"),
+    [("SASL_PLAINTEXT", "SCRAM-SHA-512"), ("SASL_PLAINTEXT", "SCRAM-SHA-256"), ("SASL_PLAINTEXT", "PLAIN"),
+     ("SASL_SSL", "SCRAM-SHA-512")],
+)  # fmt: skip
+def test_a_dts_subscription_is_copied_over_sasl_from_the_secrets_of_the_manifest(
+    listener: str, mechanism: str, kafka: KafkaCluster, kafka2: KafkaCluster, topic_factory: TopicFactory,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    topic = topic_factory(partitions=2)
+    topic_factory(partitions=2, broker=kafka2, name=topic)
+    produce_on(kafka.bootstrap, topic, 40, 2, "s")
+    password = kafka.plain_password if mechanism == "PLAIN" else kafka.scram_password
+    result = ferry_run(dts_manifest(kafka, listener, mechanism, topic, kafka2, password), tmp_path, duration=12)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "records=40" in result.stdout, result.stdout[-2000:]
+    copied = read_all(kafka2.bootstrap, topic, 40, timeout=20, linger=1)
+    assert sorted((m.partition(), m.value()) for m in copied) == sorted((i % 2, f"s-v{i}".encode()) for i in range(40))
+    assert password not in result.stdout + result.stderr
+
+
+def test_a_wrong_sasl_password_is_kafka_authentication_failed_and_never_shown(
+    kafka: KafkaCluster, kafka2: KafkaCluster, topic_factory: TopicFactory, tmp_path: Path
+) -> None:
+    topic = topic_factory(partitions=1)
+    topic_factory(partitions=1, broker=kafka2, name=topic)
+    wrong = f"wrong-{uuid.uuid4().hex}"
+    result = ferry_run(dts_manifest(kafka, "SASL_PLAINTEXT", "SCRAM-SHA-512", topic, kafka2, wrong), tmp_path, 10)
+    output = result.stdout + result.stderr
+    assert "error=KafkaAuthenticationFailed" in result.stdout, output[-3000:]
+    assert "records=0" in result.stdout
+    assert wrong not in output
 
 
 def test_a_target_switch_under_load_keeps_the_group_offsets_no_loss_no_duplicate(
-    kafka: KafkaBroker, kafka2: KafkaBroker, topic_factory: TopicFactory
+    kafka: KafkaCluster, kafka2: KafkaCluster, topic_factory: TopicFactory
 ) -> None:
     """The worker is rolled (stopped, which flushes and commits, then started with the new target): the
     records before the switch are in the old target, the rest in the new one, each exactly once."""
@@ -333,7 +369,7 @@ def test_a_target_switch_under_load_keeps_the_group_offsets_no_loss_no_duplicate
 
 
 def test_no_record_is_lost_when_the_worker_is_killed_at_random(
-    kafka: KafkaBroker, kafka2: KafkaBroker, topic_factory: TopicFactory, tmp_path: Path
+    kafka: KafkaCluster, kafka2: KafkaCluster, topic_factory: TopicFactory, tmp_path: Path
 ) -> None:
     source = topic_factory(partitions=3)
     target = topic_factory(broker=kafka2, partitions=3)
@@ -356,7 +392,7 @@ def test_no_record_is_lost_when_the_worker_is_killed_at_random(
 
 @pytest.mark.parametrize("start_from", ["latest", "earliest"])
 def test_a_late_resume_moves_the_subscription_group_to_start_from_once(
-    start_from: str, kafka: KafkaBroker, kafka2: KafkaBroker, topic_factory: TopicFactory
+    start_from: str, kafka: KafkaCluster, kafka2: KafkaCluster, topic_factory: TopicFactory
 ) -> None:
     source = topic_factory(partitions=2)
     target = topic_factory(broker=kafka2, partitions=2)
@@ -382,7 +418,7 @@ def test_a_late_resume_moves_the_subscription_group_to_start_from_once(
 
 
 def test_a_source_change_and_back_keeps_each_subscriptions_offsets(
-    kafka: KafkaBroker, kafka2: KafkaBroker, topic_factory: TopicFactory
+    kafka: KafkaCluster, kafka2: KafkaCluster, topic_factory: TopicFactory
 ) -> None:
     """Switching to another subscription (its own topic and group) and back: each group resumes where it
     committed, so every record of both sources lands once, partition for partition."""

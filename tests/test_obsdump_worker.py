@@ -26,7 +26,7 @@ from tests.support.dumps import (
     wait_for,
     write_manifest,
 )
-from tests.support.servers import KafkaBroker
+from tests.support.kafka import KafkaCluster
 from tests.support.servers import ObjectStore as SeaweedFS
 
 
@@ -40,7 +40,7 @@ def committed(bootstrap: str, group: str, topic: str, partitions: int) -> list[i
 
 
 def test_records_land_under_deterministic_keys_with_keys_headers_and_separator(
-    kafka: KafkaBroker, object_store: SeaweedFS, topic_factory: TopicFactory, bucket_factory: BucketFactory
+    kafka: KafkaCluster, object_store: SeaweedFS, topic_factory: TopicFactory, bucket_factory: BucketFactory
 ) -> None:
     topic, bucket = topic_factory(partitions=3), bucket_factory()
     produce(kafka.bootstrap, topic, 300, partitions=3)
@@ -70,7 +70,7 @@ def test_records_land_under_deterministic_keys_with_keys_headers_and_separator(
 
 
 def test_values_only_objects_with_a_custom_separator(
-    kafka: KafkaBroker, object_store: SeaweedFS, topic_factory: TopicFactory, bucket_factory: BucketFactory
+    kafka: KafkaCluster, object_store: SeaweedFS, topic_factory: TopicFactory, bucket_factory: BucketFactory
 ) -> None:
     topic, bucket = topic_factory(partitions=1), bucket_factory()
     produce(kafka.bootstrap, topic, 50, partitions=1)
@@ -92,7 +92,7 @@ def test_values_only_objects_with_a_custom_separator(
 
 
 def test_objects_are_cut_each_period_even_without_new_records_and_not_for_empty_periods(
-    kafka: KafkaBroker, object_store: SeaweedFS, topic_factory: TopicFactory, bucket_factory: BucketFactory
+    kafka: KafkaCluster, object_store: SeaweedFS, topic_factory: TopicFactory, bucket_factory: BucketFactory
 ) -> None:
     topic, bucket = topic_factory(partitions=1), bucket_factory()
     spec = spec_for(kafka, object_store, bucket, topics=[topic], dumpPeriodSeconds=2, target={"storeKeys": True})
@@ -115,7 +115,7 @@ def test_objects_are_cut_each_period_even_without_new_records_and_not_for_empty_
 
 
 def test_large_batches_use_multipart_upload_with_bounded_parts(
-    kafka: KafkaBroker, object_store: SeaweedFS, topic_factory: TopicFactory, bucket_factory: BucketFactory
+    kafka: KafkaCluster, object_store: SeaweedFS, topic_factory: TopicFactory, bucket_factory: BucketFactory
 ) -> None:
     topic, bucket = topic_factory(partitions=1), bucket_factory()
     value = os.urandom(6000).hex().encode()  # 12 KB, not valid to compress away
@@ -141,7 +141,7 @@ def test_large_batches_use_multipart_upload_with_bounded_parts(
 
 
 def test_topic_regex_picks_up_topics_created_later(
-    kafka: KafkaBroker, object_store: SeaweedFS, topic_factory: TopicFactory, bucket_factory: BucketFactory
+    kafka: KafkaCluster, object_store: SeaweedFS, topic_factory: TopicFactory, bucket_factory: BucketFactory
 ) -> None:
     prefix = f"rx{uuid.uuid4().hex[:6]}"
     first, bucket = topic_factory(partitions=1, prefix=prefix), bucket_factory()
@@ -178,7 +178,7 @@ def output_of(manifest: Path) -> str:
 
 
 def test_sigterm_flushes_the_open_batch_and_commits(
-    kafka: KafkaBroker,
+    kafka: KafkaCluster,
     object_store: SeaweedFS,
     topic_factory: TopicFactory,
     bucket_factory: BucketFactory,
@@ -204,7 +204,7 @@ def test_sigterm_flushes_the_open_batch_and_commits(
 
 
 def test_worker_reports_actionable_failures_and_keeps_running(
-    kafka: KafkaBroker, object_store: SeaweedFS, topic_factory: TopicFactory, bucket_factory: BucketFactory
+    kafka: KafkaCluster, object_store: SeaweedFS, topic_factory: TopicFactory, bucket_factory: BucketFactory
 ) -> None:
     topic, bucket = topic_factory(partitions=1), bucket_factory()
     cases: list[tuple[dict[str, Any], dict[str, Any], str, str]] = [
@@ -244,7 +244,7 @@ def test_unreachable_broker_is_reported(object_store: SeaweedFS, bucket_factory:
 
 
 def test_every_record_lands_exactly_once_although_the_worker_is_killed_at_random(
-    kafka: KafkaBroker,
+    kafka: KafkaCluster,
     object_store: SeaweedFS,
     topic_factory: TopicFactory,
     bucket_factory: BucketFactory,
@@ -299,7 +299,7 @@ def test_every_record_lands_exactly_once_although_the_worker_is_killed_at_random
 
 
 def test_metrics_and_health_are_served(
-    kafka: KafkaBroker,
+    kafka: KafkaCluster,
     object_store: SeaweedFS,
     topic_factory: TopicFactory,
     bucket_factory: BucketFactory,
@@ -345,7 +345,7 @@ def test_metrics_and_health_are_served(
 
 
 def test_a_failed_task_recovers_by_itself_once_the_user_fixes_the_cause(
-    kafka: KafkaBroker, object_store: SeaweedFS, topic_factory: TopicFactory, bucket_factory: BucketFactory
+    kafka: KafkaCluster, object_store: SeaweedFS, topic_factory: TopicFactory, bucket_factory: BucketFactory
 ) -> None:
     topic = topic_factory(partitions=1)
     bucket = f"later-{uuid.uuid4().hex[:8]}"

@@ -17,7 +17,8 @@ from botocore.exceptions import ClientError
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, TopicPartition
 
 from tests.support import servers
-from tests.support.servers import KafkaBroker, ObjectStore, ServerStartError, free_port
+from tests.support.kafka import KafkaCluster
+from tests.support.servers import ObjectStore, ServerStartError, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 MiB = 1024 * 1024
@@ -51,10 +52,10 @@ def _produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes, Heade
 
 
 # ---------------------------------------------------------------------------------------------
-# Tansu
+# Apache Kafka (tests/support/kafka.py; its own tests are in test_kafka_server.py)
 
 
-def test_kafka_roundtrip_keeps_keys_values_and_headers(kafka: KafkaBroker, topic_factory: TopicFactory) -> None:
+def test_kafka_roundtrip_keeps_keys_values_and_headers(kafka: KafkaCluster, topic_factory: TopicFactory) -> None:
     topic = topic_factory(3)
     headers: list[Headers] = [[("trace", f"t{i}".encode()), ("n", b"1")] for i in range(30)]
     records = [(f"k{i}".encode(), f"v{i}".encode(), headers[i]) for i in range(30)]
@@ -66,14 +67,15 @@ def test_kafka_roundtrip_keeps_keys_values_and_headers(kafka: KafkaBroker, topic
     assert {m.partition() for m in got} == {0, 1, 2}  # keys spread over the partitions
 
 
-def test_two_brokers_are_independent(kafka: KafkaBroker, kafka2: KafkaBroker, topic_factory: TopicFactory) -> None:
+def test_two_brokers_are_independent(kafka: KafkaCluster, kafka2: KafkaCluster, topic_factory: TopicFactory) -> None:
     topic = topic_factory(1, broker=kafka)
 
     assert kafka.bootstrap != kafka2.bootstrap
     assert topic in kafka.admin().list_topics(timeout=10).topics
     assert topic not in kafka2.admin().list_topics(timeout=10).topics
-    assert kafka.admin().list_topics(timeout=10).cluster_id == "ferry-test-1"
-    assert kafka2.admin().list_topics(timeout=10).cluster_id == "ferry-test-2"
+    assert kafka.admin().list_topics(timeout=10).cluster_id == kafka.cluster_id
+    assert kafka2.admin().list_topics(timeout=10).cluster_id == kafka2.cluster_id
+    assert kafka.cluster_id != kafka2.cluster_id
 
     other = topic_factory(1, broker=kafka2)
     _produce(kafka2.bootstrap, other, [(b"k", b"only-on-2", [])])
@@ -181,15 +183,15 @@ def test_startup_timeout_kills_the_server(tmp_path: Path) -> None:
 
 
 def test_stop_ends_the_process_and_is_idempotent(tmp_path: Path) -> None:
-    broker = servers.start_tansu(tmp_path, "ferry-stop-test")
-    assert broker.running()
+    store = servers.start_seaweedfs(tmp_path, "ferry-stop", "ferry-stop-secret")
+    assert store.running()
 
-    broker.stop()
-    broker.stop()
+    store.stop()
+    store.stop()
 
-    assert not broker.running()
-    assert not servers._alive(broker.pid)
-    assert broker.pid not in servers._LIVE
+    assert not store.running()
+    assert not servers._alive(store.pid)
+    assert store.pid not in servers._LIVE
 
 
 def test_cli_up_leaves_servers_running_and_down_stops_them(tmp_path: Path) -> None:

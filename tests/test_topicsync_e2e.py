@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from tests.conftest import TopicFactory
-from tests.support.cluster import Cluster, running_cluster
+from tests.support.cluster import Cluster, KubeEnv, running_cluster
 from tests.support.copies import produce_on, read_all
 from tests.support.dumps import wait_for
-from tests.support.servers import KafkaBroker
+from tests.support.kafka import KafkaCluster
 from tests.test_topicsync_worker import sync_spec
 
 
@@ -26,13 +26,13 @@ def manifest(namespace: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    with running_cluster(tmp_path_factory.mktemp("sync-cluster")) as running:
+def cluster(kube: KubeEnv, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    with running_cluster(kube, tmp_path_factory.mktemp("sync-cluster")) as running:
         yield running
 
 
 def test_apply_a_topic_sync_and_watch_it_copy(
-    cluster: Cluster, kafka: KafkaBroker, kafka2: KafkaBroker, topic_factory: TopicFactory
+    cluster: Cluster, kafka: KafkaCluster, kafka2: KafkaCluster, topic_factory: TopicFactory
 ) -> None:
     ns, topic = cluster.namespace(), topic_factory(partitions=2)
     produce_on(kafka.bootstrap, topic, 100, 2, "e2e")
@@ -62,7 +62,7 @@ def test_apply_a_topic_sync_and_watch_it_copy(
 
 
 def test_pause_and_resume_within_the_window_continue_from_saved_offsets(
-    cluster: Cluster, kafka: KafkaBroker, kafka2: KafkaBroker, topic_factory: TopicFactory
+    cluster: Cluster, kafka: KafkaCluster, kafka2: KafkaCluster, topic_factory: TopicFactory
 ) -> None:
     ns, topic = cluster.namespace(), topic_factory(partitions=1)
     sync = manifest(
@@ -86,7 +86,7 @@ def test_pause_and_resume_within_the_window_continue_from_saved_offsets(
 
 
 def test_resume_after_the_window_starts_from_start_from(
-    cluster: Cluster, kafka: KafkaBroker, kafka2: KafkaBroker, topic_factory: TopicFactory
+    cluster: Cluster, kafka: KafkaCluster, kafka2: KafkaCluster, topic_factory: TopicFactory
 ) -> None:
     from tests.support.dumps import produce
 

@@ -81,32 +81,3 @@ def test_replication_factor_is_capped_at_the_target_broker_count_and_says_so() -
     assert planned_replication(3, 5) == (3, None)
     factor, note = planned_replication(3, 1)
     assert factor == 1 and note is not None and "capped at 1" in note
-
-
-class FakeFuture:
-    def result(self, timeout: float | None = None) -> None:
-        return None
-
-
-class FakeAdmin:
-    """Records what ensure_target asks a broker for (Tansu reports no topic configs to copy)."""
-
-    def __init__(self) -> None:
-        self.created: list[Any] = []
-
-    def create_topics(self, topics: list[Any]) -> dict[str, FakeFuture]:
-        self.created += topics
-        return {t.topic: FakeFuture() for t in topics}
-
-
-def test_a_missing_target_topic_is_created_like_the_source_with_capped_replication() -> None:
-    from ferry.topicsync.topics import TopicShape, ensure_target
-
-    admin = FakeAdmin()
-    shape = TopicShape(partitions=6, replication_factor=3, configs={"cleanup.policy": "compact", "retention.ms": "1"})
-    state = ensure_target(admin, "orders", "eu.orders", shape, None, brokers=2)  # type: ignore[arg-type]
-    [created] = admin.created
-    assert (created.topic, created.num_partitions, created.replication_factor) == ("eu.orders", 6, 2)
-    assert created.config == {"cleanup.policy": "compact", "retention.ms": "1"}
-    assert state.target_partitions == 6 and state.replication_factor == 2
-    assert state.note is not None and "capped at 2" in state.note

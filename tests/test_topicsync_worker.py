@@ -1,4 +1,4 @@
-"""The TopicSync worker between two real Tansu brokers."""
+"""The TopicSync worker between two real Apache Kafka clusters."""
 
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ from ferry.topicsync.pipeline import ORIGIN_HEADER, SyncPipeline
 from tests.conftest import TopicFactory
 from tests.support.copies import copy_while_killing, produce_on, read_all
 from tests.support.dumps import Recorder, wait_for
-from tests.support.servers import KafkaBroker
+from tests.support.kafka import KafkaCluster
 
 
-def sync_spec(source: KafkaBroker, target: KafkaBroker, **fields: Any) -> dict[str, Any]:
+def sync_spec(source: KafkaCluster, target: KafkaCluster, **fields: Any) -> dict[str, Any]:
     """A TopicSync spec from one test broker (instance `a`) to the other (instance `b`)."""
     return {
         "source": {"bootstrapServers": source.bootstrap, "instanceId": "a"},
@@ -57,7 +57,7 @@ def syncing(spec: dict[str, Any], group: str | None = None) -> Iterator[Recorder
 
 
 def test_records_keep_key_value_headers_timestamp_and_partition_in_a_created_target_topic(
-    kafka: KafkaBroker, kafka2: KafkaBroker, topic_factory: TopicFactory
+    kafka: KafkaCluster, kafka2: KafkaCluster, topic_factory: TopicFactory
 ) -> None:
     topic = topic_factory(partitions=3)
     produce_on(kafka.bootstrap, topic, 300, 3, "a")
@@ -78,7 +78,7 @@ def test_records_keep_key_value_headers_timestamp_and_partition_in_a_created_tar
 
 
 def test_prefix_naming_and_topics_created_later_are_picked_up(
-    kafka: KafkaBroker, kafka2: KafkaBroker, topic_factory: TopicFactory
+    kafka: KafkaCluster, kafka2: KafkaCluster, topic_factory: TopicFactory
 ) -> None:
     prefix = f"px{uuid.uuid4().hex[:6]}"
     first = topic_factory(partitions=1, prefix=prefix)
@@ -103,7 +103,7 @@ def test_prefix_naming_and_topics_created_later_are_picked_up(
 
 
 def test_bidirectional_sync_converges_every_record_once_on_each_side(
-    kafka: KafkaBroker, kafka2: KafkaBroker, topic_factory: TopicFactory
+    kafka: KafkaCluster, kafka2: KafkaCluster, topic_factory: TopicFactory
 ) -> None:
     topic = topic_factory(partitions=2)
     a = {"bootstrapServers": kafka.bootstrap, "instanceId": "a"}
@@ -131,7 +131,7 @@ def test_bidirectional_sync_converges_every_record_once_on_each_side(
 
 
 def test_two_workers_share_the_partitions_as_one_group(
-    kafka: KafkaBroker, kafka2: KafkaBroker, topic_factory: TopicFactory
+    kafka: KafkaCluster, kafka2: KafkaCluster, topic_factory: TopicFactory
 ) -> None:
     topic = topic_factory(partitions=4)
     spec = sync_spec(kafka, kafka2, topics=[topic])
@@ -151,7 +151,7 @@ def test_two_workers_share_the_partitions_as_one_group(
     assert values == sorted(f"r-v{i}".encode() for i in range(400))
 
 
-def test_unreachable_source_is_reported_and_the_worker_keeps_trying(kafka2: KafkaBroker) -> None:
+def test_unreachable_source_is_reported_and_the_worker_keeps_trying(kafka2: KafkaCluster) -> None:
     from tests.support.servers import free_port
 
     nowhere = f"127.0.0.1:{free_port()}"
@@ -166,7 +166,7 @@ def test_unreachable_source_is_reported_and_the_worker_keeps_trying(kafka2: Kafk
         assert error is not None and error.reason == "KafkaUnreachable" and nowhere in error.message
 
 
-def test_a_missing_source_topic_is_named(kafka: KafkaBroker, kafka2: KafkaBroker) -> None:
+def test_a_missing_source_topic_is_named(kafka: KafkaCluster, kafka2: KafkaCluster) -> None:
     spec = {
         "source": {"bootstrapServers": kafka.bootstrap},
         "target": {"bootstrapServers": kafka2.bootstrap},
@@ -179,7 +179,7 @@ def test_a_missing_source_topic_is_named(kafka: KafkaBroker, kafka2: KafkaBroker
 
 
 def test_no_record_is_lost_when_the_worker_is_killed_at_random(
-    kafka: KafkaBroker, kafka2: KafkaBroker, topic_factory: TopicFactory, tmp_path: Path
+    kafka: KafkaCluster, kafka2: KafkaCluster, topic_factory: TopicFactory, tmp_path: Path
 ) -> None:
     topic = topic_factory(partitions=3)
     manifest = tmp_path / "killed-sync.yaml"
@@ -207,23 +207,56 @@ def test_no_record_is_lost_when_the_worker_is_killed_at_random(
     assert not result.missing, f"lost records {result.missing[:10]} (seed {result.seed})"
 
 
-def test_partitions_the_target_lacks_are_held_not_skipped_and_the_status_says_why(
-    kafka: KafkaBroker, kafka2: KafkaBroker, topic_factory: TopicFactory
+def test_a_target_topic_with_fewer_partitions_is_grown_and_every_partition_copied(
+    kafka: KafkaCluster, kafka2: KafkaCluster, topic_factory: TopicFactory
 ) -> None:
     topic = topic_factory(partitions=3)
-    admin = kafka2.admin()
-    from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
-
-    admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])[topic].result(15)
+    topic_factory(partitions=1, broker=kafka2, name=topic)  # the target exists with 1 partition
     produce_on(kafka.bootstrap, topic, 30, 3, "g")
-    spec = sync_spec(kafka, kafka2, topics=[topic])
-    with syncing(spec) as recorder:
-        wait_for(lambda: recorder.reports and recorder.last.totals.records == 10, timeout=60, what="partition 0")
-        time.sleep(2)
-        assert recorder.last.totals.records == 10  # partitions 1 and 2 wait for the target
+    with syncing(sync_spec(kafka, kafka2, topics=[topic])) as recorder:
+        wait_for(lambda: recorder.reports and recorder.last.totals.records == 30, timeout=60, what="30 copied")
         [state] = recorder.last.extra["topics"]
-        assert state["partitions"] == 3 and state["targetPartitions"] == 1
-        assert "refused to add partitions" in state["note"] and "partitions 1-2 are not copied" in state["note"]
-    copied = read_all(kafka2.bootstrap, topic, 10, timeout=20, linger=1)
-    assert sorted(m.value() for m in copied) == sorted(f"g-v{i}".encode() for i in range(0, 30, 3))
-    admin.delete_topics([topic])[topic].result(15)
+    assert state["partitions"] == 3 and state["targetPartitions"] == 3 and "note" not in state
+    described = kafka2.admin().list_topics(topic, timeout=10).topics[topic]
+    assert len(described.partitions) == 3
+    copied = read_all(kafka2.bootstrap, topic, 30, timeout=20, linger=1)
+    assert sorted((m.partition(), m.value()) for m in copied) == sorted((i % 3, f"g-v{i}".encode()) for i in range(30))
+
+
+def test_when_the_source_grows_while_syncing_the_target_grows_and_new_partitions_are_copied(
+    kafka: KafkaCluster, kafka2: KafkaCluster, topic_factory: TopicFactory
+) -> None:
+    from confluent_kafka.admin import NewPartitions  # type: ignore[attr-defined]
+
+    topic = topic_factory(partitions=2)
+    produce_on(kafka.bootstrap, topic, 10, 2, "a")
+    with syncing(sync_spec(kafka, kafka2, topics=[topic])) as recorder:
+        wait_for(lambda: recorder.reports and recorder.last.totals.records == 10, timeout=60, what="first 10")
+        admin = kafka.admin()
+        admin.create_partitions([NewPartitions(topic, 4)])[topic].result(15)
+        wait_for(
+            lambda: recorder.last.extra["topics"][0]["targetPartitions"] == 4, timeout=30, what="target grown to 4"
+        )
+        produce_on(kafka.bootstrap, topic, 40, 4, "b")
+        wait_for(lambda: recorder.last.totals.records == 50, timeout=60, what="records on the new partitions")
+    copied = read_all(kafka2.bootstrap, topic, 50, timeout=20, linger=1)
+    assert sorted((m.partition(), m.value()) for m in copied) == sorted(
+        [(i % 2, f"a-v{i}".encode()) for i in range(10)] + [(i % 4, f"b-v{i}".encode()) for i in range(40)]
+    )
+
+
+def test_a_created_target_topic_gets_the_source_topics_configs(
+    kafka: KafkaCluster, kafka2: KafkaCluster, topic_factory: TopicFactory
+) -> None:
+    from confluent_kafka.admin import ConfigResource, ResourceType  # type: ignore[attr-defined]
+
+    configs = {"cleanup.policy": "compact", "retention.ms": "3600000", "max.message.bytes": "2000000"}
+    topic = topic_factory(partitions=1, config=configs)
+    produce_on(kafka.bootstrap, topic, 3, 1, "c")
+    with syncing(sync_spec(kafka, kafka2, topics=[topic])) as recorder:
+        wait_for(lambda: recorder.reports and recorder.last.totals.records == 3, timeout=60, what="3 copied")
+    admin = kafka2.admin()
+    resource = ConfigResource(ResourceType.TOPIC, topic)
+    described = admin.describe_configs([resource])[resource].result(15)
+    assert {name: described[name].value for name in configs} == configs
+    assert described["segment.bytes"].is_default  # broker defaults are not copied as if the user had set them

@@ -1,11 +1,11 @@
-"""The validating admission webhook: `review` decided without Kopf, then the real operator serving it over HTTPS."""
+"""The validating admission webhook: `review` decided without Kopf (test_webhook_live.py has it called by a real
+kube-apiserver through the chart's ValidatingWebhookConfiguration)."""
 
 from __future__ import annotations
 
 import copy
 import json
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -13,7 +13,7 @@ from typing import Any
 import kopf
 import pytest
 from ferry import webhook
-from ferry.control.reconcile import ACCEPTED_SPEC_ANNOTATION, rfc3339
+from ferry.control.reconcile import ACCEPTED_SPEC_ANNOTATION
 from ferry.obsdump.worker import PLUGIN as OBS_DUMP
 from ferry.registry import PLUGINS
 from ferry.settings import OperatorSettings
@@ -22,11 +22,6 @@ from ferry.webhook import ALLOW_LOOP_ANNOTATION, review
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import MaxRetryError
-
-from tests.support.cluster import Cluster, running_cluster
-from tests.support.dumps import wait_for
-from tests.support.servers import free_port
-from tests.support.webhook import WebhookClient, admission_review, write_certificate
 
 Peers = Callable[[], list[dict[str, Any]]]
 
@@ -361,128 +356,6 @@ def test_peers_that_cannot_be_listed_refuse_the_request_saying_to_retry(
     assert err.value.code == 503
     assert f"could not list the obsdumptasks it checks this request against ({why}): try again" in str(err.value)
     assert "RBAC" in str(err.value)
-
-
-# ---------------------------------------------------------------------------------------------
-# The real operator serving the webhook over HTTPS
-
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster, WebhookClient]]:
-    workdir = tmp_path_factory.mktemp("webhook")
-    context = write_certificate(workdir / "certs")
-    port = free_port()
-    env = {"FERRY_OPERATOR_WEBHOOK_PORT": str(port), "FERRY_OPERATOR_WEBHOOK_CERT_DIR": str(workdir / "certs")}
-    with running_cluster(workdir / "cluster", with_kubelet=False, operator_env=env) as cluster:
-        webhook_client = WebhookClient(port, context)
-        webhook_client.wait_until_serving("/validate-obsdumptasks", admission_review("CREATE", obsdump()))
-        yield cluster, webhook_client
-
-
-def create(cluster: Cluster, body: dict[str, Any], plural: str = "obsdumptasks") -> dict[str, Any]:
-    """Straight into the emulator, which calls no webhook."""
-    meta = body["metadata"]
-    api = client.CustomObjectsApi(cluster.api_client)
-    created: dict[str, Any] = api.create_namespaced_custom_object(
-        "ferry.dev", "v1alpha1", meta["namespace"], plural, {**body, "metadata": {"name": meta["name"]}}
-    )
-    return created
-
-
-def unique_instance() -> str:
-    return f"kafka-{uuid.uuid4().hex[:8]}:9092"
-
-
-def test_kopf_serves_each_kind_at_validate_plural_and_answers_422_with_the_request_uid(
-    served: tuple[Cluster, WebhookClient],
-) -> None:
-    _, hook = served
-    request = admission_review("CREATE", obsdump(topicRegex="orders-.*"))
-    answer = hook.post("/validate-obsdumptasks", request)
-    assert (answer["apiVersion"], answer["kind"]) == ("admission.k8s.io/v1", "AdmissionReview")
-    response = answer["response"]
-    assert response["uid"] == request["request"]["uid"]
-    assert response["allowed"] is False and response["status"]["code"] == 422
-    assert "set exactly one of topics and topicRegex" in response["status"]["message"]
-
-    looping = admission_review("CREATE", sync("aa", "a", "a"), plural="topicsyncs")
-    answer = hook.post("/validate-topicsyncs", looping)["response"]
-    assert answer["allowed"] is False and "'{source}.{topic}'" in answer["status"]["message"]
-
-    # A path that names no handler runs none and admits: the chart's paths must match the handler ids.
-    assert hook.post("/validate-widgets", request)["response"]["allowed"] is True
-
-    valid = admission_review("CREATE", obsdump())
-    answer = hook.post("/validate-obsdumptasks", valid)["response"]
-    assert answer == {"uid": valid["request"]["uid"], "allowed": True}
-
-
-def test_only_state_may_change_on_a_live_obsdumptask(served: tuple[Cluster, WebhookClient]) -> None:
-    cluster, hook = served
-    ns = cluster.namespace()
-    create(cluster, obsdump("orders", ns, bootstrap=unique_instance()))
-
-    def recorded() -> dict[str, Any] | None:
-        task = cluster.task(ns, "orders")
-        return task if task and ACCEPTED_SPEC_ANNOTATION in (task["metadata"].get("annotations") or {}) else None
-
-    # The operator records the accepted spec; the webhook then checks against it.
-    stored: dict[str, Any] = wait_for(recorded, timeout=30, what="the accepted spec recorded")
-    paused = copy.deepcopy(stored)
-    paused["spec"]["state"] = "Paused"
-    assert hook.post("/validate-obsdumptasks", admission_review("UPDATE", paused, stored))["response"]["allowed"]
-    moved = copy.deepcopy(stored)
-    moved["spec"]["target"]["bucket"] = "elsewhere"
-    response = hook.post("/validate-obsdumptasks", admission_review("UPDATE", moved, stored))["response"]
-    assert response["allowed"] is False and response["status"]["code"] == 422
-    assert response["status"]["message"].startswith("spec.target changed after creation, but only spec.state")
-    gone = hook.post("/validate-obsdumptasks", admission_review("DELETE", None, stored))["response"]
-    assert gone["allowed"] is True
-
-
-def test_the_nineteenth_obsdumptask_on_an_instance_is_refused_live(served: tuple[Cluster, WebhookClient]) -> None:
-    cluster, hook = served
-    ns, instance = cluster.namespace(), unique_instance()
-    for i in range(17):
-        create(cluster, obsdump(f"dump-{i:02d}", ns, bootstrap=instance))
-
-    def candidate(i: int) -> dict[str, Any]:
-        # As kube-apiserver sends it: creationTimestamp (now) is set before validating admission.
-        return obsdump(f"dump-{i:02d}", ns, created=rfc3339(datetime.now(UTC)), bootstrap=instance)
-
-    eighteenth = hook.post("/validate-obsdumptasks", admission_review("CREATE", candidate(17)))["response"]
-    assert eighteenth["allowed"] is True, eighteenth
-    create(cluster, obsdump("dump-17", ns, bootstrap=instance))
-    response = hook.post("/validate-obsdumptasks", admission_review("CREATE", candidate(18)))["response"]
-    assert response["allowed"] is False and response["status"]["code"] == 422
-    message = response["status"]["message"]
-    assert f"Kafka instance {instance} already has 18 ObsDumpTasks" in message
-    assert "delete one of them first, then create this ObsDumpTask again" in message
-
-
-def test_a_replication_loop_is_refused_unless_annotated_live(served: tuple[Cluster, WebhookClient]) -> None:
-    cluster, hook = served
-    a, b = f"a-{uuid.uuid4().hex[:6]}", f"b-{uuid.uuid4().hex[:6]}"
-    ns = cluster.namespace()
-    create(cluster, {**sync("ab", a, b), "metadata": {"name": "ab", "namespace": ns}}, "topicsyncs")
-    back = sync("ba", b, a)
-    back["metadata"]["namespace"] = ns
-    response = hook.post("/validate-topicsyncs", admission_review("CREATE", back, plural="topicsyncs"))["response"]
-    assert response["allowed"] is False and response["status"]["code"] == 422
-    assert f"{b} -> {a} -> {b}" in response["status"]["message"]
-    assert ALLOW_LOOP_ANNOTATION in response["status"]["message"]
-    back["metadata"]["annotations"] = {ALLOW_LOOP_ANNOTATION: "true"}
-    response = hook.post("/validate-topicsyncs", admission_review("CREATE", back, plural="topicsyncs"))["response"]
-    assert response["allowed"] is True
-
-
-def test_the_operator_refuses_to_start_the_webhook_without_its_certificate(tmp_path: Path) -> None:
-    env = {"FERRY_OPERATOR_WEBHOOK_PORT": str(free_port()), "FERRY_OPERATOR_WEBHOOK_CERT_DIR": str(tmp_path / "none")}
-    with running_cluster(tmp_path / "cluster", with_kubelet=False, operator_env=env) as cluster:
-        wait_for(lambda: cluster.operator.poll() is not None, timeout=60, what="the operator to exit")
-        assert cluster.operator.returncode != 0
-        output = cluster.operator_output()
-        assert "tls.crt and tls.key are missing in" in output and "FERRY_OPERATOR_WEBHOOK_CERT_DIR" in output
 
 
 def test_refusals_are_logged_as_info_not_as_operator_errors() -> None:

@@ -131,6 +131,7 @@ class CopyPipeline:
             self.start_from,
             self.settings.session_timeout_ms,
             f"{self.client_name}-{self.group}",
+            self.settings.topic_refresh_interval,
         )
 
     def _producer_config(self) -> dict[str, Any]:
@@ -169,6 +170,11 @@ class CopyPipeline:
         self._ready()
         if self._shape() != before:
             log.info("source or target topics changed: resubscribing")
+            # A producer knows a topic's partitions from its own metadata, refreshed only every few minutes:
+            # a new one sees the target's added partitions now. Nothing is in flight (each batch is acked).
+            assert self.producer is not None
+            self.producer.flush(30)
+            self.producer = Producer(self._producer_config())
             self._subscribe()
 
     # -- assignment ------------------------------------------------------------------------------

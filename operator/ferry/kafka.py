@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -31,11 +33,63 @@ def endpoint_secret_refs(endpoint: KafkaEndpoint, role: str) -> dict[str, Secret
     return refs
 
 
+class BrokerErrors:
+    """What librdkafka's error callback last said about each bootstrap list.
+
+    A client whose SASL handshake fails only ever returns timeouts to its caller (librdkafka retries the
+    connection); the reason is in the error callback. Kept here, per bootstrap list, so that the timeout
+    can be reported as what it is: refused credentials or an unsupported mechanism, not an unreachable
+    broker. The texts are librdkafka's and hold no credentials.
+    """
+
+    def __init__(self, memory_seconds: float = 120.0) -> None:
+        self.memory_seconds = memory_seconds
+        self._last: dict[str, tuple[float, KafkaError]] = {}
+        self._lock = threading.Lock()
+
+    def callback(self, bootstrap: str) -> Callable[[KafkaError], None]:
+        def record(err: KafkaError) -> None:
+            if _is_authentication(err):
+                with self._lock:
+                    self._last[bootstrap] = (time.monotonic(), err)
+
+        return record
+
+    def authentication(self, bootstrap: str) -> KafkaError | None:
+        """The last authentication error seen for the bootstrap list, if recent."""
+        with self._lock:
+            seen = self._last.get(bootstrap)
+        if seen is None or time.monotonic() - seen[0] > self.memory_seconds:
+            return None
+        return seen[1]
+
+    def forget(self, bootstrap: str) -> None:
+        with self._lock:
+            self._last.pop(bootstrap, None)
+
+
+BROKER_ERRORS = BrokerErrors()
+
+
+def _is_authentication(err: KafkaError) -> bool:
+    code = err.code()
+    return code in (KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED) or "SASL" in err.str()
+
+
+def with_error_callback(config: dict[str, Any]) -> dict[str, Any]:
+    """config with an error callback that feeds BROKER_ERRORS (kept if the caller set one)."""
+    if "error_cb" in config:
+        return config
+    return {**config, "error_cb": BROKER_ERRORS.callback(str(config.get("bootstrap.servers")))}
+
+
 def client_config(endpoint: KafkaEndpoint, role: str, secrets: Mapping[str, Sensitive]) -> dict[str, Any]:
     """librdkafka settings for the endpoint; secrets come from `secrets` by the roles above."""
+    bootstrap = endpoint.bootstrap_servers.replace(" ", "")
     config: dict[str, Any] = {
-        "bootstrap.servers": endpoint.bootstrap_servers.replace(" ", ""),
+        "bootstrap.servers": bootstrap,
         "security.protocol": endpoint.security_protocol.value,
+        "error_cb": BROKER_ERRORS.callback(bootstrap),
     }
     mechanism = endpoint.effective_sasl_mechanism
     if mechanism is not None:
@@ -54,12 +108,15 @@ def describe_kafka_error(err: KafkaError | KafkaException | BaseException, boots
     """Translate a client error into a reason and a message that says what to check."""
     kerr = err.args[0] if isinstance(err, KafkaException) and err.args else err
     code = kerr.code() if isinstance(kerr, KafkaError) else None
-    if code in (
-        KafkaError._TRANSPORT,
-        KafkaError._ALL_BROKERS_DOWN,
-        KafkaError._TIMED_OUT,
-        KafkaError._RESOLVE,
-    ):
+    unreachable = (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT, KafkaError._RESOLVE)
+    refused = BROKER_ERRORS.authentication(bootstrap)
+    if code in unreachable and refused is not None:
+        return TaskError(
+            "KafkaAuthenticationFailed",
+            f"the Kafka brokers at {bootstrap} refused the connection's authentication ({refused.str()}): check "
+            "securityProtocol, saslMechanism and the credentials Secret",
+        )
+    if code in unreachable:
         return TaskError(
             "KafkaUnreachable",
             f"cannot reach the Kafka brokers at {bootstrap}: check bootstrapServers, DNS and network policies",
@@ -90,7 +147,7 @@ def admin_client(config: dict[str, Any]) -> AdminClient:
     """An admin client; settings librdkafka refuses (a CA or client certificate Secret that is not PEM, say)
     are a TaskError the worker reports and waits on, not an exception that kills it."""
     try:
-        return AdminClient(config)
+        return AdminClient(with_error_callback(config))
     except KafkaException as err:
         raise describe_kafka_error(err, str(config.get("bootstrap.servers"))) from None
 
@@ -100,7 +157,9 @@ def existing_topics(admin: AdminClient, bootstrap: str, timeout: float = 10.0) -
     try:
         metadata = admin.list_topics(timeout=timeout)
     except KafkaException as err:
+        admin.poll(0)  # serve the error callback: it may say why (refused credentials)
         raise describe_kafka_error(err, bootstrap) from None
+    BROKER_ERRORS.forget(bootstrap)  # it answered: an old authentication error no longer explains anything
     return {
         name: len(topic.partitions)
         for name, topic in metadata.topics.items()
@@ -129,7 +188,12 @@ def message_headers(message: Message) -> list[tuple[str, bytes | None]]:
 
 
 def group_consumer_config(
-    client: dict[str, Any], group: str, start_from: StartFrom, session_timeout_ms: int, client_id: str
+    client: dict[str, Any],
+    group: str,
+    start_from: StartFrom,
+    session_timeout_ms: int,
+    client_id: str,
+    metadata_refresh_seconds: float,
 ) -> dict[str, Any]:
     """A consumer that commits only what the worker says is delivered."""
     return {
@@ -142,6 +206,9 @@ def group_consumer_config(
         # librdkafka's default 1 s backoff when its queue is full leaves a fast worker idle for most of
         # that second once it has drained the queue (measured: +66% for 100 B records at 100 ms, bench/).
         "fetch.queue.backoff.ms": 100,
+        # Partitions added to a subscribed topic are assigned at the next metadata refresh: librdkafka's
+        # default is 5 minutes; a worker picks them up within its topic refresh interval instead.
+        "topic.metadata.refresh.interval.ms": max(1000, int(metadata_refresh_seconds * 1000)),
         "client.id": client_id,
     }
 

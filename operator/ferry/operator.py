@@ -15,7 +15,7 @@ from kubernetes.client.exceptions import ApiException
 from ferry.api import GROUP, VERSION
 from ferry.api.base import Phase
 from ferry.control.reconcile import Observed, Outcome, accepted_spec, decide, owner_of
-from ferry.control.render import SPEC_HASH_ANNOTATION, selector_labels, worker_name
+from ferry.control.render import SPEC_HASH_ANNOTATION, Owner, selector_labels, worker_name
 from ferry.metrics import TaskStateMetrics
 from ferry.registry import PLUGINS
 from ferry.settings import OperatorSettings
@@ -52,12 +52,16 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         log.info("operator metrics on port %d", SETTINGS.metrics_port)
 
 
+def _worker_pods(owner: Owner) -> list[Any]:
+    selector = ",".join(f"{k}={v}" for k, v in selector_labels(owner).items())
+    return list(client.CoreV1Api().list_namespaced_pod(owner.namespace, label_selector=selector).items)
+
+
 def _observe(plugin: KindPlugin, body: dict[str, Any]) -> Observed:
     owner = owner_of(body)
     apps, core, custom = client.AppsV1Api(), client.CoreV1Api(), client.CustomObjectsApi()
     deployment = _read_deployment(apps, owner.namespace, worker_name(owner))
-    selector = ",".join(f"{k}={v}" for k, v in selector_labels(owner).items())
-    pods = core.list_namespaced_pod(owner.namespace, label_selector=selector).items
+    pods = _worker_pods(owner)
     secrets: dict[str, set[str] | None] = {}
     try:  # the Secrets of the spec that will run (the accepted one, for kinds with immutable specs)
         spec = plugin.definition.spec_model.model_validate(accepted_spec(plugin, body)[0])
@@ -195,12 +199,12 @@ def finalize(plugin: KindPlugin, body: kopf.Body) -> None:
     if deployment["spec"].get("replicas"):
         apps.patch_namespaced_deployment(name, owner.namespace, {"spec": {"replicas": 0}})
     deadline = time.monotonic() + SETTINGS.flush_timeout
-    while deployment is not None and (deployment.get("status") or {}).get("replicas"):
+    # Until every pod is gone, not just until status.replicas is 0: terminating pods are still flushing.
+    while _worker_pods(owner):
         if time.monotonic() > deadline:
             log.warning("%s/%s: workers did not stop within %ss", owner.namespace, owner.name, SETTINGS.flush_timeout)
             break
         time.sleep(1)
-        deployment = _read_deployment(apps, owner.namespace, name)
     # The ownerReference would collect it too; deleting now frees the name for a re-created task.
     try:
         apps.delete_namespaced_deployment(name, owner.namespace)

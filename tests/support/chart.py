@@ -135,6 +135,21 @@ class Helm:
             args += ["--dry-run=server"]
         return self.run(*args, *self._values_args(values, set_values), kubeconfig=cluster).stdout
 
+    def install(self, namespace: str, kubeconfig: Path, values: Mapping[str, Any] | None = None) -> str:
+        """`helm install` of charts/ferry as release `ferry` into namespace (created), waiting for nothing."""
+        args = ["install", RELEASE, str(CHART), "--namespace", namespace, "--create-namespace"]
+        return self.run(*args, *self._values_args(values, ()), kubeconfig=kubeconfig).stdout
+
+    def upgrade(
+        self, namespace: str, kubeconfig: Path, values: Mapping[str, Any] | None, set_values: Iterable[str] = ()
+    ) -> str:
+        """`helm upgrade --reuse-values` of the release in namespace, with these values on top."""
+        args = ["upgrade", RELEASE, str(CHART), "--namespace", namespace, "--reuse-values"]
+        return self.run(*args, *self._values_args(values, set_values), kubeconfig=kubeconfig).stdout
+
+    def uninstall(self, namespace: str, kubeconfig: Path) -> str:
+        return self.run("uninstall", RELEASE, "--namespace", namespace, "--wait", kubeconfig=kubeconfig).stdout
+
     def lint(self, values: Mapping[str, Any] | None = None) -> str:
         result = self.run("lint", "--strict", str(CHART), "--namespace", NAMESPACE, *self._values_args(values, ()))
         return result.stdout + result.stderr

@@ -21,7 +21,7 @@ from ferry.obsdump.storage import ACCESS_KEY_ROLE, SECRET_KEY_ROLE, ObjectStore,
 from ferry.reporting import Progress
 from ferry.settings import WorkerSettings
 
-from tests.support.servers import KafkaBroker
+from tests.support.kafka import KafkaCluster
 from tests.support.servers import ObjectStore as SeaweedFS
 
 KEY_RE = re.compile(r"(?P<topic>[^/]+)\+(?P<partition>[0-9]+)\+(?P<start>[0-9]{19})\.(bin|jsonl)$")
@@ -45,7 +45,7 @@ def produce(bootstrap: str, topic: str, count: int, partitions: int, start: int 
     assert producer.flush(30) == 0
 
 
-def spec_for(broker: KafkaBroker, store: SeaweedFS, bucket: str, **overrides: Any) -> dict[str, Any]:
+def spec_for(broker: KafkaCluster, store: SeaweedFS, bucket: str, **overrides: Any) -> dict[str, Any]:
     target = {
         "endpoint": store.endpoint,
         "bucket": bucket,

