@@ -1,5 +1,6 @@
-"""DataAccessTask end to end: kubectl apply, the operator, the worker its Deployment describes (run by the fake
-kubelet with the Secrets resolved), Tansu playing the DTS endpoint and the target instance."""
+"""DataAccessTask end to end: kubectl apply, the chart's operator on a real control plane, the worker its
+Deployment describes (run by the process kubelet with the Secrets resolved), one Apache Kafka playing the DTS
+endpoint over its default SASL_PLAINTEXT with SCRAM-SHA-512, another the target instance."""
 
 from __future__ import annotations
 
@@ -19,16 +20,14 @@ from tests.support.dumps import wait_for
 from tests.support.kafka import KafkaCluster
 from tests.test_dataaccess_worker import access_spec
 
-PASSWORD = "dts-pa55word-never-shown"
 
-
-def manifests(namespace: str, name: str, spec: dict[str, Any]) -> list[dict[str, Any]]:
+def manifests(namespace: str, name: str, spec: dict[str, Any], kafka: KafkaCluster) -> list[dict[str, Any]]:
     return [
         {
             "apiVersion": "v1",
             "kind": "Secret",
             "metadata": {"name": "dts-account", "namespace": namespace},
-            "stringData": {"username": "dts-user", "password": PASSWORD},
+            "stringData": {"username": kafka.scram_user, "password": kafka.scram_password},
         },
         {
             "apiVersion": "ferry.dev/v1alpha1",
@@ -52,12 +51,12 @@ def test_apply_switch_the_target_under_load_pause_resume_and_delete(
     source = topic_factory(partitions=2)
     first, second = topic_factory(broker=kafka2, partitions=2), topic_factory(broker=kafka2, partitions=2)
     spec = access_spec(kafka, source, kafka2, first)
-    # A Secret the worker resolves (Tansu has no SASL: the source stays PLAINTEXT, the target's TLS CA is the
-    # way a Secret reaches this worker through secretKeyRef).
-    spec["target"]["tls"] = {"caSecretRef": {"name": "dts-account", "key": "password"}}
-    spec["target"]["securityProtocol"] = "PLAINTEXT"
-    group = spec["source"]["dts"]["consumerGroup"]
-    cluster.apply(*manifests(ns, "pull", spec))
+    # The DTS defaults: SASL_PLAINTEXT with SCRAM-SHA-512, the credentials from the Secret by secretKeyRef.
+    dts = spec["source"]["dts"]
+    del dts["securityProtocol"]
+    dts.update(bootstrapServers=kafka.sasl_plaintext_bootstrap, credentialsSecretRef={"name": "dts-account"})
+    group = dts["consumerGroup"]
+    cluster.apply(*manifests(ns, "pull", spec, kafka))
 
     def status() -> dict[str, Any]:
         return cluster.status(ns, "pull", plural="dataaccesstasks")
@@ -126,10 +125,11 @@ def test_apply_switch_the_target_under_load_pause_resume_and_delete(
     ]
 
     # The password went to the worker by secretKeyRef only: not in status, Events or either log.
-    assert PASSWORD not in str(cluster.task(ns, "pull", plural="dataaccesstasks"))
-    assert PASSWORD not in str(cluster.events(ns, "pull"))
-    assert PASSWORD not in cluster.operator_output()
-    assert PASSWORD not in "".join(p.read_text(errors="replace") for p in cluster.workdir.rglob("*.log"))
+    password = kafka.scram_password
+    assert password not in str(cluster.task(ns, "pull", plural="dataaccesstasks"))
+    assert password not in str(cluster.events(ns, "pull"))
+    assert password not in cluster.operator_output()
+    assert password not in "".join(p.read_text(errors="replace") for p in cluster.kubelet.workdir.rglob("*.log"))
 
     cluster.kubectl("delete", "dataaccesstask", "pull", "-n", ns)
     wait_for(lambda: cluster.task(ns, "pull", plural="dataaccesstasks") is None, timeout=60, what="deleted")
@@ -148,7 +148,7 @@ def test_a_partition_mismatch_is_failed_with_both_counts(
 ) -> None:
     ns = cluster.namespace()
     source, target = topic_factory(partitions=3), topic_factory(broker=kafka2, partitions=1)
-    cluster.apply(*manifests(ns, "mismatch", access_spec(kafka, source, kafka2, target)))
+    cluster.apply(*manifests(ns, "mismatch", access_spec(kafka, source, kafka2, target), kafka))
 
     def status() -> dict[str, Any]:
         return cluster.status(ns, "mismatch", plural="dataaccesstasks")

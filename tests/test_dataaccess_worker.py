@@ -167,13 +167,11 @@ def test_a_partition_count_mismatch_fails_with_both_counts_copies_nothing_and_he
         time.sleep(1.5)
         assert recorder.last.totals.records == 0
         assert read_all(kafka2.bootstrap, target, 1, timeout=2) == []
-        # The owner fixes it (Tansu cannot add partitions: recreate the topic with 3).
-        from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
+        # The owner fixes it by adding the missing partition to the target.
+        from confluent_kafka.admin import NewPartitions  # type: ignore[attr-defined]
 
         admin = kafka2.admin()
-        admin.delete_topics([target])[target].result(15)
-        wait_for(lambda: target not in admin.list_topics(timeout=5).topics, timeout=15, what="target deleted")
-        admin.create_topics([NewTopic(target, num_partitions=3, replication_factor=1)])[target].result(15)
+        admin.create_partitions([NewPartitions(target, 3)])[target].result(15)
         wait_for(lambda: recorder.last.totals.records == 30, timeout=60, what="copied once fixed")
         assert recorder.last.error is None and recorder.last.phase == "Running"
     assert sorted(m.partition() for m in read_all(kafka2.bootstrap, target, 30)) == sorted(i % 3 for i in range(30))
@@ -396,8 +394,8 @@ def test_a_late_resume_moves_the_subscription_group_to_start_from_once(
 ) -> None:
     source = topic_factory(partitions=2)
     target = topic_factory(broker=kafka2, partitions=2)
-    # One batch each: Tansu answers a `latest` ListOffsets with its last batch's base offset + 1.
-    produce(kafka.bootstrap, source, 10, partitions=2, batch_each=True)
+    # Many records per batch: `latest` must be exact to the record, not to the batch.
+    produce(kafka.bootstrap, source, 10, partitions=2)
     spec = access_spec(kafka, source, kafka2, target, startFrom=start_from)
     group = spec["source"]["dts"]["consumerGroup"]
     commit(kafka.bootstrap, group, source, [2, 3])  # saved before a pause longer than the window
@@ -405,13 +403,13 @@ def test_a_late_resume_moves_the_subscription_group_to_start_from_once(
     with accessing(spec, epoch=1, ledger=ledger) as (recorder, _):
         wait_for(lambda: recorder.reports and recorder.last.partitions, timeout=60, what="assigned")
         assert ledger.applied_epoch() == 1
-        produce(kafka.bootstrap, source, 3, partitions=2, start=10, batch_each=True)
+        produce(kafka.bootstrap, source, 3, partitions=2, start=10)
         expected = 3 if start_from == "latest" else 13
         wait_for(lambda: recorder.last.totals.records == expected, timeout=60, what="copied from startFrom")
     values = sorted(int(m.value().decode().split("-")[1]) for m in read_all(kafka2.bootstrap, target, expected))
     assert values == ([10, 11, 12] if start_from == "latest" else list(range(13)))
     # A restart in the same epoch keeps the offsets it committed since: no second reset.
-    produce(kafka.bootstrap, source, 2, partitions=2, start=13, batch_each=True)
+    produce(kafka.bootstrap, source, 2, partitions=2, start=13)
     with accessing(spec, epoch=1, ledger=ledger) as (recorder, _):
         wait_for(lambda: recorder.reports and recorder.last.totals.records == 2, timeout=60, what="the 2 new")
     assert committed(kafka.bootstrap, group, source, 2) == [8, 7]

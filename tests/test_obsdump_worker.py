@@ -1,4 +1,4 @@
-"""The ObsDumpTask worker against a real Tansu broker and a real SeaweedFS store."""
+"""The ObsDumpTask worker against a real Apache Kafka and a real SeaweedFS store."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""TopicSync end to end: kubectl apply, the operator, the worker its Deployment describes, two Tansu brokers."""
+"""TopicSync end to end: kubectl apply, the chart's operator on a real control plane, the worker its Deployment
+describes, two Apache Kafka clusters."""
 
 from __future__ import annotations
 
@@ -108,8 +109,8 @@ def test_resume_after_the_window_starts_from_start_from(
     wait_for(lambda: (status().get("totals") or {}).get("records") == 5, timeout=60, what="first 5")
     cluster.patch_spec(ns, "late", {"state": "Paused"}, plural="topicsyncs")
     wait_for(lambda: status().get("state") == "Paused", timeout=60, what="Paused")
-    # One batch each: Tansu answers a `latest` ListOffsets with its last batch's base offset + 1.
-    produce(kafka.bootstrap, topic, 5, partitions=1, start=5, batch_each=True)
+    # Many records per batch: `latest` must be exact to the record, not to the batch.
+    produce(kafka.bootstrap, topic, 5, partitions=1, start=5)
     time.sleep(3)
     cluster.patch_spec(ns, "late", {"state": "Running"}, plural="topicsyncs")
     wait_for(lambda: status().get("resumedFrom") == "startFrom", timeout=30, what="late resume")

@@ -219,8 +219,8 @@ def partition_progress(
     committed: dict[tuple[str, int], int | None],
     metrics: WorkerMetrics,
 ) -> list[PartitionProgress]:
-    """Per partition: committed offset, high watermark (as the last fetch saw it: Tansu's ListOffsets is
-    unreliable) and lag behind what is delivered; the lag and committed gauges are set on the way."""
+    """Per partition: committed offset, high watermark (as the last fetch response reported it: no request per
+    report) and lag behind what is delivered; the lag and committed gauges are set on the way."""
     progress = []
     for (topic, partition), done in sorted(delivered.items()):
         high = None

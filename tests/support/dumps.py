@@ -27,7 +27,7 @@ from tests.support.servers import ObjectStore as SeaweedFS
 KEY_RE = re.compile(r"(?P<topic>[^/]+)\+(?P<partition>[0-9]+)\+(?P<start>[0-9]{19})\.(bin|jsonl)$")
 
 
-def produce(bootstrap: str, topic: str, count: int, partitions: int, start: int = 0, batch_each: bool = False) -> None:
+def produce(bootstrap: str, topic: str, count: int, partitions: int, start: int = 0) -> None:
     """`count` records `value-<i>` with key `key-<i>` and a header, round-robin over partitions."""
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
     for i in range(start, start + count):
@@ -38,9 +38,7 @@ def produce(bootstrap: str, topic: str, count: int, partitions: int, start: int 
             partition=i % partitions,
             headers=[("seq", str(i).encode())],
         )
-        if batch_each:
-            producer.flush(10)
-        elif i % 5000 == 0:
+        if i % 5000 == 0:
             producer.poll(0)
     assert producer.flush(30) == 0
 
