@@ -1,10 +1,11 @@
-# Two commands a newcomer needs: `make demo` and `make test`. Both build the virtualenv on first use.
+# Two commands a newcomer needs: `make demo` and `make test`. Both build the virtualenv on first use, then
+# fetch and build the real servers (Apache Kafka jars, Kubernetes binaries, helm) into caches keyed by version.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint crds deploy bench clean
+.PHONY: demo test testbed lint crds deploy bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -12,7 +13,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+testbed: $(STAMP)
+	$(PY) -m tests.support.testbed
+
+demo: testbed
 	$(PY) examples/demo.py
 
 lint: $(STAMP)
@@ -20,7 +24,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check operator tests bench examples
 	$(VENV)/bin/mypy
 
-test: lint
+test: lint testbed
 	$(VENV)/bin/pytest -q
 
 crds: $(STAMP)

@@ -132,17 +132,52 @@ def _worker(settings: WorkerSettings) -> None:
 
 def _set_path(doc: dict[str, Any], assignment: str) -> None:
     path, sep, raw = assignment.partition("=")
-    if not sep:
+    if not sep or not path:
         raise TaskError("InvalidArgument", f"--set needs PATH=VALUE, got {assignment!r}")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        raise TaskError(
+            "InvalidArgument", f"--set {path}: {raw!r} is not a YAML value ({_yaml_problem(err)}): quote it"
+        ) from None
     *parents, leaf = path.split(".")
     node = doc
-    for part in parents:
+    for depth, part in enumerate(parents):
         node = node.setdefault(part, {})
-    node[leaf] = yaml.safe_load(raw)
+        if not isinstance(node, dict):
+            where = ".".join(parents[: depth + 1])
+            raise TaskError("InvalidArgument", f"--set {path}: {where} is not a mapping, so it has no field {leaf!r}")
+    node[leaf] = value
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """The parser's own words and where, without the source excerpt yaml adds."""
+    if isinstance(err, yaml.MarkedYAMLError) and err.problem_mark is not None:
+        mark = err.problem_mark
+        return f"{err.problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return str(err).splitlines()[0]
+
+
+def _read_manifests(paths: list[Path]) -> list[dict[str, Any]]:
+    docs: list[dict[str, Any]] = []
+    for path in paths:
+        try:
+            loaded = list(yaml.safe_load_all(path.read_text()))
+        except OSError as err:
+            raise TaskError("InvalidArgument", f"cannot read {path}: {err.strerror}") from None
+        except yaml.YAMLError as err:
+            raise TaskError("InvalidArgument", f"{path} is not valid YAML: {_yaml_problem(err)}") from None
+        for doc in loaded:
+            if doc is None:
+                continue
+            if not isinstance(doc, dict):
+                raise TaskError("InvalidArgument", f"{path}: each document must be a manifest (a mapping)")
+            docs.append(doc)
+    return docs
 
 
 def _run(args: argparse.Namespace, settings: WorkerSettings) -> None:
-    docs = [d for f in args.file for d in yaml.safe_load_all(f.read_text()) if d]
+    docs = _read_manifests(args.file)
     tasks = [d for d in docs if d.get("apiVersion") == API_VERSION]
     if len(tasks) != 1:
         raise TaskError("InvalidArgument", f"the files must hold exactly one {API_VERSION} task, found {len(tasks)}")

@@ -8,6 +8,7 @@ same references from Secret manifests given on the command line. Values are wrap
 from __future__ import annotations
 
 import base64
+import binascii
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -59,6 +60,16 @@ def from_environment(roles: Iterable[str], environ: Mapping[str, str] | None = N
     return found
 
 
+def _decoded(secret: str, key: str, value: object) -> str:
+    try:
+        return base64.b64decode(str(value), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        raise TaskError(
+            "InvalidSecret",
+            f"Secret {secret!r} key {key!r}: values under data must be base64; put plain text under stringData",
+        ) from None
+
+
 def from_secret_manifests(
     refs: Mapping[str, SecretRef], manifests: Iterable[Mapping[str, Any]]
 ) -> dict[str, Sensitive]:
@@ -67,9 +78,12 @@ def from_secret_manifests(
     for doc in manifests:
         if doc.get("kind") != "Secret":
             continue
-        values = {k: base64.b64decode(v).decode() for k, v in (doc.get("data") or {}).items()}
-        values.update(doc.get("stringData") or {})
-        secrets[doc["metadata"]["name"]] = values
+        name = (doc.get("metadata") or {}).get("name")
+        if not name:
+            raise TaskError("InvalidSecret", "a Secret among the manifests has no metadata.name")
+        values = {k: _decoded(name, k, v) for k, v in (doc.get("data") or {}).items()}
+        values.update({k: str(v) for k, v in (doc.get("stringData") or {}).items()})
+        secrets[name] = values
     found = {}
     for role, ref in refs.items():
         if ref.secret not in secrets:

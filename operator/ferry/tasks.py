@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -82,6 +83,25 @@ def validation_message(err: ValidationError) -> str:
     return "; ".join(lines)
 
 
+# What the API server accepts as a custom resource's name and as a namespace (RFC 1123).
+DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+def _check_object_name(value: str, field: str, limit: int, pattern: re.Pattern[str]) -> None:
+    """The same names the API server accepts, so `ferry run` refuses what `kubectl apply` would."""
+    if not value:
+        raise TaskError("InvalidSpec", f"{field} is required")
+    if len(value) > limit:
+        raise TaskError("InvalidSpec", f"{field} must be at most {limit} characters, not {len(value)}")
+    if not pattern.fullmatch(value):
+        raise TaskError(
+            "InvalidSpec",
+            f"{field} {value!r} must consist of lower case letters, digits, '-' (and '.' in names), "
+            "starting and ending with a letter or digit",
+        )
+
+
 def parse_task(doc: Mapping[str, Any], plugins: Mapping[str, KindPlugin]) -> Task:
     """Validate a manifest (as applied or as read from a file) into a Task; bad input is a TaskError."""
     if doc.get("apiVersion") != API_VERSION:
@@ -90,6 +110,8 @@ def parse_task(doc: Mapping[str, Any], plugins: Mapping[str, KindPlugin]) -> Tas
     if plugin is None:
         raise TaskError("InvalidSpec", f"unknown kind {doc.get('kind')!r}: expected one of {', '.join(plugins)}")
     metadata = doc.get("metadata") or {}
+    _check_object_name(str(metadata.get("name") or ""), "metadata.name", 253, DNS_SUBDOMAIN)
+    _check_object_name(str(metadata.get("namespace") or "default"), "metadata.namespace", 63, DNS_LABEL)
     try:
         spec = plugin.definition.spec_model.model_validate(doc.get("spec") or {})
     except ValidationError as err:

@@ -33,6 +33,20 @@ from ferry.api.kinds import (
 
 TASK_NAME = r"^[A-Za-z0-9_-]{4,64}$"
 MATCH_EVERYTHING = (".*", "^.*", ".*$", "^.*$", ".+", "^.+", ".+$", "^.+$", "(.*)", "^(.*)$")
+# Topic names that differ in every way Kafka allows (its characters, 1 to 249 of them): a pattern that fully
+# matches all of them matches every topic, however it is written ("(?s).*", "[\\s\\S]*", ".{0,}", ...).
+_PROBE_TOPICS = ("a", "Z", "0", "_", "-", ".", "orders", "__consumer_offsets", "x.y-z_0", "q" * 249, "9-.Ab_")
+
+
+def matches_every_topic(regex: str) -> bool:
+    """Whether the pattern (as the workers apply it, a full match) would select any topic at all."""
+    try:
+        pattern = re.compile(regex)
+    except re.error:
+        return False
+    return all(pattern.fullmatch(topic) for topic in _PROBE_TOPICS)
+
+
 MAX_TOPICS = 20
 TASKS_PER_INSTANCE = 18
 
@@ -177,12 +191,12 @@ class ObsDumpTaskSpec(TaskSpec):
     def _regex_valid(cls, regex: str | None) -> str | None:
         if regex is None:
             return None
-        if regex in MATCH_EVERYTHING:
-            raise ValueError("topicRegex must not match every topic: list topics or narrow the pattern")
         try:
             re.compile(regex)
         except re.error as err:
             raise ValueError(f"topicRegex {regex!r} is not a valid regular expression: {err}") from None
+        if regex in MATCH_EVERYTHING or matches_every_topic(regex):
+            raise ValueError("topicRegex must not match every topic: list topics or narrow the pattern")
         return regex
 
     @model_validator(mode="after")
