@@ -444,3 +444,18 @@ def test_a_source_change_and_back_keeps_each_subscriptions_offsets(
     )
     assert sorted(counts) == sorted(expected) and set(counts.values()) == {1}
     assert all(int(m.value().decode().rsplit("v", 1)[1]) % 2 == m.partition() for m in copied)
+
+
+def test_a_dts_topic_copied_to_the_same_cluster_spelled_otherwise_is_refused(
+    kafka: KafkaCluster, topic_factory: TopicFactory
+) -> None:
+    topic = topic_factory(partitions=1)
+    produce_on(kafka.bootstrap, topic, 50, 1, "x")
+    other = kafka.bootstrap.replace("127.0.0.1", "localhost")
+    with accessing(access_spec(kafka, topic, other, topic)) as (recorder, _):
+        wait_for(lambda: recorder.reports and recorder.last.error, timeout=30, what="refusal")
+        time.sleep(2)
+        error = recorder.last.error
+        assert error is not None and error.reason == "CopyOntoItself", error
+        assert recorder.last.totals.records == 0
+    assert len(read_all(kafka.bootstrap, topic, 51, timeout=5)) == 50

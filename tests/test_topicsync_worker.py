@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from ferry.metrics import WorkerMetrics
 from ferry.settings import WorkerSettings
@@ -260,3 +261,69 @@ def test_a_created_target_topic_gets_the_source_topics_configs(
     described = admin.describe_configs([resource])[resource].result(15)
     assert {name: described[name].value for name in configs} == configs
     assert described["segment.bytes"].is_default  # broker defaults are not copied as if the user had set them
+
+
+def spelled_otherwise(broker: KafkaCluster) -> str:
+    """The same broker, named by host name instead of address."""
+    return broker.bootstrap.replace("127.0.0.1", "localhost")
+
+
+@pytest.mark.parametrize("target_spelling", ["localhost", "both"])
+def test_one_cluster_spelled_two_ways_is_never_copied_onto_itself(
+    target_spelling: str, kafka: KafkaCluster, topic_factory: TopicFactory
+) -> None:
+    topic = topic_factory(partitions=1)
+    produce_on(kafka.bootstrap, topic, 100, 1, "s")
+    other = spelled_otherwise(kafka)
+    target = other if target_spelling == "localhost" else f"{kafka.bootstrap},{other}"
+    spec = {"source": {"bootstrapServers": kafka.bootstrap}, "target": {"bootstrapServers": target}, "topics": [topic]}
+    with syncing(spec) as recorder:
+        wait_for(lambda: recorder.reports and recorder.last.error, timeout=30, what="refusal")
+        time.sleep(2)
+        error = recorder.last.error
+        assert error is not None and error.reason == "CopyOntoItself", error
+        assert kafka.cluster_id in error.message and topic in error.message
+        assert recorder.last.totals.records == 0
+    assert len(read_all(kafka.bootstrap, topic, 101, timeout=5)) == 100  # nothing was added
+
+
+def test_one_cluster_spelled_two_ways_may_copy_into_renamed_topics(
+    kafka: KafkaCluster, topic_factory: TopicFactory
+) -> None:
+    topic = topic_factory(partitions=1)
+    produce_on(kafka.bootstrap, topic, 20, 1, "r")
+    spec = {
+        "source": {"bootstrapServers": kafka.bootstrap, "instanceId": "here"},
+        "target": {"bootstrapServers": spelled_otherwise(kafka)},
+        "topics": [topic],
+        "targetTopicName": "{source}.{topic}",
+    }
+    with syncing(spec) as recorder:
+        wait_for(lambda: recorder.reports and recorder.last.totals.records == 20, timeout=60, what="20 copied")
+    assert len(read_all(kafka.bootstrap, f"here.{topic}", 20, timeout=20, linger=1)) == 20
+    kafka.admin().delete_topics([f"here.{topic}"])
+
+
+def test_loops_are_detected_by_cluster_id_when_the_two_syncs_spell_the_clusters_differently(
+    kafka: KafkaCluster, kafka2: KafkaCluster, topic_factory: TopicFactory
+) -> None:
+    """A->B names A by address, B->A names A by host name, and neither sets instanceId: the provenance header
+    carries A's cluster id, so B->A still recognises A's own records."""
+    topic = topic_factory(partitions=1)
+    forward = {"source": {"bootstrapServers": kafka.bootstrap}, "target": {"bootstrapServers": kafka2.bootstrap}}
+    backward = {
+        "source": {"bootstrapServers": spelled_otherwise(kafka2)},
+        "target": {"bootstrapServers": spelled_otherwise(kafka)},
+    }
+    with syncing({**forward, "topics": [topic]}) as ab:
+        wait_for(lambda: ab.reports and ab.last.partitions, timeout=60, what="A->B assigned")
+        with syncing({**backward, "topics": [topic]}) as ba:
+            wait_for(lambda: ba.reports and ba.last.partitions, timeout=60, what="B->A assigned")
+            produce_on(kafka.bootstrap, topic, 30, 1, "a")
+            wait_for(lambda: ab.last.totals.records == 30, timeout=60, what="A->B copied")
+            wait_for(lambda: ba.last.extra["loopRecordsSkipped"] == 30, timeout=60, what="B->A skipped them")
+            time.sleep(3)
+            assert (ab.last.totals.records, ba.last.totals.records) == (30, 0)
+    assert len(read_all(kafka.bootstrap, topic, 31, timeout=5)) == 30
+    copied = read_all(kafka2.bootstrap, topic, 30)
+    assert {dict(m.headers())[ORIGIN_HEADER] for m in copied} == {kafka.cluster_id.encode()}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -30,6 +31,24 @@ log = logging.getLogger(__name__)
 CONSUME_BATCH = 5000
 TP = tuple[str, int]
 Headers = list[tuple[str, str | bytes | None]]
+
+
+def refuse_copy_onto_itself(
+    source_cluster: str, target_cluster: str, routes: Mapping[str, str], source: str, target: str
+) -> None:
+    """Source and target spelled differently may still be one cluster: then a topic routed to itself would be
+    copied onto itself forever. The cluster ids decide, not the bootstrap lists."""
+    if source_cluster != target_cluster:
+        return
+    looping = sorted(topic for topic, to in routes.items() if topic == to)
+    if looping:
+        raise TaskError(
+            "CopyOntoItself",
+            f"{source} and {target} are the same Kafka cluster (cluster id {source_cluster}), so topic"
+            f"{'s' if len(looping) > 1 else ''} {', '.join(looping[:5])} would be copied onto "
+            f"{'themselves' if len(looping) > 1 else 'itself'} without end: point the target at another cluster "
+            "or another topic",
+        )
 
 
 class CopyPipeline:

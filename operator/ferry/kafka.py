@@ -167,6 +167,16 @@ def existing_topics(admin: AdminClient, bootstrap: str, timeout: float = 10.0) -
     }
 
 
+def cluster_id(admin: AdminClient, bootstrap: str, timeout: float = 10.0) -> str:
+    """The cluster id the brokers report: the identity of a Kafka cluster however its bootstrap list is spelled."""
+    try:
+        metadata = admin.list_topics(timeout=timeout)
+    except KafkaException as err:
+        admin.poll(0)
+        raise describe_kafka_error(err, bootstrap) from None
+    return str(metadata.cluster_id or bootstrap)  # a broker without a cluster id: fall back to the spelling
+
+
 def require_topics(wanted: Iterable[str], existing: Mapping[str, int], bootstrap: str, reason: str) -> None:
     """A TaskError with `reason` naming the topics of `wanted` that do not exist."""
     missing = sorted(set(wanted) - set(existing))

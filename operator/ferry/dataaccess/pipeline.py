@@ -15,10 +15,10 @@ from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaExcep
 from confluent_kafka.admin import OffsetSpec  # type: ignore[attr-defined]
 
 from ferry.api.base import StartFrom
-from ferry.copying import CopyPipeline
+from ferry.copying import CopyPipeline, refuse_copy_onto_itself
 from ferry.dataaccess.model import DataAccessTaskSpec
 from ferry.errors import TaskError
-from ferry.kafka import admin_client, describe_kafka_error, existing_topics
+from ferry.kafka import admin_client, cluster_id, describe_kafka_error, existing_topics
 from ferry.metrics import WorkerMetrics
 from ferry.reporting import MemoryLedger, Reporter, ResetLedger
 from ferry.settings import WorkerSettings
@@ -58,14 +58,22 @@ class AccessPipeline(CopyPipeline):
         return self.source_partitions is not None and self.source_partitions == self.target_partitions
 
     def _prepare(self) -> None:
-        source = existing_topics(admin_client(self.source_config), self.source_bootstrap)
+        source_admin, target_admin = admin_client(self.source_config), admin_client(self.target_config)
+        refuse_copy_onto_itself(
+            cluster_id(source_admin, self.source_bootstrap),
+            cluster_id(target_admin, self.target_bootstrap),
+            {self.source_topic: self.target_topic},
+            self.source_bootstrap,
+            self.target_bootstrap,
+        )
+        source = existing_topics(source_admin, self.source_bootstrap)
         if self.source_topic not in source:
             raise TaskError(
                 "SourceTopicNotFound",
                 f"topic {self.source_topic} does not exist on {self.source_bootstrap}: check "
                 "spec.source.dts.topic against the subscription",
             )
-        target = existing_topics(admin_client(self.target_config), self.target_bootstrap)
+        target = existing_topics(target_admin, self.target_bootstrap)
         self.source_partitions = source[self.source_topic]
         if self.target_topic not in target:
             self.target_partitions = None

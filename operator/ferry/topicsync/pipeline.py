@@ -13,9 +13,9 @@ from typing import Any
 
 from confluent_kafka import KafkaException
 
-from ferry.copying import CopyPipeline, Headers
+from ferry.copying import CopyPipeline, Headers, refuse_copy_onto_itself
 from ferry.errors import TaskError
-from ferry.kafka import admin_client, describe_kafka_error, existing_topics, require_topics
+from ferry.kafka import admin_client, cluster_id, describe_kafka_error, existing_topics, require_topics
 from ferry.metrics import WorkerMetrics
 from ferry.reporting import Reporter
 from ferry.settings import WorkerSettings
@@ -52,14 +52,20 @@ class SyncPipeline(CopyPipeline):
             source_config, target_config, consumer_group, spec.start_from, reporter, metrics, settings, epoch
         )
         self.spec = spec
+        # Until the brokers have said which clusters they are: the spelled identities.
         self.source_instance = spec.source.instance
-        self.target_instance = spec.target.instance
+        self.target_identities = {spec.target.instance}
         self.topics: dict[str, TopicState] = {}
         self.loop_skipped = 0
 
     def _prepare(self) -> None:
         """Find the source topics and give each a target topic shaped like it."""
         source_admin, target_admin = admin_client(self.source_config), admin_client(self.target_config)
+        source_cluster = cluster_id(source_admin, self.source_bootstrap)
+        target_cluster = cluster_id(target_admin, self.target_bootstrap)
+        # Provenance by cluster id unless the user named the instances: two spellings of one cluster agree.
+        self.source_instance = self.spec.source.instance_id or source_cluster
+        self.target_identities = {self.spec.target.instance_id or target_cluster, self.spec.target.instance}
         available = existing_topics(source_admin, self.source_bootstrap)
         if self.spec.topics is not None:
             require_topics(self.spec.topics, available, self.source_bootstrap, "SourceTopicNotFound")
@@ -70,6 +76,7 @@ class SyncPipeline(CopyPipeline):
             )
         shapes = describe(source_admin, self.source_bootstrap, selected, self.spec.sync_topic_configs)
         targets = {t: self.spec.target_topic(t) for t in selected}
+        refuse_copy_onto_itself(source_cluster, target_cluster, targets, self.source_bootstrap, self.target_bootstrap)
         existing = describe(target_admin, self.target_bootstrap, list(targets.values()), False)
         missing_targets = [t for t in targets.values() if t not in existing]
         if missing_targets and not self.spec.create_topics:
@@ -100,7 +107,7 @@ class SyncPipeline(CopyPipeline):
 
     def _outgoing_headers(self, headers: Headers) -> Headers | None:
         origin = origin_of(headers)
-        if origin == self.target_instance:
+        if origin in self.target_identities:
             self.loop_skipped += 1
             return None
         if origin is None:
