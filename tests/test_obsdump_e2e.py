@@ -86,7 +86,7 @@ def test_apply_run_pause_resume_delete(
     assert status["observedGeneration"] == task["metadata"]["generation"]
     assert len(status["partitions"]) == 3 and all(p["lag"] == 0 for p in status["partitions"])
     assert status["lastDumpTime"]
-    # The `ferry` category lists every task (the emulator has no server-side table, so ask for fields).
+    # The `ferry` category lists every task (its printed table: test_cluster_live).
     listing = cluster.kubectl("get", "ferry", "-n", ns, "-o", "jsonpath={.items[*].status.state}").stdout
     assert listing == "Running"
 

@@ -114,8 +114,8 @@ creates grant only what these rules hold (get/patch on one task's status), which
 - apiGroups: [""]
   resources: ["serviceaccounts"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
-# Per task, the workers' Role and RoleBinding (same name and owner): the Role allows get on that one task
-# and get/patch on its status (resourceNames), which the rules above hold, so no escalate or bind is needed.
+# Per task, the workers' Role and RoleBinding (same name and owner): the Role allows get/patch on that one
+# task's status (resourceNames), which the rules above hold, so no escalate or bind is needed.
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["roles", "rolebindings"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
