@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 .PHONY: demo test testbed lint crds deploy bench clean
 
 $(STAMP): pyproject.toml constraints.txt
-	$(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv --clear $(VENV)  # from scratch: a dependency dropped from the pins leaves no trace
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)

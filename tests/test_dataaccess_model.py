@@ -1,8 +1,9 @@
-"""DataAccessTask's model, its generated CRD (schema + CEL, as the API server applies them), and the SASL
+"""DataAccessTask's model, its generated CRD as the real API server applies it (schema + CEL), and the SASL
 client configuration built for each mechanism."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -16,7 +17,8 @@ from ferry.registry import PLUGINS
 from ferry.tasks import parse_task
 from pydantic import ValidationError
 
-from tests.support.crdcheck import cost_check, structural_check, validate
+from tests.support.admission import BLOCKED, Admission, admission
+from tests.support.cluster import KubeEnv
 
 CRD = crd_for(DATA_ACCESS_TASK)
 SECRETS = {
@@ -52,10 +54,16 @@ def manifest(source: dict[str, Any] | None = None, **spec: Any) -> dict[str, Any
     }
 
 
-def test_the_crd_is_structural_its_rules_compile_and_the_example_shape_passes() -> None:
-    assert structural_check(CRD) == []
-    assert cost_check(CRD) == []
-    assert validate(CRD, manifest()) == []
+@pytest.fixture(scope="module")
+def server(kube: KubeEnv) -> Iterator[Admission]:
+    with admission(kube.control_plane.api_client()) as answers:
+        yield answers
+
+
+def test_the_crd_is_structural_its_rules_compile_and_the_example_shape_passes(server: Admission) -> None:
+    """The server took the CRD (so it is structural and its rules compile, within the cost budget: see
+    test_crd_validation) and admits the example's shape."""
+    assert server.errors(manifest()) == []
     assert PLUGINS["DataAccessTask"].definition is DATA_ACCESS_TASK
 
 
@@ -75,13 +83,15 @@ def test_dts_defaults_to_sasl_plaintext_with_scram_sha_512() -> None:
 
 @pytest.mark.parametrize("mechanism", [m.value for m in SaslMechanism])
 @pytest.mark.parametrize("protocol", ["SASL_PLAINTEXT", "SASL_SSL"])
-def test_every_sasl_mechanism_reaches_librdkafka_with_the_secret_values(mechanism: str, protocol: str) -> None:
+def test_every_sasl_mechanism_reaches_librdkafka_with_the_secret_values(
+    server: Admission, mechanism: str, protocol: str
+) -> None:
     """What librdkafka is given for each mechanism, and that it accepts that configuration (the live handshakes
     against a real broker are in test_dataaccess_worker)."""
     from confluent_kafka import Consumer
 
     body = manifest(source={"type": "DTS", "dts": dts(saslMechanism=mechanism, securityProtocol=protocol)})
-    assert validate(CRD, body) == []
+    assert server.errors(body) == []
     spec = DataAccessTaskSpec.model_validate(body["spec"])
     config = client_config(spec.source.endpoint, "SOURCE", SECRETS)
     assert config["sasl.mechanism"] == mechanism
@@ -122,61 +132,109 @@ def test_the_source_is_a_tagged_union_on_type() -> None:
     assert set(schema["properties"]) == {"type", "dts"}
 
 
-REFUSALS = [
-    ("unknown mechanism", manifest(source={"type": "DTS", "dts": dts(saslMechanism="GSSAPI")}), "supported values"),
-    ("unknown source type", manifest(source={"type": "MySQL", "dts": dts()}), "supported values"),
-    ("type without its member", manifest(source={"type": "DTS"}), "source.type DTS needs source.dts"),
+# (case, manifest, what the server answers); a schema error keeps the CEL rules from running (BLOCKED).
+REFUSALS: list[tuple[str, dict[str, Any], list[str]]] = [
+    (
+        "unknown mechanism",
+        manifest(source={"type": "DTS", "dts": dts(saslMechanism="GSSAPI")}),
+        [
+            'spec.source.dts.saslMechanism: Unsupported value: "GSSAPI": '
+            'supported values: "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"',
+            BLOCKED,
+        ],
+    ),
+    (
+        "unknown source type",
+        manifest(source={"type": "MySQL", "dts": dts()}),
+        ['spec.source.type: Unsupported value: "MySQL": supported values: "DTS"', BLOCKED],
+    ),
+    (
+        "type without its member",
+        manifest(source={"type": "DTS"}),
+        ["spec.source: Invalid value: source.type DTS needs source.dts"],
+    ),
     (
         "SASL without credentials",
         manifest(source={"type": "DTS", "dts": dts(credentialsSecretRef=None)}),
-        "need credentialsSecretRef",
+        [
+            "spec.source.dts: Invalid value: securityProtocol SASL_PLAINTEXT and SASL_SSL need credentialsSecretRef "
+            "(the DTS account and password)"
+        ],
     ),
     (
         "mechanism without SASL",
         manifest(source={"type": "DTS", "dts": dts(securityProtocol="PLAINTEXT", saslMechanism="PLAIN")}),
-        "only used with securityProtocol",
+        ["spec.source.dts: Invalid value: saslMechanism is only used with securityProtocol SASL_PLAINTEXT or SASL_SSL"],
     ),
     (
         "target equal to source",
         manifest(target={"bootstrapServers": "dts.tencent.internal:9092", "topic": "subscribe-orders"}),
-        "copied onto themselves",
+        [
+            "spec: Invalid value: spec.target names the source topic itself (same bootstrapServers and topic): "
+            "records would be copied onto themselves; point spec.target at another topic or Kafka instance"
+        ],
     ),
-    ("no target topic", manifest(target={"bootstrapServers": "ckafka:9092"}), "Required value"),
-    ("no consumer group", manifest(source={"type": "DTS", "dts": dts(consumerGroup=None)}), "Required value"),
-    ("bad group", manifest(source={"type": "DTS", "dts": dts(consumerGroup="a group")}), "should match"),
-    ("inline password", manifest(source={"type": "DTS", "dts": dts(password="x")}), "unknown field"),
+    (
+        "no target topic",
+        manifest(target={"bootstrapServers": "ckafka:9092"}),
+        ["spec.target.topic: Required value", BLOCKED],
+    ),
+    (
+        "no consumer group",
+        manifest(source={"type": "DTS", "dts": dts(consumerGroup=None)}),
+        ["spec.source.dts.consumerGroup: Required value", BLOCKED],
+    ),
+    (
+        "bad group",
+        manifest(source={"type": "DTS", "dts": dts(consumerGroup="a group")}),
+        [
+            'spec.source.dts.consumerGroup: Invalid value: "a group": '
+            "spec.source.dts.consumerGroup in body should match '^[A-Za-z0-9._-]{1,255}$'"
+        ],
+    ),
+    (
+        "inline password",
+        manifest(source={"type": "DTS", "dts": dts(password="x")}),
+        [
+            'DataAccessTask in version "v1alpha1" cannot be handled as a DataAccessTask: '
+            'strict decoding error: unknown field "spec.source.dts.password"'
+        ],
+    ),
 ]
 
 
-@pytest.mark.parametrize(("case", "body", "message"), REFUSALS, ids=[c[0] for c in REFUSALS])
-def test_bad_manifests_are_refused_by_the_api_server(case: str, body: dict[str, Any], message: str) -> None:
-    errors = validate(CRD, body, field_validation="Strict")  # kubectl apply's default
-    assert any(message in e for e in errors), errors
+@pytest.mark.parametrize(("case", "body", "expected"), REFUSALS, ids=[c[0] for c in REFUSALS])
+def test_bad_manifests_are_refused_by_the_api_server(
+    server: Admission, case: str, body: dict[str, Any], expected: list[str]
+) -> None:
+    assert server.errors(body) == expected, case  # strict field validation: kubectl apply's default
 
 
-@pytest.mark.parametrize(("case", "body", "message"), REFUSALS, ids=[c[0] for c in REFUSALS])
-def test_the_model_refuses_the_same_manifests(case: str, body: dict[str, Any], message: str) -> None:
+@pytest.mark.parametrize(("case", "body", "expected"), REFUSALS, ids=[c[0] for c in REFUSALS])
+def test_the_model_refuses_the_same_manifests(case: str, body: dict[str, Any], expected: list[str]) -> None:
     """`ferry run` and the operator parse the same models, so a manifest never reaches a worker half-valid."""
     with pytest.raises(ValidationError):
         DataAccessTaskSpec.model_validate(body["spec"])
 
 
-def test_the_model_also_sees_the_same_instance_spelt_otherwise() -> None:
+def test_the_model_also_sees_the_same_instance_spelt_otherwise(server: Admission) -> None:
     body = manifest(target={"bootstrapServers": "DTS.tencent.internal", "topic": "subscribe-orders"})
-    assert validate(CRD, body) == []  # CEL compares the strings as written
+    assert server.errors(body) == []  # CEL compares the strings as written
     with pytest.raises(ValidationError, match="copied onto themselves"):
         DataAccessTaskSpec.model_validate(body["spec"])
 
 
-def test_source_and_target_may_change_after_creation() -> None:
+def test_source_and_target_may_change_after_creation(server: Admission) -> None:
     old = manifest()
     new = manifest(target={"bootstrapServers": "ckafka-2:9092", "topic": "orders-v2"})
     new["spec"]["source"]["dts"]["topic"] = "subscribe-orders-v2"
-    assert validate(CRD, new, old) == []
+    answer = server.update(old, new)
+    assert answer.errors == []
+    assert answer.object["spec"]["target"]["topic"] == "orders-v2"
     assert DATA_ACCESS_TASK.mutable_fields is None
 
 
-def test_a_strimzi_kafkauser_secret_works_with_the_username_given_in_the_spec() -> None:
+def test_a_strimzi_kafkauser_secret_works_with_the_username_given_in_the_spec(server: Admission) -> None:
     """Strimzi's KafkaUser Secrets hold `password` (and `sasl.jaas.config`) but no username key: the
     username is the KafkaUser's name, so the spec may name it directly."""
     body = manifest(
@@ -188,7 +246,7 @@ def test_a_strimzi_kafkauser_secret_works_with_the_username_given_in_the_spec() 
             "credentialsSecretRef": {"name": "ferry-writer", "username": "ferry-writer"},
         }
     )
-    assert validate(CRD, body, field_validation="Strict") == []
+    assert server.errors(body) == []  # strict field validation: kubectl apply's default
     task = parse_task(body, PLUGINS)
     refs = secret_refs(task.spec)  # type: ignore[arg-type]
     assert "TARGET_SASL_USERNAME" not in refs and refs["TARGET_SASL_PASSWORD"].key == "password"

@@ -383,9 +383,10 @@ def _general_name(host: str) -> x509.GeneralName:
 
 def _write(path: Path, data: bytes, *, secret: bool = False) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    if secret:
+    if secret:  # private before the key is in it
+        path.touch(mode=0o600)
         path.chmod(0o600)
+    path.write_bytes(data)
     return path
 
 
