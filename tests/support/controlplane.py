@@ -74,7 +74,7 @@ from tests.support.servers import (
     _start,
     free_port,
 )
-from tests.support.tools import _locked
+from tests.support.tools import cache_root, file_lock
 
 __all__ = [
     "SERVICE_ACCOUNT_ISSUER",
@@ -142,15 +142,6 @@ def _required_version(module: str) -> str:
     raise BuildError(f"{TESTBED / 'go.mod'} does not require {module}")
 
 
-def cache_root() -> Path:
-    """``$FERRY_CACHE_DIR``, else ``$XDG_CACHE_HOME/ferry``, else ``~/.cache/ferry``."""
-    override = os.environ.get("FERRY_CACHE_DIR")
-    if override:
-        return Path(override)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "ferry"
-
-
 def _ldflags(version: str) -> str:
     # -s -w: no symbol table or DWARF (about a third smaller). -X: what `kubectl version` and /version report
     # (the release build sets these from git; a module build would say v0.0.0-master).
@@ -195,7 +186,7 @@ def kubernetes_binaries() -> dict[str, Path]:
     if _complete(target):
         return _binaries(target)
     root.mkdir(parents=True, exist_ok=True)
-    with _locked(root / f".{key}.lock"):
+    with file_lock(root / f".{key}.lock"):
         if not _complete(target):  # another process may have finished while we waited
             _build(root, target)
     return _binaries(target)

@@ -20,8 +20,6 @@ tests.support.servers).
 from __future__ import annotations
 
 import base64
-import contextlib
-import fcntl
 import hashlib
 import os
 import secrets
@@ -32,7 +30,7 @@ import tempfile
 import time
 import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -52,6 +50,7 @@ from tests.support.servers import (
     _start,
     free_port,
 )
+from tests.support.tools import cache_root, file_lock
 
 __all__ = [
     "BENCHMARK_JVM_FLAGS",
@@ -115,11 +114,8 @@ KAFKA_VERSION = _pom_version(POM)
 
 
 def kafka_cache_dir() -> Path:
-    """Where this Kafka version's jars live: ${FERRY_CACHE_DIR:-${XDG_CACHE_HOME:-~/.cache}/ferry}/kafka-<v>."""
-    root = os.environ.get("FERRY_CACHE_DIR")
-    if not root:
-        root = os.path.join(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "ferry")
-    return Path(root).expanduser() / f"kafka-{KAFKA_VERSION}"
+    """Where this Kafka version's jars live: cache_root()/kafka-<version>."""
+    return cache_root() / f"kafka-{KAFKA_VERSION}"
 
 
 def kafka_classpath() -> Path:
@@ -135,7 +131,7 @@ def kafka_classpath() -> Path:
     if _stamp_of(libs) == stamp:
         return libs
     base.mkdir(parents=True, exist_ok=True)
-    with _locked(base / ".lock"):
+    with file_lock(base / ".lock"):
         if _stamp_of(libs) != stamp:  # another process may have fetched while we waited
             _fetch_into(base, libs, stamp)
     return libs
@@ -153,16 +149,6 @@ def _stamp_of(libs: Path) -> str | None:
         return (libs / _STAMP).read_text().strip()
     except OSError:
         return None
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _fetch_into(base: Path, libs: Path, stamp: str) -> None:
@@ -446,7 +432,7 @@ def _class_data_archives(java: str, libs: Path) -> dict[str, Path]:
         return archives
     if target in _CDS_FAILED:
         return {}
-    with _locked(libs.parent / ".lock"):
+    with file_lock(libs.parent / ".lock"):
         if not all(path.is_file() for path in archives.values()):
             try:
                 _train_archives(java, libs, archives)

