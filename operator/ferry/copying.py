@@ -21,7 +21,16 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from ferry.api.base import PartitionProgress, StartFrom, Totals
 from ferry.errors import TaskError, retry_until_stopped
-from ferry.kafka import describe_kafka_error, group_consumer_config, message_headers, partition_progress
+from ferry.kafka import (
+    BrokerLiveness,
+    describe_kafka_error,
+    group_consumer_config,
+    message_headers,
+    partition_progress,
+    unreachable,
+    unreachable_after,
+    watched,
+)
 from ferry.metrics import WorkerMetrics
 from ferry.reporting import Reporter, send_progress
 from ferry.settings import WorkerSettings
@@ -84,6 +93,7 @@ class CopyPipeline:
         self.rebalancing = True  # until the group gives this worker its partitions
         self.producer: Producer | None = None
         self.delivery_errors: list[KafkaError] = []
+        self.source_liveness = BrokerLiveness()
 
     # -- what a kind decides ---------------------------------------------------------------------
 
@@ -144,7 +154,7 @@ class CopyPipeline:
         return True
 
     def _consumer_config(self) -> dict[str, Any]:
-        return group_consumer_config(
+        config = group_consumer_config(
             self.source_config,
             self.group,
             self.start_from,
@@ -152,6 +162,7 @@ class CopyPipeline:
             f"{self.client_name}-{self.group}",
             self.settings.topic_refresh_interval,
         )
+        return watched(config, self.source_liveness, self.settings.report_interval)
 
     def _producer_config(self) -> dict[str, Any]:
         return {
@@ -176,9 +187,11 @@ class CopyPipeline:
             if messages:
                 self._copy(messages)
             if time.monotonic() >= next_refresh:
-                self._refresh()
+                if not self.source_liveness.down_for():  # a look-up would only wait for its timeout
+                    self._refresh()
                 next_refresh = time.monotonic() + self.settings.topic_refresh_interval
             if time.monotonic() >= next_report:
+                self._check_source_liveness()
                 self._report("Failed" if self.error else "Rebalancing" if self.rebalancing else "Running")
                 next_report = time.monotonic() + self.settings.report_interval
 
@@ -324,6 +337,15 @@ class CopyPipeline:
 
     # -- reporting -------------------------------------------------------------------------------
 
+    def _check_source_liveness(self) -> None:
+        """Failed with KafkaUnreachable after two report intervals without a live source connection; the
+        error clears as soon as a connection is back."""
+        down = self.source_liveness.down_for()
+        if down > unreachable_after(self.settings):
+            self._fail(unreachable(self.source_bootstrap, down))
+        elif down == 0 and self.error is not None and self.error.reason == "KafkaUnreachable":
+            self.error = None
+
     def _fail(self, err: TaskError) -> None:
         changed = self.error is None or self.error.reason != err.reason
         self.error = err
@@ -334,7 +356,8 @@ class CopyPipeline:
 
     def _partition_progress(self) -> list[PartitionProgress]:
         delivered = {key: self.committed.get(key) for key in self.assigned}
-        return partition_progress(self.consumer, delivered, delivered, self.metrics)
+        reachable = self.source_liveness.down_for() <= unreachable_after(self.settings)
+        return partition_progress(self.consumer, delivered, delivered, self.metrics, reachable)
 
     def _rates(self) -> tuple[float, float]:
         """Records and bytes written to the target per second since the previous report."""
@@ -347,5 +370,13 @@ class CopyPipeline:
         records_per_second, bytes_per_second = self._rates()
         extra = {**self._extra(), "recordsPerSecond": records_per_second, "bytesPerSecond": bytes_per_second}
         send_progress(
-            self.reporter, self.metrics, phase, self.error, self._partition_progress(), self.totals, self.epoch, extra
+            self.reporter,
+            self.metrics,
+            phase,
+            self.error,
+            self._partition_progress(),
+            self.totals,
+            self.epoch,
+            extra,
+            lag_known=self.source_liveness.down_for() <= unreachable_after(self.settings),
         )

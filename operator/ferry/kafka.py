@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -14,6 +15,7 @@ from ferry.api.base import KafkaEndpoint, PartitionProgress, StartFrom
 from ferry.credentials import SecretRef, Sensitive
 from ferry.errors import TaskError
 from ferry.metrics import WorkerMetrics
+from ferry.settings import WorkerSettings
 
 
 def endpoint_secret_refs(endpoint: KafkaEndpoint, role: str) -> dict[str, SecretRef]:
@@ -74,6 +76,58 @@ BROKER_ERRORS = BrokerErrors()
 def _is_authentication(err: KafkaError) -> bool:
     code = err.code()
     return code in (KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED) or "SASL" in err.str()
+
+
+class BrokerLiveness:
+    """Whether a client has a live connection to any broker, from librdkafka's statistics.
+
+    A consumer whose brokers refuse connections or stop answering returns no error to its caller, only
+    empty batches: without this a worker would go on reporting Running with lag 0 through an outage.
+    """
+
+    def __init__(self) -> None:
+        self._down_since: float | None = None
+        self._lock = threading.Lock()
+
+    def on_stats(self, payload: str) -> None:
+        try:
+            brokers = json.loads(payload).get("brokers") or {}
+        except ValueError:
+            return
+        up = any(broker.get("state") == "UP" for broker in brokers.values())
+        with self._lock:
+            if up:
+                self._down_since = None
+            elif self._down_since is None:
+                self._down_since = time.monotonic()
+
+    def down_for(self) -> float:
+        """Seconds since the client last had a live broker connection (0 while it has one)."""
+        with self._lock:
+            return 0.0 if self._down_since is None else time.monotonic() - self._down_since
+
+
+def watched(config: dict[str, Any], liveness: BrokerLiveness, interval_seconds: float) -> dict[str, Any]:
+    """config with librdkafka's statistics every interval feeding liveness."""
+    return {
+        **config,
+        "statistics.interval.ms": max(500, int(interval_seconds * 1000)),
+        "stats_cb": liveness.on_stats,
+    }
+
+
+def unreachable_after(settings: WorkerSettings) -> float:
+    """How long without a live broker connection makes a worker say KafkaUnreachable: two report intervals
+    (librdkafka's statistics come once per report interval), at least 3 s so a broker restart is not one."""
+    return max(3.0, 2 * settings.report_interval)
+
+
+def unreachable(bootstrap: str, seconds: float) -> TaskError:
+    return TaskError(
+        "KafkaUnreachable",
+        f"no connection to the Kafka brokers at {bootstrap} for {seconds:.0f}s: check that they run and that "
+        "bootstrapServers, DNS and network policies let the worker reach them; lag is unknown meanwhile",
+    )
 
 
 def with_error_callback(config: dict[str, Any]) -> dict[str, Any]:
@@ -228,13 +282,14 @@ def partition_progress(
     delivered: dict[tuple[str, int], int | None],
     committed: dict[tuple[str, int], int | None],
     metrics: WorkerMetrics,
+    reachable: bool = True,
 ) -> list[PartitionProgress]:
     """Per partition: committed offset, high watermark (as the last fetch response reported it: no request per
     report) and lag behind what is delivered; the lag and committed gauges are set on the way."""
     progress = []
     for (topic, partition), done in sorted(delivered.items()):
         high = None
-        if consumer is not None:
+        if consumer is not None and reachable:  # no watermark from a broker that cannot be reached
             try:
                 _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
             except KafkaException:

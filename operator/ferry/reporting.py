@@ -39,10 +39,11 @@ class Progress:
     error: WorkerError | None = None
     epoch: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    lag_known: bool = True  # False while the brokers cannot be reached: no lag is better than a wrong 0
 
     @property
-    def lag(self) -> int:
-        return sum(p.lag or 0 for p in self.partitions)
+    def lag(self) -> int | None:
+        return sum(p.lag or 0 for p in self.partitions) if self.lag_known else None
 
     def wire(self) -> dict[str, Any]:
         return {
@@ -92,6 +93,7 @@ def send_progress(
     totals: Totals,
     epoch: int,
     extra: dict[str, Any],
+    lag_known: bool = True,
 ) -> None:
     """One report: the health gauge follows it (0 while the worker reports Failed)."""
     reported = worker_error(phase, error)
@@ -104,6 +106,7 @@ def send_progress(
             error=reported,
             epoch=epoch,
             extra=extra,
+            lag_known=lag_known,
         )
     )
 
@@ -119,7 +122,7 @@ class ConsoleReporter:
         extra = " ".join(f"{k}={v}" for k, v in progress.extra.items() if v is not None)
         line = (
             f"{utc_now()} {progress.phase} records={progress.totals.records} bytes={progress.totals.bytes} "
-            f"lag={progress.lag} {extra} [{parts}]"
+            f"lag={'unknown' if progress.lag is None else progress.lag} {extra} [{parts}]"
         )
         if progress.error:
             line += f" error={progress.error.reason}: {progress.error.message}"

@@ -154,7 +154,10 @@ def summarize_workers(plugin: KindPlugin, live: dict[str, Any]) -> dict[str, Any
     partitions.sort(key=lambda p: (p["topic"], p["partition"]))
     summary: dict[str, Any] = {
         "partitions": partitions,
-        "lag": sum(r.get("lag") or 0 for r in reports),
+        # Unknown while a worker cannot reach its brokers (it reports none), not the sum of the others.
+        "lag": None
+        if any("lag" in r and r["lag"] is None for r in reports)
+        else sum(r.get("lag") or 0 for r in reports),
         "totals": {
             "records": sum((r.get("totals") or {}).get("records", 0) for r in reports),
             "bytes": sum((r.get("totals") or {}).get("bytes", 0) for r in reports),

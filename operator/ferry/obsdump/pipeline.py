@@ -23,6 +23,7 @@ from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException
 from ferry.api.base import PartitionProgress, Totals
 from ferry.errors import TaskError, retry_until_stopped
 from ferry.kafka import (
+    BrokerLiveness,
     admin_client,
     as_bytes,
     describe_kafka_error,
@@ -31,6 +32,9 @@ from ferry.kafka import (
     message_headers,
     partition_progress,
     require_topics,
+    unreachable,
+    unreachable_after,
+    watched,
 )
 from ferry.metrics import WorkerMetrics
 from ferry.obsdump.model import ObsDumpTaskSpec
@@ -99,6 +103,7 @@ class DumpPipeline:
         # when an object is written, so one side recovering does not hide the other's failure.
         self.errors: dict[str, TaskError] = {}
         self.consumer: Consumer | None = None
+        self.liveness = BrokerLiveness()
         self.rebalancing = True  # until the group gives this worker its partitions
         # Partitions sought back during the current consume() result: the rest of it is stale for them.
         self.sought_back: set[TP] = set()
@@ -119,7 +124,7 @@ class DumpPipeline:
             self.consumer.close()
 
     def _consumer_config(self) -> dict[str, Any]:
-        return group_consumer_config(
+        config = group_consumer_config(
             self.kafka_config,
             self.group,
             self.spec.start_from,
@@ -127,6 +132,7 @@ class DumpPipeline:
             f"ferry-obsdump-{self.group}",
             self.settings.topic_refresh_interval,
         )
+        return watched(config, self.liveness, self.settings.report_interval)
 
     def _workable(self) -> bool:
         """The bucket and the topics are there (otherwise reported Failed, and retried by the caller)."""
@@ -166,6 +172,7 @@ class DumpPipeline:
                 self._refresh_subscription()
                 next_refresh = time.monotonic() + self.settings.topic_refresh_interval
             if time.monotonic() >= next_report:
+                self._check_liveness()
                 self._report("Failed" if self.errors else "Rebalancing" if self.rebalancing else "Running")
                 next_report = time.monotonic() + self.settings.report_interval
 
@@ -361,12 +368,24 @@ class DumpPipeline:
         if self.errors.pop(side, None) is not None:
             log.info("recovered: %s side works again", side)
 
+    def _check_liveness(self) -> None:
+        """KafkaUnreachable after two report intervals without a live broker connection; cleared when back."""
+        down, current = self.liveness.down_for(), self.errors.get(KAFKA)
+        if down > unreachable_after(self.settings):
+            self._fail(unreachable(self.kafka_config["bootstrap.servers"], down), KAFKA)
+        elif down == 0 and current is not None and current.reason == "KafkaUnreachable":
+            self._clear(KAFKA)
+
+    @property
+    def _reachable(self) -> bool:
+        return self.liveness.down_for() <= unreachable_after(self.settings)
+
     def _partition_progress(self) -> list[PartitionProgress]:
         delivered = {
             key: state.batch.start_offset if state.batch else state.committed for key, state in self.partitions.items()
         }
         committed = {key: state.committed for key, state in self.partitions.items()}
-        return partition_progress(self.consumer, delivered, committed, self.metrics)
+        return partition_progress(self.consumer, delivered, committed, self.metrics, self._reachable)
 
     def _report(self, phase: str) -> None:
         extra = {
@@ -375,5 +394,13 @@ class DumpPipeline:
             "lastObjectKey": self.last_object_key,
         }
         send_progress(
-            self.reporter, self.metrics, phase, self.error, self._partition_progress(), self.totals, self.epoch, extra
+            self.reporter,
+            self.metrics,
+            phase,
+            self.error,
+            self._partition_progress(),
+            self.totals,
+            self.epoch,
+            extra,
+            lag_known=self._reachable,
         )
