@@ -369,3 +369,34 @@ def test_a_failed_task_recovers_by_itself_once_the_user_fixes_the_cause(
         for key in list_objects(client, bucket):
             client.delete_object(Bucket=bucket, Key=key)
         client.delete_bucket(Bucket=bucket)
+
+
+def test_lag_counts_exactly_the_records_read_but_not_yet_in_the_bucket(
+    kafka: KafkaCluster, object_store: SeaweedFS, topic_factory: TopicFactory, bucket_factory: BucketFactory
+) -> None:
+    """Lag comes from the broker's high watermark: records buffered for the next object are still lag."""
+    topic, bucket = topic_factory(partitions=2), bucket_factory()
+    produce(kafka.bootstrap, topic, 30, partitions=2)  # offsets 0-14 on each partition, in multi-record batches
+    spec = spec_for(
+        kafka,
+        object_store,
+        bucket,
+        topics=[topic],
+        startFrom="earliest",
+        dumpPeriodSeconds=3600,
+        target={"storeKeys": True},
+    )
+    running = start_pipeline(spec, object_store, f"g-{uuid.uuid4().hex[:8]}")
+    try:
+        wait_for(
+            lambda: running.recorder.reports and {p.end_offset for p in running.recorder.last.partitions} == {15},
+            what="both partitions read to their high watermark 15",
+        )
+        last = running.recorder.last
+        assert [(p.partition, p.lag) for p in last.partitions] == [(0, 15), (1, 15)]
+        assert last.lag == 30 and not list_objects(object_store.client(), bucket)
+        produce(kafka.bootstrap, topic, 4, partitions=2, start=30)
+        wait_for(lambda: running.recorder.last.lag == 34, what="lag 34 after 4 more records")
+    finally:
+        running.finish()  # stopping writes what was read: the lag is dumped, not lost
+    assert sum(len(r) for r in dumped_records(object_store.client(), bucket).values()) == 34
