@@ -126,15 +126,21 @@ class Container:
 
     def start(self, cwd: Path) -> None:
         with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                self.argv,
-                env=self.env,
-                cwd=cwd,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+            try:
+                self.process = subprocess.Popen(
+                    self.argv,
+                    env=self.env,
+                    cwd=cwd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            except OSError as err:  # as a runtime's StartError: the container exits at once, with the reason
+                log.write(f"process kubelet: cannot start {self.argv[0]}: {err}\n".encode())
+                self.process = subprocess.Popen(
+                    ["sh", "-c", "exit 127"], stdin=subprocess.DEVNULL, start_new_session=True
+                )
         self.started_at = _now()
         self.ready = False
         start = time.monotonic()
@@ -537,7 +543,7 @@ class ProcessKubelet:
             containers.append(
                 Container(
                     name=c["name"],
-                    argv=[_rewrite(a, pod.ports, mounts) for a in _local_argv(c)],
+                    argv=_local_argv(c, pod.ports, mounts),
                     env=env,
                     log_path=pod.workdir / f"{c['name']}.log",
                     readiness=Probe.parse(c.get("readinessProbe"), pod.ports),
@@ -712,16 +718,18 @@ def _deployment_of(replica_set: str) -> str:
     return replica_set.rsplit("-", 1)[0] if "-" in replica_set else replica_set
 
 
-def _local_argv(container: dict[str, Any]) -> list[str]:
-    """What runs the container here: Ferry's image is `python -m ferry` of this environment."""
+def _local_argv(container: dict[str, Any], ports: dict[str, int], mounts: dict[str, Path]) -> list[str]:
+    """What runs the container here: Ferry's image is `python -m ferry` of this environment. Only the pod's
+    own command and args are rewritten for ports and mounts, never this machine's paths."""
     image = container.get("image", "")
     repository = image.rsplit("@", 1)[0].rsplit(":", 1)[0] if "/" in image or ":" in image else image
-    command = list(container.get("command") or [])
+    command = [_rewrite(part, ports, mounts) for part in container.get("command") or []]
+    args = [_rewrite(part, ports, mounts) for part in container.get("args") or []]
     if command[:1] == ["ferry"] or (not command and repository.rsplit("/", 1)[-1] == "ferry"):
         command = [sys.executable, "-m", "ferry", *command[1:]]
     if not command:
         raise ContainerConfigError(f"image {image!r} has no local entrypoint in the process kubelet")
-    return command + list(container.get("args") or [])
+    return command + args
 
 
 def _rewrite(text: str, ports: dict[str, int], mounts: dict[str, Path]) -> str:
