@@ -27,8 +27,6 @@ from ferry.kafka import (
     group_consumer_config,
     message_headers,
     partition_progress,
-    unreachable,
-    unreachable_after,
     watched,
 )
 from ferry.metrics import WorkerMetrics
@@ -340,10 +338,10 @@ class CopyPipeline:
     def _check_source_liveness(self) -> None:
         """Failed with KafkaUnreachable after two report intervals without a live source connection; the
         error clears as soon as a connection is back."""
-        down = self.source_liveness.down_for()
-        if down > unreachable_after(self.settings):
-            self._fail(unreachable(self.source_bootstrap, down))
-        elif down == 0 and self.error is not None and self.error.reason == "KafkaUnreachable":
+        outage = self.source_liveness.outage(self.source_bootstrap, self.settings)
+        if outage is not None:
+            self._fail(outage)
+        elif not self.source_liveness.down_for() and self.error is not None and self.error.reason == "KafkaUnreachable":
             self.error = None
 
     def _fail(self, err: TaskError) -> None:
@@ -354,9 +352,8 @@ class CopyPipeline:
             log.warning("%s", err)
             self._report("Failed")
 
-    def _partition_progress(self) -> list[PartitionProgress]:
+    def _partition_progress(self, reachable: bool) -> list[PartitionProgress]:
         delivered = {key: self.committed.get(key) for key in self.assigned}
-        reachable = self.source_liveness.down_for() <= unreachable_after(self.settings)
         return partition_progress(self.consumer, delivered, delivered, self.metrics, reachable)
 
     def _rates(self) -> tuple[float, float]:
@@ -369,14 +366,15 @@ class CopyPipeline:
     def _report(self, phase: str) -> None:
         records_per_second, bytes_per_second = self._rates()
         extra = {**self._extra(), "recordsPerSecond": records_per_second, "bytesPerSecond": bytes_per_second}
+        reachable = self.source_liveness.reachable(self.settings)
         send_progress(
             self.reporter,
             self.metrics,
             phase,
             self.error,
-            self._partition_progress(),
+            self._partition_progress(reachable),
             self.totals,
             self.epoch,
             extra,
-            lag_known=self.source_liveness.down_for() <= unreachable_after(self.settings),
+            lag_known=reachable,
         )

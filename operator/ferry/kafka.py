@@ -6,6 +6,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -106,6 +107,15 @@ class BrokerLiveness:
         with self._lock:
             return 0.0 if self._down_since is None else time.monotonic() - self._down_since
 
+    def reachable(self, settings: WorkerSettings) -> bool:
+        """Not yet out of reach for long enough to be reported: its lag is still known."""
+        return self.down_for() <= unreachable_after(settings)
+
+    def outage(self, bootstrap: str, settings: WorkerSettings) -> TaskError | None:
+        """KafkaUnreachable once the client has had no live connection for longer than unreachable_after."""
+        down = self.down_for()
+        return unreachable(bootstrap, down) if down > unreachable_after(settings) else None
+
 
 def watched(config: dict[str, Any], liveness: BrokerLiveness, interval_seconds: float) -> dict[str, Any]:
     """config with librdkafka's statistics every interval feeding liveness."""
@@ -162,15 +172,15 @@ def describe_kafka_error(err: KafkaError | KafkaException | BaseException, boots
     """Translate a client error into a reason and a message that says what to check."""
     kerr = err.args[0] if isinstance(err, KafkaException) and err.args else err
     code = kerr.code() if isinstance(kerr, KafkaError) else None
-    unreachable = (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT, KafkaError._RESOLVE)
+    out_of_reach = (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT, KafkaError._RESOLVE)
     refused = BROKER_ERRORS.authentication(bootstrap)
-    if code in unreachable and refused is not None:
+    if code in out_of_reach and refused is not None:
         return TaskError(
             "KafkaAuthenticationFailed",
             f"the Kafka brokers at {bootstrap} refused the connection's authentication ({refused.str()}): check "
             "securityProtocol, saslMechanism and the credentials Secret",
         )
-    if code in unreachable:
+    if code in out_of_reach:
         return TaskError(
             "KafkaUnreachable",
             f"cannot reach the Kafka brokers at {bootstrap}: check bootstrapServers, DNS and network policies",
@@ -206,29 +216,33 @@ def admin_client(config: dict[str, Any]) -> AdminClient:
         raise describe_kafka_error(err, str(config.get("bootstrap.servers"))) from None
 
 
-def existing_topics(admin: AdminClient, bootstrap: str, timeout: float = 10.0) -> dict[str, int]:
-    """Topic name to partition count, without internal topics; unreachable brokers raise a TaskError."""
+@dataclass(frozen=True)
+class ClusterView:
+    """What one metadata request tells: which cluster answered, and its topics with their partition counts."""
+
+    cluster_id: str  # the identity of a Kafka cluster however its bootstrap list is spelled
+    topics: dict[str, int]  # without internal topics
+
+
+def look_up(admin: AdminClient, bootstrap: str, timeout: float = 10.0) -> ClusterView:
+    """One metadata request; unreachable brokers (or refused credentials) raise a TaskError."""
     try:
         metadata = admin.list_topics(timeout=timeout)
     except KafkaException as err:
         admin.poll(0)  # serve the error callback: it may say why (refused credentials)
         raise describe_kafka_error(err, bootstrap) from None
     BROKER_ERRORS.forget(bootstrap)  # it answered: an old authentication error no longer explains anything
-    return {
+    topics = {
         name: len(topic.partitions)
         for name, topic in metadata.topics.items()
         if topic.error is None and not name.startswith("__")
     }
+    return ClusterView(str(metadata.cluster_id or bootstrap), topics)  # no cluster id: fall back to the spelling
 
 
-def cluster_id(admin: AdminClient, bootstrap: str, timeout: float = 10.0) -> str:
-    """The cluster id the brokers report: the identity of a Kafka cluster however its bootstrap list is spelled."""
-    try:
-        metadata = admin.list_topics(timeout=timeout)
-    except KafkaException as err:
-        admin.poll(0)
-        raise describe_kafka_error(err, bootstrap) from None
-    return str(metadata.cluster_id or bootstrap)  # a broker without a cluster id: fall back to the spelling
+def existing_topics(admin: AdminClient, bootstrap: str, timeout: float = 10.0) -> dict[str, int]:
+    """Topic name to partition count, without internal topics; unreachable brokers raise a TaskError."""
+    return look_up(admin, bootstrap, timeout).topics
 
 
 def require_topics(wanted: Iterable[str], existing: Mapping[str, int], bootstrap: str, reason: str) -> None:

@@ -18,7 +18,7 @@ from ferry.api.base import StartFrom
 from ferry.copying import CopyPipeline, refuse_copy_onto_itself
 from ferry.dataaccess.model import DataAccessTaskSpec
 from ferry.errors import TaskError
-from ferry.kafka import admin_client, cluster_id, describe_kafka_error, existing_topics
+from ferry.kafka import admin_client, describe_kafka_error, look_up
 from ferry.metrics import WorkerMetrics
 from ferry.reporting import MemoryLedger, Reporter, ResetLedger
 from ferry.settings import WorkerSettings
@@ -59,21 +59,22 @@ class AccessPipeline(CopyPipeline):
 
     def _prepare(self) -> None:
         source_admin, target_admin = admin_client(self.source_config), admin_client(self.target_config)
+        source_view = look_up(source_admin, self.source_bootstrap)
+        target_view = look_up(target_admin, self.target_bootstrap)
         refuse_copy_onto_itself(
-            cluster_id(source_admin, self.source_bootstrap),
-            cluster_id(target_admin, self.target_bootstrap),
+            source_view.cluster_id,
+            target_view.cluster_id,
             {self.source_topic: self.target_topic},
             self.source_bootstrap,
             self.target_bootstrap,
         )
-        source = existing_topics(source_admin, self.source_bootstrap)
+        source, target = source_view.topics, target_view.topics
         if self.source_topic not in source:
             raise TaskError(
                 "SourceTopicNotFound",
                 f"topic {self.source_topic} does not exist on {self.source_bootstrap}: check "
                 "spec.source.dts.topic against the subscription",
             )
-        target = existing_topics(target_admin, self.target_bootstrap)
         self.source_partitions = source[self.source_topic]
         if self.target_topic not in target:
             self.target_partitions = None

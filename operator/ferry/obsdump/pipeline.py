@@ -32,8 +32,6 @@ from ferry.kafka import (
     message_headers,
     partition_progress,
     require_topics,
-    unreachable,
-    unreachable_after,
     watched,
 )
 from ferry.metrics import WorkerMetrics
@@ -370,22 +368,19 @@ class DumpPipeline:
 
     def _check_liveness(self) -> None:
         """KafkaUnreachable after two report intervals without a live broker connection; cleared when back."""
-        down, current = self.liveness.down_for(), self.errors.get(KAFKA)
-        if down > unreachable_after(self.settings):
-            self._fail(unreachable(self.kafka_config["bootstrap.servers"], down), KAFKA)
-        elif down == 0 and current is not None and current.reason == "KafkaUnreachable":
+        outage = self.liveness.outage(self.kafka_config["bootstrap.servers"], self.settings)
+        current = self.errors.get(KAFKA)
+        if outage is not None:
+            self._fail(outage, KAFKA)
+        elif not self.liveness.down_for() and current is not None and current.reason == "KafkaUnreachable":
             self._clear(KAFKA)
 
-    @property
-    def _reachable(self) -> bool:
-        return self.liveness.down_for() <= unreachable_after(self.settings)
-
-    def _partition_progress(self) -> list[PartitionProgress]:
+    def _partition_progress(self, reachable: bool) -> list[PartitionProgress]:
         delivered = {
             key: state.batch.start_offset if state.batch else state.committed for key, state in self.partitions.items()
         }
         committed = {key: state.committed for key, state in self.partitions.items()}
-        return partition_progress(self.consumer, delivered, committed, self.metrics, self._reachable)
+        return partition_progress(self.consumer, delivered, committed, self.metrics, reachable)
 
     def _report(self, phase: str) -> None:
         extra = {
@@ -393,14 +388,15 @@ class DumpPipeline:
             "objectsWritten": self.objects_written,
             "lastObjectKey": self.last_object_key,
         }
+        reachable = self.liveness.reachable(self.settings)
         send_progress(
             self.reporter,
             self.metrics,
             phase,
             self.error,
-            self._partition_progress(),
+            self._partition_progress(reachable),
             self.totals,
             self.epoch,
             extra,
-            lag_known=self._reachable,
+            lag_known=reachable,
         )

@@ -15,7 +15,7 @@ from confluent_kafka import KafkaException
 
 from ferry.copying import CopyPipeline, Headers, refuse_copy_onto_itself
 from ferry.errors import TaskError
-from ferry.kafka import admin_client, cluster_id, describe_kafka_error, existing_topics, require_topics
+from ferry.kafka import admin_client, describe_kafka_error, look_up, require_topics
 from ferry.metrics import WorkerMetrics
 from ferry.reporting import Reporter
 from ferry.settings import WorkerSettings
@@ -61,12 +61,12 @@ class SyncPipeline(CopyPipeline):
     def _prepare(self) -> None:
         """Find the source topics and give each a target topic shaped like it."""
         source_admin, target_admin = admin_client(self.source_config), admin_client(self.target_config)
-        source_cluster = cluster_id(source_admin, self.source_bootstrap)
-        target_cluster = cluster_id(target_admin, self.target_bootstrap)
+        source = look_up(source_admin, self.source_bootstrap)
+        source_cluster, available = source.cluster_id, source.topics
+        target_cluster = look_up(target_admin, self.target_bootstrap).cluster_id
         # Provenance by cluster id unless the user named the instances: two spellings of one cluster agree.
         self.source_instance = self.spec.source.instance_id or source_cluster
         self.target_identities = {self.spec.target.instance_id or target_cluster, self.spec.target.instance}
-        available = existing_topics(source_admin, self.source_bootstrap)
         if self.spec.topics is not None:
             require_topics(self.spec.topics, available, self.source_bootstrap, "SourceTopicNotFound")
         selected = sorted(t for t in available if self.spec.selects(t))
