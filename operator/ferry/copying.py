@@ -92,6 +92,9 @@ class CopyPipeline:
         self.producer: Producer | None = None
         self.delivery_errors: list[KafkaError] = []
         self.source_liveness = BrokerLiveness()
+        # What the brokers answered to "which cluster are you" (set by _prepare), shown in status.
+        self.source_cluster: str | None = None
+        self.target_cluster: str | None = None
 
     # -- what a kind decides ---------------------------------------------------------------------
 
@@ -365,7 +368,13 @@ class CopyPipeline:
 
     def _report(self, phase: str) -> None:
         records_per_second, bytes_per_second = self._rates()
-        extra = {**self._extra(), "recordsPerSecond": records_per_second, "bytesPerSecond": bytes_per_second}
+        extra = {
+            **self._extra(),
+            "recordsPerSecond": records_per_second,
+            "bytesPerSecond": bytes_per_second,
+            "sourceClusterId": self.source_cluster,
+            "targetClusterId": self.target_cluster,
+        }
         reachable = self.source_liveness.reachable(self.settings)
         send_progress(
             self.reporter,

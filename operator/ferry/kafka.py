@@ -240,11 +240,6 @@ def look_up(admin: AdminClient, bootstrap: str, timeout: float = 10.0) -> Cluste
     return ClusterView(str(metadata.cluster_id or bootstrap), topics)  # no cluster id: fall back to the spelling
 
 
-def existing_topics(admin: AdminClient, bootstrap: str, timeout: float = 10.0) -> dict[str, int]:
-    """Topic name to partition count, without internal topics; unreachable brokers raise a TaskError."""
-    return look_up(admin, bootstrap, timeout).topics
-
-
 def require_topics(wanted: Iterable[str], existing: Mapping[str, int], bootstrap: str, reason: str) -> None:
     """A TaskError with `reason` naming the topics of `wanted` that do not exist."""
     missing = sorted(set(wanted) - set(existing))

@@ -61,6 +61,7 @@ class AccessPipeline(CopyPipeline):
         source_admin, target_admin = admin_client(self.source_config), admin_client(self.target_config)
         source_view = look_up(source_admin, self.source_bootstrap)
         target_view = look_up(target_admin, self.target_bootstrap)
+        self.source_cluster, self.target_cluster = source_view.cluster_id, target_view.cluster_id
         refuse_copy_onto_itself(
             source_view.cluster_id,
             target_view.cluster_id,

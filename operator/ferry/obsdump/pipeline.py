@@ -27,8 +27,8 @@ from ferry.kafka import (
     admin_client,
     as_bytes,
     describe_kafka_error,
-    existing_topics,
     group_consumer_config,
+    look_up,
     message_headers,
     partition_progress,
     require_topics,
@@ -102,6 +102,7 @@ class DumpPipeline:
         self.errors: dict[str, TaskError] = {}
         self.consumer: Consumer | None = None
         self.liveness = BrokerLiveness()
+        self.source_cluster: str | None = None  # what the brokers answered to "which cluster are you"
         self.rebalancing = True  # until the group gives this worker its partitions
         # Partitions sought back during the current consume() result: the rest of it is stale for them.
         self.sought_back: set[TP] = set()
@@ -147,9 +148,10 @@ class DumpPipeline:
 
     def _check_topics(self) -> None:
         bootstrap = self.kafka_config["bootstrap.servers"]
-        existing = existing_topics(admin_client(self.kafka_config), bootstrap)
+        view = look_up(admin_client(self.kafka_config), bootstrap)
+        self.source_cluster = view.cluster_id
         if self.spec.topics is not None:
-            require_topics(self.spec.topics, existing, bootstrap, "TopicNotFound")
+            require_topics(self.spec.topics, view.topics, bootstrap, "TopicNotFound")
 
     def _loop(self, stop: threading.Event) -> None:
         assert self.consumer is not None
@@ -387,6 +389,7 @@ class DumpPipeline:
             "lastDumpTime": self.last_dump_time,
             "objectsWritten": self.objects_written,
             "lastObjectKey": self.last_object_key,
+            "sourceClusterId": self.source_cluster,
         }
         reachable = self.liveness.reachable(self.settings)
         send_progress(

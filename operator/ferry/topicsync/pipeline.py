@@ -64,6 +64,7 @@ class SyncPipeline(CopyPipeline):
         source = look_up(source_admin, self.source_bootstrap)
         source_cluster, available = source.cluster_id, source.topics
         target_cluster = look_up(target_admin, self.target_bootstrap).cluster_id
+        self.source_cluster, self.target_cluster = source_cluster, target_cluster
         # Provenance by cluster id unless the user named the instances: two spellings of one cluster agree.
         self.source_instance = self.spec.source.instance_id or source_cluster
         self.target_identities = {self.spec.target.instance_id or target_cluster, self.spec.target.instance}
