@@ -19,23 +19,20 @@ from typing import Any, ClassVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from ferry.api.base import PartitionProgress, StartFrom, Totals
+from ferry.api.base import PartitionProgress, StartFrom
 from ferry.errors import TaskError, retry_until_stopped
-from ferry.kafka import (
-    BrokerLiveness,
-    describe_kafka_error,
-    group_consumer_config,
-    message_headers,
-    partition_progress,
-    watched,
-)
+from ferry.kafka import describe_kafka_error, group_consumer_config, message_headers, partition_progress, watched
 from ferry.metrics import WorkerMetrics
-from ferry.reporting import Reporter, send_progress
+from ferry.pipeline import WorkerPipeline
+from ferry.reporting import Reporter
 from ferry.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 
 CONSUME_BATCH = 5000
+# How long the target may take to acknowledge a record before the producer gives up on it (librdkafka's
+# message.timeout.ms): a batch is flushed for a little longer, so nothing of it is still queued when it is redone.
+DELIVERY_TIMEOUT = 60.0
 TP = tuple[str, int]
 Headers = list[tuple[str, str | bytes | None]]
 
@@ -58,7 +55,7 @@ def refuse_copy_onto_itself(
         )
 
 
-class CopyPipeline:
+class CopyPipeline(WorkerPipeline):
     client_name: ClassVar[str] = "ferry-copy"
 
     def __init__(
@@ -72,26 +69,19 @@ class CopyPipeline:
         settings: WorkerSettings | None = None,
         epoch: int = 0,
     ) -> None:
-        self.source_config = source_config
-        self.target_config = target_config
         self.source_bootstrap = str(source_config["bootstrap.servers"])
         self.target_bootstrap = str(target_config["bootstrap.servers"])
+        super().__init__(self.source_bootstrap, reporter, metrics, settings or WorkerSettings(), epoch)
+        self.source_config = source_config
+        self.target_config = target_config
         self.group = consumer_group
         self.start_from = start_from
-        self.reporter = reporter
-        self.metrics = metrics
-        self.settings = settings or WorkerSettings()
-        self.epoch = epoch
         self.committed: dict[TP, int] = {}
         self.assigned: set[TP] = set()
-        self.totals = Totals()
         self.rate_mark = (time.monotonic(), 0, 0)  # for records/s and bytes/s between reports
-        self.error: TaskError | None = None
         self.consumer: Consumer | None = None
-        self.rebalancing = True  # until the group gives this worker its partitions
         self.producer: Producer | None = None
         self.delivery_errors: list[KafkaError] = []
-        self.source_liveness = BrokerLiveness()
         # What the brokers answered to "which cluster are you" (set by _prepare), shown in status.
         self.source_cluster: str | None = None
         self.target_cluster: str | None = None
@@ -122,13 +112,17 @@ class CopyPipeline:
         """A last step once the topics are ready (e.g. resetting offsets); False to retry later."""
         return True
 
-    def _extra(self) -> dict[str, Any]:
+    def _kind_fields(self) -> dict[str, Any]:
         """Kind-specific fields of the worker's report."""
         return {}
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
+        with self.heartbeat:
+            self._run(stop)
+
+    def _run(self, stop: threading.Event) -> None:
         alive = self.metrics.tick
         if not retry_until_stopped(stop, self._ready, alive) or not retry_until_stopped(
             stop, self._before_consuming, alive
@@ -151,7 +145,7 @@ class CopyPipeline:
         except TaskError as err:
             self._fail(err)
             return False
-        self.error = None
+        self._clear()
         return True
 
     def _consumer_config(self) -> dict[str, Any]:
@@ -163,7 +157,7 @@ class CopyPipeline:
             f"{self.client_name}-{self.group}",
             self.settings.topic_refresh_interval,
         )
-        return watched(config, self.source_liveness, self.settings.report_interval)
+        return watched(config, self.liveness, self.settings.report_interval)
 
     def _producer_config(self) -> dict[str, Any]:
         return {
@@ -171,6 +165,7 @@ class CopyPipeline:
             "enable.idempotence": True,  # no duplicates from the producer's own retries
             "acks": "all",
             "linger.ms": 5,
+            "message.timeout.ms": int(DELIVERY_TIMEOUT * 1000),
             "client.id": f"{self.client_name}-{self.group}",
         }
 
@@ -188,19 +183,19 @@ class CopyPipeline:
             if messages:
                 self._copy(messages)
             if time.monotonic() >= next_refresh:
-                if not self.source_liveness.down_for():  # a look-up would only wait for its timeout
+                if not self.liveness.down_for():  # a look-up would only wait for its timeout
                     self._refresh()
                 next_refresh = time.monotonic() + self.settings.topic_refresh_interval
             if time.monotonic() >= next_report:
-                self._check_source_liveness()
-                self._report("Failed" if self.error else "Rebalancing" if self.rebalancing else "Running")
+                self._periodic_report()
                 next_report = time.monotonic() + self.settings.report_interval
 
     def _refresh(self) -> None:
         """Look again (new topics, partition counts); resubscribe when the shape changed, so that every
         partition restarts from its committed offset under the new routing."""
         before = self._shape()
-        self._ready()
+        with self._waiting_on_kafka("looking up the topics", f"{self.source_bootstrap} or {self.target_bootstrap}"):
+            self._ready()
         if self._shape() != before:
             log.info("source or target topics changed: resubscribing")
             # A producer knows a topic's partitions from its own metadata, refreshed only every few minutes:
@@ -267,7 +262,10 @@ class CopyPipeline:
         for (topic, partition), (records, nbytes) in read.items():  # per batch: metric look-ups are not free
             self.metrics.partition(self.metrics.records_read, topic, partition).inc(records)
             self.metrics.partition(self.metrics.bytes_read, topic, partition).inc(nbytes)
-        remaining = self.producer.flush(60)
+        with self._waiting_on_kafka(
+            f"waiting for the target to acknowledge {len(messages)} records", self.target_bootstrap
+        ):
+            remaining = self.producer.flush(DELIVERY_TIMEOUT + 15)
         if failed is not None or remaining or self.delivery_errors:
             self._redo(first, failed, remaining)
             return
@@ -275,7 +273,8 @@ class CopyPipeline:
             return
         offsets = [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
         try:
-            self.consumer.commit(offsets=offsets, asynchronous=False)
+            with self._waiting_on_kafka("committing the copied offsets"):
+                self.consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as err:
             self._fail(describe_kafka_error(err, self.source_bootstrap))
             return
@@ -290,7 +289,7 @@ class CopyPipeline:
             assert target is not None
             self.metrics.target_records.labels(**self.metrics.labels, topic=target).inc(records)
             self.metrics.target_bytes.labels(**self.metrics.labels, topic=target).inc(nbytes)
-        self.error = None
+        self._clear()
 
     def _redo(self, first: dict[TP, int], failed: KafkaException | None, remaining: int) -> None:
         """The target did not take the whole batch: report it and read it again from its first record."""
@@ -338,25 +337,9 @@ class CopyPipeline:
 
     # -- reporting -------------------------------------------------------------------------------
 
-    def _check_source_liveness(self) -> None:
-        """Failed with KafkaUnreachable after two report intervals without a live source connection; the
-        error clears as soon as a connection is back."""
-        outage = self.source_liveness.outage(self.source_bootstrap, self.settings)
-        if outage is not None:
-            self._fail(outage)
-        elif not self.source_liveness.down_for() and self.error is not None and self.error.reason == "KafkaUnreachable":
-            self.error = None
-
-    def _fail(self, err: TaskError) -> None:
-        changed = self.error is None or self.error.reason != err.reason
-        self.error = err
-        self.metrics.error(err.reason)
-        if changed:  # at once; repeats wait for the periodic report
-            log.warning("%s", err)
-            self._report("Failed")
-
     def _partition_progress(self, reachable: bool) -> list[PartitionProgress]:
-        delivered = {key: self.committed.get(key) for key in self.assigned}
+        # list(): the heartbeat may report while the loop changes the assignment
+        delivered = {key: self.committed.get(key) for key in list(self.assigned)}
         return partition_progress(self.consumer, delivered, delivered, self.metrics, reachable)
 
     def _rates(self) -> tuple[float, float]:
@@ -366,24 +349,12 @@ class CopyPipeline:
         elapsed = max(now - then, 1e-3)
         return round((self.totals.records - records) / elapsed, 1), round((self.totals.bytes - nbytes) / elapsed, 1)
 
-    def _report(self, phase: str) -> None:
+    def _extra(self) -> dict[str, Any]:
         records_per_second, bytes_per_second = self._rates()
-        extra = {
-            **self._extra(),
+        return {
+            **self._kind_fields(),
             "recordsPerSecond": records_per_second,
             "bytesPerSecond": bytes_per_second,
             "sourceClusterId": self.source_cluster,
             "targetClusterId": self.target_cluster,
         }
-        reachable = self.source_liveness.reachable(self.settings)
-        send_progress(
-            self.reporter,
-            self.metrics,
-            phase,
-            self.error,
-            self._partition_progress(reachable),
-            self.totals,
-            self.epoch,
-            extra,
-            lag_known=reachable,
-        )

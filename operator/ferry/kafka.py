@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -80,14 +82,18 @@ def _is_authentication(err: KafkaError) -> bool:
 
 
 class BrokerLiveness:
-    """Whether a client has a live connection to any broker, from librdkafka's statistics.
+    """Whether a client has a working connection to any broker, from librdkafka's statistics.
 
     A consumer whose brokers refuse connections or stop answering returns no error to its caller, only
     empty batches: without this a worker would go on reporting Running with lag 0 through an outage.
+    A broker counts as working when its connection is UP and it answered since the previous statistics or
+    owes no answer: a broker that accepts connections and then answers nothing (a hung process, a black-holed
+    route) keeps its connection UP for librdkafka's whole socket timeout, but its responses stop.
     """
 
     def __init__(self) -> None:
         self._down_since: float | None = None
+        self._responses: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def on_stats(self, payload: str) -> None:
@@ -95,12 +101,18 @@ class BrokerLiveness:
             brokers = json.loads(payload).get("brokers") or {}
         except ValueError:
             return
-        up = any(broker.get("state") == "UP" for broker in brokers.values())
         with self._lock:
+            up = any(self._answering(name, broker) for name, broker in brokers.items())
+            self._responses = {name: int(broker.get("rx") or 0) for name, broker in brokers.items()}
             if up:
                 self._down_since = None
             elif self._down_since is None:
                 self._down_since = time.monotonic()
+
+    def _answering(self, name: str, broker: Mapping[str, Any]) -> bool:
+        if broker.get("state") != "UP":
+            return False
+        return not broker.get("waitresp_cnt") or int(broker.get("rx") or 0) > self._responses.get(name, -1)
 
     def down_for(self) -> float:
         """Seconds since the client last had a live broker connection (0 while it has one)."""
@@ -135,9 +147,53 @@ def unreachable_after(settings: WorkerSettings) -> float:
 def unreachable(bootstrap: str, seconds: float) -> TaskError:
     return TaskError(
         "KafkaUnreachable",
-        f"no connection to the Kafka brokers at {bootstrap} for {seconds:.0f}s: check that they run and that "
+        f"no working connection to the Kafka brokers at {bootstrap} for {seconds:.0f}s (refused, or no answer): "
+        "check that they run and that "
         "bootstrapServers, DNS and network policies let the worker reach them; lag is unknown meanwhile",
     )
+
+
+def unanswered(bootstrap: str, seconds: float, doing: str) -> TaskError:
+    """A call to the brokers that has been waiting for longer than a worker lets pass without saying so."""
+    return TaskError(
+        "KafkaUnreachable",
+        f"the Kafka brokers at {bootstrap} have not answered for {seconds:.0f}s ({doing}): check that they run "
+        "and that the network lets the worker reach them; the records wait in Kafka meanwhile",
+    )
+
+
+class RepeatedLines(logging.Filter):
+    """librdkafka repeats a failing connection's lines several times a second: each line passes once per window,
+    with the count of the ones held back since. Numbers of milliseconds do not make a line different."""
+
+    VARYING = re.compile(r"\d+ms|\(\d+ identical error\(s\) suppressed\)")
+
+    def __init__(self, window_seconds: float = 30.0) -> None:
+        super().__init__()
+        self.window = window_seconds
+        self._seen: dict[str, list[float]] = {}  # line -> [when it last passed, lines held back since]
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        line = record.getMessage()
+        key, now = self.VARYING.sub("", line), time.monotonic()
+        with self._lock:
+            seen = self._seen.get(key)
+            if seen is not None and now - seen[0] < self.window:
+                seen[1] += 1
+                return False
+            if len(self._seen) > 1000:  # many distinct lines: forget them rather than grow
+                self._seen.clear()
+            self._seen[key] = [now, 0]
+        held = int(seen[1]) if seen is not None else 0
+        if held:
+            record.msg, record.args = f"{line} ({held} more like it held back)", ()
+        return True
+
+
+# librdkafka's own log lines, through Python logging (served when a client is polled), rate-limited.
+LIBRDKAFKA_LOG = logging.getLogger("ferry.librdkafka")
+LIBRDKAFKA_LOG.addFilter(RepeatedLines())
 
 
 def with_error_callback(config: dict[str, Any]) -> dict[str, Any]:
@@ -154,6 +210,7 @@ def client_config(endpoint: KafkaEndpoint, role: str, secrets: Mapping[str, Sens
         "bootstrap.servers": bootstrap,
         "security.protocol": endpoint.security_protocol.value,
         "error_cb": BROKER_ERRORS.callback(bootstrap),
+        "logger": LIBRDKAFKA_LOG,
     }
     mechanism = endpoint.effective_sasl_mechanism
     if mechanism is not None:

@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, TextIO
@@ -109,6 +113,77 @@ def send_progress(
             lag_known=lag_known,
         )
     )
+
+
+class Blocking:
+    """The call the data path is blocked in, if any, and since when, so that a report made on the side can say
+    what the worker waits for (a store that accepts connections and answers nothing blocks an upload for as long
+    as the client's timeouts allow)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._call: tuple[float, str, Callable[[float], TaskError]] | None = None
+
+    @contextmanager
+    def call(self, side: str, problem: Callable[[float], TaskError]) -> Iterator[None]:
+        """Mark a blocking call to `side`; `problem(seconds)` describes it once it has lasted too long."""
+        with self._lock:
+            self._call = (time.monotonic(), side, problem)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._call = None
+
+    def stuck(self, longer_than: float) -> tuple[str, TaskError] | None:
+        """The side and problem of the current call when it has lasted longer than `longer_than` seconds."""
+        with self._lock:
+            call = self._call
+        if call is None:
+            return None
+        since, side, problem = call
+        seconds = time.monotonic() - since
+        return (side, problem(seconds)) if seconds > longer_than else None
+
+
+class Heartbeat:
+    """Reports on its own timer whenever the data path is late, so that no report waits behind a blocked call.
+
+    The data path reports every interval itself and marks it (`reported`); when it has not for 1.5 intervals,
+    this thread calls `late_report`, which says what the data path waits for. Reports of both threads go one
+    at a time (`lock`).
+    """
+
+    def __init__(self, interval: float, late_report: Callable[[], None]) -> None:
+        self.interval = interval
+        self.late_report = late_report
+        self.lock = threading.RLock()
+        self.last = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+
+    def reported(self) -> None:
+        self.last = time.monotonic()
+
+    def late(self) -> bool:
+        return time.monotonic() - self.last > 1.5 * self.interval
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval / 2):
+            if not self.late():
+                continue
+            try:
+                self.late_report()
+            except Exception as err:  # a report on the side must never end the heartbeat
+                log.warning("late status report failed: %s", type(err).__name__)
 
 
 class ConsoleReporter:

@@ -142,7 +142,7 @@ class AccessPipeline(CopyPipeline):
             ", ".join(f"{tp.partition}@{tp.offset}" for tp in offsets),
         )
 
-    def _extra(self) -> dict[str, Any]:
+    def _kind_fields(self) -> dict[str, Any]:
         return {
             "sourcePartitions": self.source_partitions,
             "targetPartitions": self.target_partitions,

@@ -15,15 +15,15 @@ import re
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from ferry.api.base import PartitionProgress, Totals
+from ferry.api.base import PartitionProgress
 from ferry.errors import TaskError, retry_until_stopped
 from ferry.kafka import (
-    BrokerLiveness,
     admin_client,
     as_bytes,
     describe_kafka_error,
@@ -37,15 +37,16 @@ from ferry.kafka import (
 from ferry.metrics import WorkerMetrics
 from ferry.obsdump.model import ObsDumpTaskSpec
 from ferry.obsdump.records import Record, dump_batch_key, encode_record, object_key_pattern
-from ferry.obsdump.storage import ObjectStore, ObjectUpload
-from ferry.reporting import Reporter, send_progress, utc_now
+from ferry.obsdump.storage import ObjectStore, ObjectUpload, unresponsive
+from ferry.pipeline import KAFKA, WorkerPipeline
+from ferry.reporting import Reporter, utc_now
 from ferry.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 
 TP = tuple[str, int]
 CONSUME_BATCH = 5000
-KAFKA, STORE = "kafka", "store"
+STORE = "store"
 
 
 @dataclass
@@ -67,7 +68,9 @@ class PartitionState:
     batch: Batch | None = None
 
 
-class DumpPipeline:
+class DumpPipeline(WorkerPipeline):
+    sides = (STORE, KAFKA)
+
     def __init__(
         self,
         spec: ObsDumpTaskSpec,
@@ -80,30 +83,22 @@ class DumpPipeline:
         epoch: int = 0,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        super().__init__(str(kafka_config["bootstrap.servers"]), reporter, metrics, settings or WorkerSettings(), epoch)
         self.spec = spec
         self.target = spec.target
         self.kafka_config = kafka_config
         self.group = consumer_group
         self.store = store
-        self.reporter = reporter
-        self.metrics = metrics
-        self.settings = settings or WorkerSettings()
-        self.epoch = epoch
         self.clock = clock
         self.separator = spec.target.record_separator.encode("utf-8")
         self.partitions: dict[TP, PartitionState] = {}
         self.subscribed: list[str] = []
-        self.totals = Totals()
         self.objects_written = 0
         self.last_dump_time: str | None = None
         self.last_object_key: str | None = None
-        # The problem in the way, per side: Kafka trouble clears when Kafka works again, store trouble
-        # when an object is written, so one side recovering does not hide the other's failure.
-        self.errors: dict[str, TaskError] = {}
+        # Kafka trouble clears when Kafka works again, store trouble when an object is written.
         self.consumer: Consumer | None = None
-        self.liveness = BrokerLiveness()
         self.source_cluster: str | None = None  # what the brokers answered to "which cluster are you"
-        self.rebalancing = True  # until the group gives this worker its partitions
         # Partitions sought back during the current consume() result: the rest of it is stale for them.
         self.sought_back: set[TP] = set()
 
@@ -111,6 +106,10 @@ class DumpPipeline:
 
     def run(self, stop: threading.Event) -> None:
         """Run until `stop` is set, then write what was read, commit it and leave the group."""
+        with self.heartbeat:
+            self._run(stop)
+
+    def _run(self, stop: threading.Event) -> None:
         if not retry_until_stopped(stop, self._workable, self.metrics.tick):
             return
         self.consumer = Consumer(self._consumer_config())
@@ -135,7 +134,11 @@ class DumpPipeline:
 
     def _workable(self) -> bool:
         """The bucket and the topics are there (otherwise reported Failed, and retried by the caller)."""
-        return self._works(STORE, self.store.check) and self._works(KAFKA, self._check_topics)
+        return self._works(STORE, self._check_store) and self._works(KAFKA, self._check_topics)
+
+    def _check_store(self) -> None:
+        with self._waiting_on_store("checking the bucket"):
+            self.store.check()
 
     def _works(self, side: str, check: Callable[[], None]) -> bool:
         try:
@@ -147,7 +150,7 @@ class DumpPipeline:
         return True
 
     def _check_topics(self) -> None:
-        bootstrap = self.kafka_config["bootstrap.servers"]
+        bootstrap = self.bootstrap
         view = look_up(admin_client(self.kafka_config), bootstrap)
         self.source_cluster = view.cluster_id
         if self.spec.topics is not None:
@@ -172,8 +175,7 @@ class DumpPipeline:
                 self._refresh_subscription()
                 next_refresh = time.monotonic() + self.settings.topic_refresh_interval
             if time.monotonic() >= next_report:
-                self._check_liveness()
-                self._report("Failed" if self.errors else "Rebalancing" if self.rebalancing else "Running")
+                self._periodic_report()
                 next_report = time.monotonic() + self.settings.report_interval
 
     # -- topics and assignment -------------------------------------------------------------------
@@ -191,7 +193,7 @@ class DumpPipeline:
         try:
             topics = self._matching_topics()
         except KafkaException as err:
-            self._fail(describe_kafka_error(err, self.kafka_config["bootstrap.servers"]), KAFKA)
+            self._fail(describe_kafka_error(err, self.bootstrap), KAFKA)
             return
         if topics and (force or topics != self.subscribed):
             log.info("subscribing to %d topics: %s", len(topics), ", ".join(topics))
@@ -235,7 +237,7 @@ class DumpPipeline:
             if err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
                 self._fail(TaskError("TopicNotFound", f"topic {message.topic()} no longer exists: {err.str()}"), KAFKA)
                 return
-            self._fail(describe_kafka_error(KafkaException(err), self.kafka_config["bootstrap.servers"]), KAFKA)
+            self._fail(describe_kafka_error(KafkaException(err), self.bootstrap), KAFKA)
             return
         if self.errors:
             self._clear(KAFKA)
@@ -259,7 +261,8 @@ class DumpPipeline:
         else:  # the hot path: value bytes and the separator, nothing else to build
             encoded = (value or b"") + self.separator
         try:
-            batch.upload.write(encoded)
+            with self._waiting_on_store(f"uploading a part of {batch.upload.key}"):
+                batch.upload.write(encoded)
         except Exception as failure:
             self._redo(state, failure)
             return
@@ -286,7 +289,8 @@ class DumpPipeline:
         batch = state.batch
         started = time.monotonic()
         try:
-            batch.upload.finish()
+            with self._waiting_on_store(f"writing {batch.upload.key}"):
+                batch.upload.finish()
             self._commit(batch.topic, batch.partition, batch.last_offset + 1)
         except Exception as err:
             self._redo(state, err)
@@ -308,7 +312,8 @@ class DumpPipeline:
 
     def _commit(self, topic: str, partition: int, offset: int) -> None:
         assert self.consumer is not None
-        result = self.consumer.commit(offsets=[TopicPartition(topic, partition, offset)], asynchronous=False)
+        with self._waiting_on_kafka("committing the dumped offsets"):
+            result = self.consumer.commit(offsets=[TopicPartition(topic, partition, offset)], asynchronous=False)
         for tp in result or []:
             if tp.error is not None:
                 raise KafkaException(tp.error)
@@ -335,10 +340,11 @@ class DumpPipeline:
         """Drop a batch that could not be written and seek back to its first record."""
         assert self.consumer is not None and state.batch is not None
         batch = state.batch
-        batch.upload.abort()
+        with self._waiting_on_store(f"aborting the upload of {batch.upload.key}"):
+            batch.upload.abort()
         state.batch = None
         if isinstance(err, KafkaException):
-            self._fail(describe_kafka_error(err, self.kafka_config["bootstrap.servers"]), KAFKA)
+            self._fail(describe_kafka_error(err, self.bootstrap), KAFKA)
         elif isinstance(err, TaskError):
             self._fail(err, STORE)
         else:
@@ -352,54 +358,19 @@ class DumpPipeline:
 
     # -- reporting -------------------------------------------------------------------------------
 
-    @property
-    def error(self) -> TaskError | None:
-        return self.errors.get(STORE) or self.errors.get(KAFKA)
-
-    def _fail(self, err: TaskError, side: str) -> None:
-        previous = self.errors.get(side)
-        self.errors[side] = err
-        self.metrics.error(err.reason)
-        if previous is None or previous.reason != err.reason:  # at once; repeats wait for the periodic report
-            log.warning("%s", err)
-            self._report("Failed")
-
-    def _clear(self, side: str) -> None:
-        if self.errors.pop(side, None) is not None:
-            log.info("recovered: %s side works again", side)
-
-    def _check_liveness(self) -> None:
-        """KafkaUnreachable after two report intervals without a live broker connection; cleared when back."""
-        outage = self.liveness.outage(self.kafka_config["bootstrap.servers"], self.settings)
-        current = self.errors.get(KAFKA)
-        if outage is not None:
-            self._fail(outage, KAFKA)
-        elif not self.liveness.down_for() and current is not None and current.reason == "KafkaUnreachable":
-            self._clear(KAFKA)
+    def _waiting_on_store(self, doing: str) -> AbstractContextManager[None]:
+        return self._waiting(STORE, lambda seconds: unresponsive(self.target, doing, seconds))
 
     def _partition_progress(self, reachable: bool) -> list[PartitionProgress]:
-        delivered = {
-            key: state.batch.start_offset if state.batch else state.committed for key, state in self.partitions.items()
-        }
-        committed = {key: state.committed for key, state in self.partitions.items()}
+        partitions = list(self.partitions.items())  # one copy: the heartbeat may report while the loop changes them
+        delivered = {key: state.batch.start_offset if state.batch else state.committed for key, state in partitions}
+        committed = {key: state.committed for key, state in partitions}
         return partition_progress(self.consumer, delivered, committed, self.metrics, reachable)
 
-    def _report(self, phase: str) -> None:
-        extra = {
+    def _extra(self) -> dict[str, Any]:
+        return {
             "lastDumpTime": self.last_dump_time,
             "objectsWritten": self.objects_written,
             "lastObjectKey": self.last_object_key,
             "sourceClusterId": self.source_cluster,
         }
-        reachable = self.liveness.reachable(self.settings)
-        send_progress(
-            self.reporter,
-            self.metrics,
-            phase,
-            self.error,
-            self._partition_progress(reachable),
-            self.totals,
-            self.epoch,
-            extra,
-            lag_known=reachable,
-        )

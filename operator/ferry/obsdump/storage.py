@@ -9,7 +9,13 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+)
 
 from ferry.credentials import Sensitive
 from ferry.errors import TaskError
@@ -20,15 +26,20 @@ log = logging.getLogger(__name__)
 MIN_PART_BYTES = 5 * 1024 * 1024  # S3's smallest allowed part (except the last)
 ACCESS_KEY_ROLE = "TARGET_ACCESS_KEY"
 SECRET_KEY_ROLE = "TARGET_SECRET_KEY"
+# Every request has a deadline: a store that accepts connections and answers nothing costs at most
+# ATTEMPTS x (CONNECT_TIMEOUT + READ_TIMEOUT) per call, and the worker's status names it meanwhile.
+CONNECT_TIMEOUT = 5
+READ_TIMEOUT = 20  # per socket read or write; a slow but moving upload does not hit it
+ATTEMPTS = 3
 _AUTH_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken", "403"}
 
 
 def s3_client(target: ObsDumpTarget, secrets: dict[str, Sensitive]) -> Any:
     config = Config(
         s3={"addressing_style": "path" if target.path_style else "virtual"},
-        retries={"mode": "standard", "max_attempts": 4},
-        connect_timeout=5,
-        read_timeout=60,
+        retries={"mode": "standard", "max_attempts": ATTEMPTS},
+        connect_timeout=CONNECT_TIMEOUT,
+        read_timeout=READ_TIMEOUT,
         # Many S3-compatible stores (OBS, older MinIO/Ceph) reject the default CRC32 trailers of new boto3.
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
@@ -43,9 +54,21 @@ def s3_client(target: ObsDumpTarget, secrets: dict[str, Sensitive]) -> Any:
     )
 
 
+def unresponsive(target: ObsDumpTarget, doing: str, seconds: float | None = None) -> TaskError:
+    """A store that takes connections and does not answer (or a network path that drops the answers)."""
+    waited = "" if seconds is None else f" for {seconds:.0f}s"
+    return TaskError(
+        "ObjectStoreUnresponsive",
+        f"the object store at {target.endpoint} has not answered{waited} ({doing}): check the store's "
+        "health and the network path to it; the records wait in Kafka and are written once it answers",
+    )
+
+
 def describe_store_error(err: Exception, target: ObsDumpTarget) -> TaskError:
     """A reason and an actionable message; never the credentials."""
     where = f"bucket {target.bucket!r} at {target.endpoint}"
+    if isinstance(err, (ReadTimeoutError, ConnectTimeoutError)):
+        return unresponsive(target, f"{type(err).__name__}, {ATTEMPTS} attempts")
     if isinstance(err, EndpointConnectionError):
         return TaskError("ObjectStoreUnreachable", f"cannot connect to {target.endpoint}: check target.endpoint")
     if isinstance(err, ClientError):

@@ -115,7 +115,7 @@ class SyncPipeline(CopyPipeline):
             headers.append((ORIGIN_HEADER, self.source_instance.encode()))
         return headers
 
-    def _extra(self) -> dict[str, Any]:
+    def _kind_fields(self) -> dict[str, Any]:
         return {
             "topics": [t.wire() for t in list(self.topics.values())[:200]],
             "topicCount": len(self.topics),
