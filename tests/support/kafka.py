@@ -8,6 +8,12 @@ loopback ports, with four client listeners, all advertised on 127.0.0.1:
     SSL              server certificate from a throwaway CA (trustme), PEM files, no client auth
     SASL_SSL         TLS as above plus the same SASL mechanisms
 
+``start_kafka(..., advertise={"PLAINTEXT": "127.0.0.1:P"})`` advertises a listener at another address, e.g.
+a Toxiproxy proxy (tests/support/toxiproxy.py) forwarding to the listener's real port (``listeners``):
+clients find the broker through the proxy, since they connect to the advertised addresses the metadata
+names, not to the bootstrap address. Such a broker also gets an INTERNAL listener (PLAINTEXT, advertised
+as it is) for its inter-broker traffic, so only clients go through the proxy.
+
 The jars come from Maven Central once (``kafka_classpath``, driven by tests/testbed/kafka/pom.xml)
 and are cached per user; Java 17+ runs them and Maven (``mvn``) fetches them. The broker runs in its
 own process group, is stopped by PID, and is stopped at interpreter exit if still running (see
@@ -31,7 +37,7 @@ import time
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -72,6 +78,7 @@ LISTENERS = ("PLAINTEXT", "SASL_PLAINTEXT", "SSL", "SASL_SSL")
 SASL_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
 _SCRAM_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256")
 _CONTROLLER = "CONTROLLER"
+_INTERNAL = "INTERNAL"  # the inter-broker listener when a client listener is advertised elsewhere
 
 # A JVM on 2 busy cores can take well over the 30 s the other servers get.
 KAFKA_STARTUP_TIMEOUT = 90.0
@@ -215,7 +222,7 @@ class KafkaCluster(_Server):
 
     program: ClassVar[str] = "java"
 
-    bootstrap: str  # PLAINTEXT listener, host:port
+    bootstrap: str  # PLAINTEXT listener as clients reach it, host:port (advertised: see start_kafka's advertise)
     sasl_plaintext_bootstrap: str
     ssl_bootstrap: str
     sasl_ssl_bootstrap: str
@@ -229,6 +236,9 @@ class KafkaCluster(_Server):
     name: str = ""
     version: str = KAFKA_VERSION
     startup_seconds: float = 0.0  # format + start until the PLAINTEXT listener answers Metadata
+    # Listener name -> host:port the JVM listens on: differs from the *_bootstrap address of a listener
+    # start_kafka was told to advertise elsewhere; INTERNAL is there if the broker has one.
+    listeners: dict[str, str] = field(default_factory=dict)
 
     def admin(self, extra: Mapping[str, Any] | None = None) -> AdminClient:
         """A new AdminClient on PLAINTEXT (extra settings on top).
@@ -332,11 +342,20 @@ class _Secrets:
 
 
 def start_kafka(
-    workdir: Path, name: str, *, timeout: float = KAFKA_STARTUP_TIMEOUT, jvm_flags: Sequence[str] = JVM_FLAGS
+    workdir: Path,
+    name: str,
+    *,
+    timeout: float = KAFKA_STARTUP_TIMEOUT,
+    jvm_flags: Sequence[str] = JVM_FLAGS,
+    advertise: Mapping[str, str] | None = None,
 ) -> KafkaCluster:
     """Format a KRaft log directory under workdir and start a broker+controller JVM on free loopback ports.
 
     name labels the JVM (``-Dferry.kafka.name=<name>`` on its command line) and the cluster object.
+    advertise maps listeners (of LISTENERS) to the host:port they are advertised at instead of their own
+    (e.g. a proxy's, whose upstream is then ``cluster.listeners[listener]``); the cluster's *_bootstrap
+    fields are those addresses. The broker is ready when its own listeners are, whether or not anything
+    serves the advertised addresses yet; its inter-broker traffic goes to an INTERNAL listener.
     The JVM's output goes to workdir/kafka.log, the format step's to workdir/kafka-format.log.
     The first call in a fresh cache fetches the jars (kafka_classpath) and records which classes the
     JVMs load at start (_class_data_archives); neither is counted in startup_seconds. Use the result
@@ -347,10 +366,13 @@ def start_kafka(
     ~35%; a 64 MiB initial heap with the serial collector (and a 16 MiB log cleaner buffer) halves the
     resident set. A benchmark that wants the broker's peak throughput can pass its own jvm_flags.
     """
+    unknown = sorted(set(advertise or {}) - set(LISTENERS))
+    if unknown:
+        raise ValueError(f"advertise: unknown listeners {unknown}; expected some of {', '.join(LISTENERS)}")
     libs = kafka_classpath()
     java = _java()
     archives = _class_data_archives(java, libs)
-    return _launch(java, libs, workdir, name, timeout, jvm_flags, _use_archives(archives))
+    return _launch(java, libs, workdir, name, timeout, jvm_flags, _use_archives(archives), advertise)
 
 
 def _launch(
@@ -361,7 +383,9 @@ def _launch(
     timeout: float,
     jvm_flags: Sequence[str],
     cds_flags: Mapping[str, Sequence[str]],
+    advertise: Mapping[str, str] | None = None,
 ) -> KafkaCluster:
+    advertise = dict(advertise or {})
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -378,14 +402,16 @@ def _launch(
     data_dir = workdir / "data"
 
     def attempt() -> KafkaCluster:
-        ports = {listener: free_port() for listener in (*LISTENERS, _CONTROLLER)}
-        config_path.write_text(_server_properties(name, ports, data_dir, ca_path, keystore, creds))
+        internal = (_INTERNAL,) if advertise else ()
+        ports = {listener: free_port() for listener in (*LISTENERS, *internal, _CONTROLLER)}
+        config_path.write_text(_server_properties(name, ports, data_dir, ca_path, keystore, creds, advertise))
         shutil.rmtree(data_dir, ignore_errors=True)  # formatting records the controller's port
         _format(java, libs, workdir, config_path, cluster_id, creds, cds_flags.get("format", ()))
         argv = [java, *jvm_flags, *cds_flags.get("broker", ()), *_common_props(name)]
         argv += ["-cp", str(libs / "*"), "kafka.Kafka", str(config_path)]
-        bootstraps = {listener: f"{LOOPBACK}:{port}" for listener, port in ports.items()}
-        proc = _start(argv, workdir, log_path, _java_env(), lambda: _not_ready(bootstraps), timeout=timeout)
+        bound = {listener: f"{LOOPBACK}:{port}" for listener, port in ports.items()}
+        proc = _start(argv, workdir, log_path, _java_env(), lambda: _not_ready(bound), timeout=timeout)
+        bootstraps = {**bound, **advertise}
         return KafkaCluster(
             pid=proc.pid,
             log_path=log_path,
@@ -401,6 +427,7 @@ def _launch(
             plain_password=creds.plain_password,
             cluster_id=cluster_id,
             name=name,
+            listeners={listener: address for listener, address in bound.items() if listener != _CONTROLLER},
             _proc=proc,
         )
 
@@ -502,11 +529,22 @@ def _write_tls(tls_dir: Path) -> tuple[str, Path, Path]:
 
 
 def _server_properties(
-    name: str, ports: Mapping[str, int], data_dir: Path, ca_path: Path, keystore: Path, creds: _Secrets
+    name: str,
+    ports: Mapping[str, int],
+    data_dir: Path,
+    ca_path: Path,
+    keystore: Path,
+    creds: _Secrets,
+    advertise: Mapping[str, str],
 ) -> str:
+    """advertise: listener -> host:port to advertise instead of its own; then ports must have an INTERNAL one."""
+    clients = [listener for listener in (*LISTENERS, _INTERNAL) if listener in ports]
     listeners = ",".join(f"{listener}://{LOOPBACK}:{port}" for listener, port in ports.items())
-    advertised = ",".join(f"{listener}://{LOOPBACK}:{ports[listener]}" for listener in LISTENERS)
-    protocols = ",".join([f"{_CONTROLLER}:PLAINTEXT", *(f"{listener}:{listener}" for listener in LISTENERS)])
+    advertised = ",".join(
+        f"{listener}://{advertise.get(listener, f'{LOOPBACK}:{ports[listener]}')}" for listener in clients
+    )
+    protocol_of = {_CONTROLLER: "PLAINTEXT", _INTERNAL: "PLAINTEXT"}  # the others are named after theirs
+    protocols = ",".join(f"{listener}:{protocol_of.get(listener, listener)}" for listener in ports)
     props: dict[str, str | int] = {
         "process.roles": "broker,controller",
         "node.id": 1,
@@ -515,7 +553,8 @@ def _server_properties(
         "listeners": listeners,
         "advertised.listeners": advertised,
         "listener.security.protocol.map": protocols,
-        "inter.broker.listener.name": "PLAINTEXT",
+        # A listener advertised elsewhere (through a proxy) must not carry the broker's own traffic.
+        "inter.broker.listener.name": _INTERNAL if _INTERNAL in ports else "PLAINTEXT",
         "log.dirs": str(data_dir),
         # TLS from PEM files: no keytool, no store passwords. Clients need not present certificates.
         "ssl.keystore.type": "PEM",
@@ -608,4 +647,5 @@ def _not_ready(bootstraps: Mapping[str, str]) -> str | None:
         host, port = address.rsplit(":", 1)
         if not _accepts(host, int(port)):
             return f"{listener} listener {address} refuses connections"
-    return _kafka_not_ready(bootstraps["PLAINTEXT"])
+    # INTERNAL, if there is one, is advertised as it is: Metadata through it needs nothing else to run.
+    return _kafka_not_ready(bootstraps.get(_INTERNAL, bootstraps["PLAINTEXT"]))
