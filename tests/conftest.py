@@ -15,7 +15,8 @@ from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]  # not 
 from tests.support.cluster import KubeEnv, kube_env
 from tests.support.controlplane import start_control_plane
 from tests.support.kafka import KafkaCluster, start_kafka
-from tests.support.servers import ObjectStore, start_seaweedfs
+from tests.support.servers import LOOPBACK, ObjectStore, free_port, start_seaweedfs
+from tests.support.toxiproxy import Proxy, Toxiproxy, start_toxiproxy
 
 TopicFactory = Callable[..., str]
 BucketFactory = Callable[..., str]
@@ -41,6 +42,31 @@ def kafka2(tmp_path_factory: pytest.TempPathFactory, kafka: KafkaCluster) -> Ite
     """A second, independent cluster (e.g. the target of a topic sync); asks for `kafka` so the jars exist."""
     with start_kafka(tmp_path_factory.mktemp("kafka2"), "ferry-test-2") as broker:
         yield broker
+
+
+@pytest.fixture(scope="session")
+def toxiproxy(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> Iterator[Toxiproxy]:
+    """Shopify Toxiproxy, to put a proxy that refuses, hangs or slows between a worker and a server."""
+    with uncaptured(pytestconfig):  # the first run builds toxiproxy-server: show it
+        server = start_toxiproxy(tmp_path_factory.mktemp("toxiproxy"))
+    with server:
+        yield server
+    assert not server.running()
+
+
+@pytest.fixture(scope="session")
+def proxied_kafka(
+    tmp_path_factory: pytest.TempPathFactory, kafka: KafkaCluster, toxiproxy: Toxiproxy
+) -> Iterator[tuple[KafkaCluster, Proxy]]:
+    """A cluster whose PLAINTEXT listener is advertised at a proxy's address, and that proxy (clients reach the
+    broker only through it; `listeners["INTERNAL"]` is direct). Asks for `kafka` so the jars exist."""
+    listen = f"{LOOPBACK}:{free_port()}"  # fixed before the broker, which advertises it
+    broker = start_kafka(
+        tmp_path_factory.mktemp("kafka-proxied"), "ferry-test-proxied", advertise={"PLAINTEXT": listen}
+    )
+    with broker:
+        proxy = toxiproxy.proxy("kafka", upstream=broker.listeners["PLAINTEXT"], listen=listen)
+        yield broker, proxy
 
 
 @pytest.fixture(scope="session")

@@ -19,43 +19,18 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from tests.conftest import uncaptured
-from tests.support.kafka import KafkaCluster, start_kafka
-from tests.support.servers import LOOPBACK, free_port
-from tests.support.toxiproxy import Proxy, Toxiproxy, start_toxiproxy
+from tests.support.kafka import KafkaCluster
+from tests.support.servers import LOOPBACK
+from tests.support.toxiproxy import Proxy, Toxiproxy
 
 TIMEOUT = 30.0
 REFUSED_METADATA_TIMEOUT = 3.0
-
-
-@pytest.fixture(scope="module")
-def toxiproxy(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> Iterator[Toxiproxy]:
-    with uncaptured(pytestconfig):  # the first run builds toxiproxy-server: show it
-        server = start_toxiproxy(tmp_path_factory.mktemp("toxiproxy"))
-    with server:
-        yield server
-    assert not server.running()
 
 
 @pytest.fixture(autouse=True)
 def _healed(toxiproxy: Toxiproxy) -> Iterator[None]:
     yield
     toxiproxy.reset()
-
-
-@pytest.fixture(scope="module")
-def proxied_kafka(
-    tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config, toxiproxy: Toxiproxy
-) -> Iterator[tuple[KafkaCluster, Proxy]]:
-    """A cluster whose PLAINTEXT listener is advertised at a proxy's address, and that proxy."""
-    listen = f"{LOOPBACK}:{free_port()}"  # fixed before the broker, which advertises it
-    with uncaptured(pytestconfig):
-        broker = start_kafka(
-            tmp_path_factory.mktemp("kafka-proxied"), "ferry-test-proxied", advertise={"PLAINTEXT": listen}
-        )
-    with broker:
-        proxy = toxiproxy.proxy("kafka", upstream=broker.listeners["PLAINTEXT"], listen=listen)
-        yield broker, proxy
 
 
 class _Echo(socketserver.BaseRequestHandler):

@@ -86,13 +86,16 @@ class BrokerLiveness:
 
     A consumer whose brokers refuse connections or stop answering returns no error to its caller, only
     empty batches: without this a worker would go on reporting Running with lag 0 through an outage.
-    A broker counts as working when its connection is UP and it answered since the previous statistics or
-    owes no answer: a broker that accepts connections and then answers nothing (a hung process, a black-holed
-    route) keeps its connection UP for librdkafka's whole socket timeout, but its responses stop.
+    The brokers count as working when a connection is UP and, if any request awaits an answer, some connection
+    received one since the previous statistics. A broker that accepts connections and then answers nothing (a
+    hung process, a black-holed route) keeps its connections UP for librdkafka's whole socket timeout, but its
+    responses stop; a connection that owes nothing at the moment (the group coordinator between heartbeats)
+    proves nothing either way.
     """
 
     def __init__(self) -> None:
         self._down_since: float | None = None
+        self._last_up = time.monotonic()  # the latest statistics that showed a working broker
         self._responses: dict[str, int] = {}
         self._lock = threading.Lock()
 
@@ -102,17 +105,15 @@ class BrokerLiveness:
         except ValueError:
             return
         with self._lock:
-            up = any(self._answering(name, broker) for name, broker in brokers.items())
+            connected = {name: broker for name, broker in brokers.items() if broker.get("state") == "UP"}
+            answered = any(int(b.get("rx") or 0) > self._responses.get(name, -1) for name, b in connected.items())
+            owed = any(b.get("waitresp_cnt") for b in connected.values())
+            up = bool(connected) and (answered or not owed)
             self._responses = {name: int(broker.get("rx") or 0) for name, broker in brokers.items()}
             if up:
-                self._down_since = None
-            elif self._down_since is None:
-                self._down_since = time.monotonic()
-
-    def _answering(self, name: str, broker: Mapping[str, Any]) -> bool:
-        if broker.get("state") != "UP":
-            return False
-        return not broker.get("waitresp_cnt") or int(broker.get("rx") or 0) > self._responses.get(name, -1)
+                self._down_since, self._last_up = None, time.monotonic()
+            elif self._down_since is None:  # down since it was last seen up, not since it was first seen down
+                self._down_since = self._last_up
 
     def down_for(self) -> float:
         """Seconds since the client last had a live broker connection (0 while it has one)."""
@@ -130,18 +131,20 @@ class BrokerLiveness:
 
 
 def watched(config: dict[str, Any], liveness: BrokerLiveness, interval_seconds: float) -> dict[str, Any]:
-    """config with librdkafka's statistics every interval feeding liveness."""
+    """config with librdkafka's statistics twice per report interval feeding liveness (at least 0.5 s apart: a
+    consumer's fetches are answered at least every fetch.wait.max.ms, 0.5 s)."""
     return {
         **config,
-        "statistics.interval.ms": max(500, int(interval_seconds * 1000)),
+        "statistics.interval.ms": max(500, int(interval_seconds * 500)),
         "stats_cb": liveness.on_stats,
     }
 
 
 def unreachable_after(settings: WorkerSettings) -> float:
-    """How long without a live broker connection makes a worker say KafkaUnreachable: two report intervals
-    (librdkafka's statistics come once per report interval), at least 3 s so a broker restart is not one."""
-    return max(3.0, 2 * settings.report_interval)
+    """How long without a working broker connection (or blocked in a call) makes a worker say so: one and a half
+    report intervals, so that with the heartbeat's check every half interval it is said within two; at least 3 s
+    so that a broker restart is not an outage."""
+    return max(3.0, 1.5 * settings.report_interval)
 
 
 def unreachable(bootstrap: str, seconds: float) -> TaskError:

@@ -4,7 +4,7 @@ on time.
 A pipeline keeps its errors per side (Kafka, the object store...), so one side recovering does not hide the
 other's failure. It reports every report interval from its own loop; when that loop is late, blocked in a call
 to a broker or a store that does not answer, the heartbeat reports instead and names the call once it has
-lasted as long as a broker outage may (`unreachable_after`). Kafka outages the client keeps to itself
+lasted as long as makes a broker outage (`unreachable_after`). Kafka outages the client keeps to itself
 (refused or unanswered connections only ever give empty batches) come from librdkafka's statistics.
 """
 
@@ -44,7 +44,7 @@ class WorkerPipeline:
         self.rebalancing = True  # until the group gives this worker its partitions
         self.liveness = BrokerLiveness()
         self.blocking = Blocking()
-        self.heartbeat = Heartbeat(settings.report_interval, self._late_report)
+        self.heartbeat = Heartbeat(settings.report_interval, self._beat)
 
     # -- what a kind adds to a report ------------------------------------------------------------
 
@@ -83,13 +83,20 @@ class WorkerPipeline:
         return self._waiting(KAFKA, lambda seconds: unanswered(where, seconds, doing))
 
     def _check_liveness(self) -> None:
-        """KafkaUnreachable after two report intervals without a working broker connection; cleared when back."""
-        outage = self.liveness.outage(self.bootstrap, self.settings)
-        current = self.errors.get(KAFKA)
-        if outage is not None:
-            self._fail(outage, KAFKA)
-        elif not self.liveness.down_for() and current is not None and current.reason == "KafkaUnreachable":
-            self._clear(KAFKA)
+        """KafkaUnreachable once the brokers have been out of reach for unreachable_after; cleared when back
+        (unless a call to them is still blocked: that one clears when it returns)."""
+        with self.heartbeat.lock:
+            outage = self.liveness.outage(self.bootstrap, self.settings)
+            current = self.errors.get(KAFKA)
+            if outage is not None:
+                self._fail(outage, KAFKA)
+            elif (
+                not self.liveness.down_for()
+                and current is not None
+                and current.reason == "KafkaUnreachable"
+                and self.blocking.stuck(unreachable_after(self.settings)) is None
+            ):
+                self._clear(KAFKA)
 
     # -- reports ---------------------------------------------------------------------------------
 
@@ -117,8 +124,12 @@ class WorkerPipeline:
         self._check_liveness()
         self._report()
 
-    def _late_report(self) -> None:
-        """The heartbeat's report: what the blocked loop waits for, once it has waited long enough to say."""
+    def _beat(self, late: bool) -> None:
+        """The heartbeat's turn: an outage is reported as soon as it is one; a late loop is reported for, with
+        what it waits for once it has waited as long as an outage takes."""
+        if not late:
+            self._check_liveness()  # reports at once if the brokers just became out of reach
+            return
         stuck = self.blocking.stuck(unreachable_after(self.settings))
         if stuck is not None:
             self._fail(stuck[1], stuck[0])

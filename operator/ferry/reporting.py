@@ -147,16 +147,17 @@ class Blocking:
 
 
 class Heartbeat:
-    """Reports on its own timer whenever the data path is late, so that no report waits behind a blocked call.
+    """Beats every half report interval on its own thread, so that no report waits behind a blocked call.
 
-    The data path reports every interval itself and marks it (`reported`); when it has not for 1.5 intervals,
-    this thread calls `late_report`, which says what the data path waits for. Reports of both threads go one
-    at a time (`lock`).
+    The data path reports every interval itself and marks it (`reported`). Each beat calls `beat(late)`, late
+    being True when the data path has not reported for 1.5 intervals: the beat checks what can change without
+    the data path (broker liveness) and, when late, reports what the data path waits for. Reports of both
+    threads go one at a time (`lock`).
     """
 
-    def __init__(self, interval: float, late_report: Callable[[], None]) -> None:
+    def __init__(self, interval: float, beat: Callable[[bool], None]) -> None:
         self.interval = interval
-        self.late_report = late_report
+        self.beat = beat
         self.lock = threading.RLock()
         self.last = time.monotonic()
         self._stop = threading.Event()
@@ -178,12 +179,10 @@ class Heartbeat:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval / 2):
-            if not self.late():
-                continue
             try:
-                self.late_report()
+                self.beat(self.late())
             except Exception as err:  # a report on the side must never end the heartbeat
-                log.warning("late status report failed: %s", type(err).__name__)
+                log.warning("status check on the side failed: %s", type(err).__name__)
 
 
 class ConsoleReporter:

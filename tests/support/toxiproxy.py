@@ -21,9 +21,8 @@ process group, stopped by PID (see :mod:`tests.support.servers`)::
 
 A Kafka client learns the broker's address from the metadata, not from its bootstrap setting, so a proxy
 in front of a broker must be the address the broker advertises: ``start_kafka(..., advertise=...)``
-(tests/support/kafka.py) and tests/test_toxiproxy.py show how.
-
-    python -m tests.support.toxiproxy build    # build (or find) the binary, print its path
+(tests/support/kafka.py) and the `proxied_kafka` fixture (tests/conftest.py) show how. `python -m
+tests.support.testbed` builds the binary with the rest of the test bed.
 """
 
 from __future__ import annotations
@@ -374,20 +373,3 @@ def start_toxiproxy(workdir: Path) -> Toxiproxy:
         return Toxiproxy(pid=proc.pid, log_path=log_path, url=url, _proc=proc)
 
     return _retry_port_clash(attempt)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if args != ["build"]:
-        print("usage: python -m tests.support.toxiproxy build", file=sys.stderr)
-        return 2
-    try:
-        print(toxiproxy_binary())
-    except ToolError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
