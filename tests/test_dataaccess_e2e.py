@@ -64,6 +64,7 @@ def test_apply_switch_the_target_under_load_pause_resume_and_delete(
     wait_for(lambda: status().get("state") == "Running", timeout=90, what="Running")
     assert status()["consumerGroup"] == group
     assert (status()["sourcePartitions"], status()["targetPartitions"]) == (2, 2)
+    assert (status()["sourceClusterId"], status()["targetClusterId"]) == (kafka.cluster_id, kafka2.cluster_id)
 
     enough, produced = threading.Event(), [0]
 

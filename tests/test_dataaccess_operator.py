@@ -178,3 +178,58 @@ def test_the_webhook_refuses_creating_a_second_task_in_the_group() -> None:
     assert (
         review(PLUGIN, "CREATE", named("other", "2026-11-22T11:00:00Z", group="grp-2"), None, lambda: [first]) is None
     )
+
+
+def worker_of(deployment: dict[str, Any] | None, name: str) -> dict[str, Any]:
+    """A pod of the worker Deployment, as the operator lists it."""
+    assert deployment is not None
+    return {"metadata": {"name": name}, "spec": deployment["spec"]["template"]["spec"]}
+
+
+def report(**ids: str) -> dict[str, Any]:
+    return {"phase": "Running", "heartbeatTime": rfc3339(NOW - timedelta(seconds=5)), "epoch": 0, **ids}
+
+
+def test_the_cluster_ids_follow_the_spec_to_other_brokers() -> None:
+    first = run(task())
+    old_pod = worker_of(first.deployment, "pull-1")
+    reports = {"pull-1": report(sourceClusterId="DTS", targetClusterId="K1")}
+    learned = run(task(status={"workers": reports}), deployment=first.deployment, pods=[old_pod])
+    assert (learned.status["sourceClusterId"], learned.status["targetClusterId"]) == ("DTS", "K1")
+    # The target moves to other brokers: its id is cleared at once; the old worker, still flushing, reports the
+    # source it still shares with the new spec, and nothing about the target counts.
+    moved = task(status={**learned.status, "workers": reports})
+    moved["spec"]["target"]["bootstrapServers"] = "kafka-2:9092"
+    after = run(moved, deployment=first.deployment, pods=[old_pod])
+    assert after.status["targetClusterId"] is None and after.status["sourceClusterId"] == "DTS"
+    moved["status"] = {k: v for k, v in {**moved["status"], **after.status}.items() if v is not None}
+    later = run(moved, deployment=after.deployment, pods=[old_pod])
+    assert "targetClusterId" not in later.status
+    # The new spec's workers report: theirs is the id.
+    moved["status"]["workers"] = {"pull-2": report(sourceClusterId="DTS", targetClusterId="K2")}
+    newer = run(moved, deployment=after.deployment, pods=[worker_of(after.deployment, "pull-2")])
+    assert newer.status["targetClusterId"] == "K2"
+
+
+def test_the_webhook_refuses_a_copy_onto_the_same_topic_of_a_cluster_spelled_two_ways() -> None:
+    from ferry.webhook import review
+
+    # Another task's workers reported the cluster behind kafka:9092 (its target).
+    reported = named("first", "2026-11-22T10:00:00Z")
+    reported["status"] = {"sourceClusterId": "DTS", "targetClusterId": "K1"}
+    onto_itself = named("second", "2026-11-22T11:00:00Z", group="grp-2", bootstrap="kafka-0:9092,kafka:9092")
+    onto_itself["spec"]["source"]["dts"]["topic"] = "orders"
+    message = review(PLUGIN, "CREATE", onto_itself, None, lambda: [reported])
+    assert message == (
+        "spec.source.dts.bootstrapServers kafka-0:9092,kafka:9092 and spec.target.bootstrapServers kafka:9092 are "
+        "the same Kafka cluster (cluster id K1, as reported by the workers of team-a/first), and "
+        "spec.target.topic is the source topic orders: records would be copied onto themselves; point "
+        "spec.target at another topic or Kafka instance"
+    )
+
+    def not_needed() -> list[dict[str, Any]]:
+        raise AssertionError("peers listed for a task that copies to another topic")
+
+    onto_itself["spec"]["target"]["topic"] = "orders-copy"
+    onto_itself["spec"]["source"]["dts"]["consumerGroup"] = "grp-3"
+    assert review(PLUGIN, "UPDATE", onto_itself, named("second", "2026-11-22T11:00:00Z"), not_needed) is None

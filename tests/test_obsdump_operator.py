@@ -7,7 +7,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from ferry.control.identity import known_clusters
 from ferry.control.reconcile import ACCEPTED_SPEC_ANNOTATION, Observed, Outcome, decide, rfc3339
+from ferry.obsdump.admission import instance_of
+from ferry.obsdump.model import ObsDumpTaskSpec
 from ferry.obsdump.worker import PLUGIN
 from ferry.settings import OperatorSettings
 
@@ -266,3 +269,112 @@ def test_status_lists_at_most_200_partitions_those_with_most_lag() -> None:
 def test_a_rebalancing_group_makes_the_task_unassigned() -> None:
     outcome = run(task(status={"state": "Running", "workers": {"pod-1": report("Rebalancing")}}))
     assert (outcome.status["state"], outcome.status["reason"]) == ("Unassigned", "Rebalancing")
+
+
+# ---------------------------------------------------------------------------------------------
+# Identity by the cluster id the brokers report
+
+CLUSTER = "Mk3OEYBSD34fcwNTJENDM2Qk"
+
+
+def pod_running(name: str, body: dict[str, Any]) -> dict[str, Any]:
+    """A worker pod of the Deployment the operator renders for body."""
+    deployment = run(body).deployment
+    assert deployment is not None
+    return {"metadata": {"name": name}, "spec": deployment["spec"]["template"]["spec"]}
+
+
+def without_workers(status: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in status.items() if k != "workers"}
+
+
+def test_a_tasks_instance_is_its_instance_id_else_its_reported_cluster_id_else_its_spelling() -> None:
+    spelled = task(bootstrap="Kafka-1:9092, kafka-0")
+    assert instance_of(spelled) == "kafka-0:9092,kafka-1:9092"
+    reported = task(bootstrap="kafka-0", status={"sourceClusterId": CLUSTER})
+    assert instance_of(reported) == CLUSTER
+    named = task(status={"sourceClusterId": CLUSTER})
+    named["spec"]["source"]["instanceId"] = "eu"
+    assert instance_of(named) == "eu"
+    # What another task's workers reported for one of the same host:ports.
+    known = known_clusters([reported], ObsDumpTaskSpec)
+    assert instance_of(spelled, known) == CLUSTER
+    assert instance_of(task(bootstrap="localhost:9092"), known) == "localhost:9092"  # never reached: its spelling
+
+
+def test_the_host_port_map_leaves_out_what_tasks_disagree_on() -> None:
+    a = task("a", bootstrap="k1:9092,k2:9092", status={"sourceClusterId": "A"})
+    b = task("b", bootstrap="K2,k3:9092", status={"sourceClusterId": "B"})
+    known = known_clusters([b, a], ObsDumpTaskSpec)
+    assert {host: r.cluster_id for host, r in known.by_host.items()} == {"k1:9092": "A", "k3:9092": "B"}
+    assert known.by_host["k1:9092"].by == "team-a/a"
+    assert instance_of(task(bootstrap="k2"), known) == "k2:9092"
+    assert instance_of(task(bootstrap="k1,k3"), known) == "k1:9092,k3:9092"  # two clusters: no guess
+    assert instance_of(task(bootstrap="K1:9092"), known) == "A"
+
+
+def test_the_cluster_id_a_worker_reports_is_kept_in_the_status_after_it_stops() -> None:
+    body = task(bootstrap="127.0.0.1:39092")
+    worker = pod_running("dump-obsdumptask-1", body)
+    body["status"] = {"workers": {"dump-obsdumptask-1": report(sourceClusterId=CLUSTER)}}
+    learned = run(body, pods=[worker])
+    assert learned.status["sourceClusterId"] == CLUSTER
+    body["status"] = {**body["status"], **learned.status}
+    body["status"]["workers"] = {"dump-obsdumptask-1": report("Stopped", sourceClusterId=CLUSTER)}
+    stopped = run(body)
+    assert "sourceClusterId" not in stopped.status  # left out of the merge patch: the learned id stays
+
+
+def test_only_reports_of_pods_running_the_spec_give_the_cluster_id() -> None:
+    body = task(bootstrap="127.0.0.1:39092")
+    body["status"] = {"workers": {"dump-obsdumptask-1": report(sourceClusterId=CLUSTER)}}
+    assert "sourceClusterId" not in run(body).status  # no such pod (any more)
+    elsewhere = pod_running("dump-obsdumptask-1", task(bootstrap="other:9092"))
+    assert "sourceClusterId" not in run(body, pods=[elsewhere]).status
+
+
+def test_two_spellings_of_one_cluster_count_as_one_instance_once_the_workers_reported() -> None:
+    holders = peers(18, bootstrap="127.0.0.1:39092")
+    for holder in holders:
+        holder["status"] = {"sourceClusterId": CLUSTER}
+    late = task("z-late", created="2026-11-21T11:00:00Z", bootstrap="localhost:39092")
+    # Before its workers report, it is known by its spelling only: it gets a slot and a worker.
+    first = run(late, peers=holders)
+    assert first.status["reason"] != "TaskLimitExceeded"
+    assert first.deployment is not None and first.deployment["spec"]["replicas"] == 1
+    # Its worker reports the cluster id: over the limit in the same reconcile, the id named, scaled to zero.
+    late["status"] = {**first.status, "workers": {"z-late-obsdumptask-1": report(sourceClusterId=CLUSTER)}}
+    refused = run(late, peers=holders, pods=[pod_running("z-late-obsdumptask-1", late)])
+    assert refused.status["sourceClusterId"] == CLUSTER
+    assert (refused.status["state"], refused.status["reason"]) == ("Failed", "TaskLimitExceeded")
+    assert f"Kafka instance localhost:39092 (cluster id {CLUSTER}) already has 18" in refused.status["message"]
+    assert refused.deployment is not None and refused.deployment["spec"]["replicas"] == 0
+    # Its worker gone, it keeps the id and stays refused: no flapping back to its spelling.
+    late["status"] = without_workers({**late["status"], **refused.status})
+    again = run(late, peers=holders)
+    assert again.status["reason"] == "TaskLimitExceeded" and "sourceClusterId" not in again.status
+    # A slot frees: it starts.
+    holders[3]["metadata"]["deletionTimestamp"] = "2026-11-21T11:30:00Z"
+    freed = run(late, peers=holders)
+    assert freed.status["reason"] != "TaskLimitExceeded"
+    assert freed.deployment is not None and freed.deployment["spec"]["replicas"] == 1
+
+
+def test_a_task_sharing_a_host_port_with_a_reported_cluster_counts_under_its_id() -> None:
+    holders = peers(18, bootstrap="kafka-0:9092,kafka-1:9092")
+    holders[0]["status"] = {"sourceClusterId": CLUSTER}  # one worker reported, for everyone on those brokers
+    late = task("z-late", created="2026-11-21T11:00:00Z", bootstrap="kafka-1:9092")
+    outcome = run(late, peers=holders)
+    assert outcome.status["reason"] == "TaskLimitExceeded"
+    assert f"Kafka instance kafka-1:9092 (cluster id {CLUSTER}) already has 18" in outcome.status["message"]
+
+
+def test_an_instance_id_overrides_the_reported_cluster_id() -> None:
+    holders = peers(18, bootstrap="127.0.0.1:39092")
+    for holder in holders:
+        holder["status"] = {"sourceClusterId": CLUSTER}
+    late = task(
+        "z-late", created="2026-11-21T11:00:00Z", bootstrap="localhost:39092", status={"sourceClusterId": CLUSTER}
+    )
+    late["spec"]["source"]["instanceId"] = "dumps-eu"
+    assert run(late, peers=holders).status["reason"] != "TaskLimitExceeded"

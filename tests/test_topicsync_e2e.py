@@ -55,6 +55,8 @@ def test_apply_a_topic_sync_and_watch_it_copy(
         what="Running, all copied",
     )
     assert status()["topicCount"] == 1
+    # The clusters as their brokers named themselves to the worker: what loop detection compares.
+    assert (status()["sourceClusterId"], status()["targetClusterId"]) == (kafka.cluster_id, kafka2.cluster_id)
     assert len(read_all(kafka2.bootstrap, f"a.{topic}", 100)) == 100
 
     cluster.kubectl("delete", "topicsync", "mirror", "-n", ns)

@@ -86,3 +86,58 @@ def test_a_topic_sync_spec_may_change_and_rolls_the_worker() -> None:
     assert after.status["reason"] != "SpecImmutable"
     hash_of = lambda d: d["spec"]["template"]["metadata"]["annotations"]["ferry.dev/config-hash"]  # noqa: E731
     assert hash_of(before.deployment) != hash_of(after.deployment)
+
+
+# ---------------------------------------------------------------------------------------------
+# Instances by the cluster ids the workers reported
+
+A, B = "AAqOEYBSD34fcwNTJENDM2Qk", "BBqOEYBSD34fcwNTJENDM2Qk"
+
+
+def spelled(name: str, source: str, target: str, status: dict[str, Any] | None = None) -> dict[str, Any]:
+    body = sync(name, "x", "y", ["orders"])
+    body["spec"]["source"] = {"bootstrapServers": source}
+    body["spec"]["target"] = {"bootstrapServers": target}
+    body["status"] = status or {}
+    return body
+
+
+def test_a_loop_through_two_spellings_of_each_cluster_is_found_by_the_reported_cluster_ids() -> None:
+    a_to_b = spelled("ab", "127.0.0.1:39092", "127.0.0.1:39093", {"sourceClusterId": A, "targetClusterId": B})
+    b_to_a = spelled("ba", "localhost:39093", "localhost:39092", {"sourceClusterId": B, "targetClusterId": A})
+    condition = loop_condition(a_to_b, [a_to_b, b_to_a])
+    assert condition["status"] == "True"
+    assert (
+        f"127.0.0.1:39092 (cluster id {A}) -> 127.0.0.1:39093 (cluster id {B}) -> localhost:39092 (cluster id {A})"
+        in condition["message"]
+    )
+    # Before the workers have reported, the spellings are all there is: no loop can be seen.
+    unknown = [spelled("ab", "127.0.0.1:39092", "127.0.0.1:39093"), spelled("ba", "localhost:39093", "localhost:39092")]
+    assert loop_condition(unknown[0], unknown)["status"] == "False"
+
+
+def test_the_workers_report_closes_the_loop_in_the_same_reconcile() -> None:
+    a_to_b = spelled("ab", "127.0.0.1:39092", "127.0.0.1:39093", {"sourceClusterId": A, "targetClusterId": B})
+    b_to_a = spelled("ba", "localhost:39093", "localhost:39092")
+    deployment = decide(PLUGIN, b_to_a, Observed(), OperatorSettings()).deployment
+    assert deployment is not None
+    pod = {"metadata": {"name": "ba-1"}, "spec": deployment["spec"]["template"]["spec"]}
+    heartbeat = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    b_to_a["status"] = {
+        "workers": {
+            "ba-1": {"phase": "Running", "heartbeatTime": heartbeat, "sourceClusterId": B, "targetClusterId": A}
+        }
+    }
+    outcome = decide(PLUGIN, b_to_a, Observed(peers=[a_to_b, b_to_a], pods=[pod]), OperatorSettings())
+    assert (outcome.status["sourceClusterId"], outcome.status["targetClusterId"]) == (B, A)
+    condition = next(c for c in outcome.status["conditions"] if c["type"] == "ReplicationLoop")
+    assert condition["status"] == "True" and "ns/ab" in condition["message"]
+
+
+def test_an_instance_id_comes_before_the_reported_cluster_id() -> None:
+    a_to_b = spelled("ab", "127.0.0.1:39092", "127.0.0.1:39093", {"sourceClusterId": A, "targetClusterId": B})
+    a_to_b["spec"]["source"]["instanceId"], a_to_b["spec"]["target"]["instanceId"] = "a", "b"
+    b_to_a = spelled("ba", "localhost:39093", "localhost:39092", {"sourceClusterId": B, "targetClusterId": A})
+    assert loop_condition(b_to_a, [a_to_b, b_to_a])["status"] == "False"  # "a" and A are named apart
+    b_to_a["spec"]["source"]["instanceId"], b_to_a["spec"]["target"]["instanceId"] = "b", "a"
+    assert "b -> a -> b" in loop_condition(b_to_a, [a_to_b, b_to_a])["message"]

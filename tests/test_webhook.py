@@ -277,7 +277,8 @@ def test_a_topicsync_closing_a_loop_with_identity_naming_is_refused_with_both_fi
 def test_a_loop_with_the_opt_in_annotation_is_admitted() -> None:
     looping = sync("ba", "b", "a")
     looping["metadata"]["annotations"] = {ALLOW_LOOP_ANNOTATION: "true"}
-    assert review(TOPIC_SYNC, "CREATE", looping, None, no_peers_needed) is None
+    # The peers are still listed with identity naming: the annotation does not allow a copy onto itself.
+    assert review(TOPIC_SYNC, "CREATE", looping, None, peers_of(sync("ab", "a", "b"))) is None
     looping["metadata"]["annotations"] = {ALLOW_LOOP_ANNOTATION: "yes please"}
     assert review(TOPIC_SYNC, "CREATE", looping, None, peers_of(sync("ab", "a", "b"))) is not None
 
@@ -301,6 +302,101 @@ def test_a_three_instance_cycle_is_refused() -> None:
     peers = peers_of(sync("ab", "a", "b"), sync("bc", "b", "c"))
     message = review(TOPIC_SYNC, "CREATE", sync("ca", "c", "a"), None, peers)
     assert message is not None and "c -> a -> b -> c" in message
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. One cluster, two spellings: the cluster ids the workers reported
+
+EU, DR = "EUqOEYBSD34fcwNTJENDM2Qk", "DRqOEYBSD34fcwNTJENDM2Qk"
+
+
+def spelled(name: str, source: str, target: str, status: dict[str, Any] | None = None, **spec: Any) -> dict[str, Any]:
+    """A TopicSync naming its clusters by bootstrap list only (no instanceId)."""
+    body = sync(name, "x", "y", **spec)
+    body["spec"]["source"] = {"bootstrapServers": source}
+    body["spec"]["target"] = {"bootstrapServers": target}
+    body["status"] = status or {}
+    return body
+
+
+def reporting_syncs() -> list[dict[str, Any]]:
+    """eu -> dr and dr -> eu (renamed), whose workers reported both clusters, each spelled two ways."""
+    return [
+        spelled("eu-to-dr", "kafka-eu:9092", "kafka-dr:9092", {"sourceClusterId": EU, "targetClusterId": DR}),
+        spelled(
+            "dr-to-eu",
+            "kafka-dr:9092",
+            "kafka-eu.kafka.svc:9092",
+            {"sourceClusterId": DR, "targetClusterId": EU},
+            targetTopicName="{source}.{topic}",
+        ),
+    ]
+
+
+def test_an_obsdumptask_sharing_a_host_port_with_a_reported_cluster_is_counted_under_its_id() -> None:
+    holders = filled(18, bootstrap="kafka-0:9092,kafka-1:9092")
+    holders[0]["status"] = {"sourceClusterId": EU}
+    new = obsdump("new", created="2026-11-21T11:00:00Z", bootstrap="kafka-1:9092")
+    new["status"] = {"sourceClusterId": "sent-along-with-the-request"}  # the status is not the request's to set
+    message = review(OBS_DUMP, "CREATE", new, None, peers_of(*holders))
+    assert message == (
+        f"Kafka instance kafka-1:9092 (cluster id {EU}) already has 18 ObsDumpTasks, the most allowed (the "
+        "earliest created keep their slots): delete one of them first, then create this ObsDumpTask again"
+    )
+    # A spelling no worker has reached cannot be known here: admitted (the operator counts it under the
+    # cluster id once its own workers have reported, and then marks it Failed).
+    unknown = obsdump("new", created="2026-11-21T11:00:00Z", bootstrap="localhost:9092")
+    assert review(OBS_DUMP, "CREATE", unknown, None, peers_of(*holders)) is None
+
+
+def test_a_topicsync_onto_its_own_cluster_spelled_another_way_is_refused_naming_both_spellings() -> None:
+    onto_itself = spelled("mirror", "kafka-eu:9092", "kafka-eu.kafka.svc:9092")
+    message = review(TOPIC_SYNC, "CREATE", onto_itself, None, peers_of(*reporting_syncs()))
+    assert message == (
+        "spec.source.bootstrapServers kafka-eu:9092 and spec.target.bootstrapServers kafka-eu.kafka.svc:9092 are "
+        f"the same Kafka cluster (cluster id {EU}, as reported by the workers of ns/dr-to-eu and ns/eu-to-dr), "
+        "and targetTopicName is the identity: records would be copied onto themselves; use a targetTopicName "
+        "such as '{source}.{topic}'"
+    )
+    renamed = spelled("mirror", "kafka-eu:9092", "kafka-eu.kafka.svc:9092", targetTopicName="backup.{topic}")
+    assert review(TOPIC_SYNC, "CREATE", renamed, None, peers_of(*reporting_syncs())) is None
+    # A spelling no worker has reached: admitted here, refused by the worker (CopyOntoItself).
+    unknown = spelled("mirror", "kafka-eu:9092", "10.0.0.7:9092")
+    assert review(TOPIC_SYNC, "CREATE", unknown, None, peers_of(*reporting_syncs())) is None
+    # instanceIds do not make two clusters of one.
+    named = copy.deepcopy(onto_itself)
+    named["spec"]["source"]["instanceId"], named["spec"]["target"]["instanceId"] = "eu", "eu-again"
+    assert review(TOPIC_SYNC, "CREATE", named, None, peers_of(*reporting_syncs())) is not None
+
+
+def test_an_update_is_checked_with_the_ids_of_the_sides_that_did_not_move() -> None:
+    stored = spelled("s", "kafka-x:9092", "kafka-dr:9092", {"sourceClusterId": "X", "targetClusterId": DR})
+    # The source moves to brokers known (by a shared host:port) as the target's cluster.
+    onto_dr = copy.deepcopy(stored)
+    onto_dr["spec"]["source"]["bootstrapServers"] = "kafka-dr-0:9092,kafka-dr:9092"
+    message = review(TOPIC_SYNC, "UPDATE", onto_dr, stored, peers_of(*reporting_syncs(), stored))
+    assert message is not None and f"the same Kafka cluster (cluster id {DR}" in message
+    # A copy within one cluster, renamed; moving its source elsewhere with identity naming is fine: the old
+    # source's id (the same cluster as the target) no longer holds.
+    within = spelled(
+        "w",
+        "kafka-y:9092",
+        "kafka-y-1:9092",
+        {"sourceClusterId": "Y", "targetClusterId": "Y"},
+        targetTopicName="{source}.{topic}",
+    )
+    moved = copy.deepcopy(within)
+    moved["spec"]["source"]["bootstrapServers"] = "kafka-z:9092"
+    moved["spec"]["targetTopicName"] = "{topic}"
+    assert review(TOPIC_SYNC, "UPDATE", moved, within, peers_of(within)) is None
+
+
+def test_a_loop_through_two_spellings_is_refused_once_both_clusters_are_known() -> None:
+    eu_to_dr = reporting_syncs()[0]
+    back = spelled("dr-to-eu-2", "kafka-dr:9092", "kafka-eu:9092,kafka-eu-1:9092")
+    message = review(TOPIC_SYNC, "CREATE", back, None, peers_of(eu_to_dr))
+    assert message is not None
+    assert f"kafka-dr:9092 (cluster id {DR}) -> kafka-eu-1:9092,kafka-eu:9092 (cluster id {EU})" in message
 
 
 # ---------------------------------------------------------------------------------------------

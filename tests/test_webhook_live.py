@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
+from kubernetes import client
 
 from tests.support.cluster import Cluster, KubeEnv, running_cluster
 from tests.support.dumps import wait_for
@@ -95,6 +96,36 @@ def test_the_nineteenth_obsdumptask_on_an_instance_is_refused_by_the_api_server(
     assert "delete one of them first, then create this ObsDumpTask again" in output
     assert cluster.task(ns, "dump-18") is None
     code, output = apply(cluster, obsdump("elsewhere", ns, unique_instance()))
+    assert code == 0, output
+
+
+def spelled_sync(name: str, namespace: str, source: str, target: str) -> dict[str, Any]:
+    """A TopicSync naming its clusters by bootstrap list only, as most do."""
+    body = sync(name, namespace, "x", "y")
+    body["spec"]["source"], body["spec"]["target"] = {"bootstrapServers": source}, {"bootstrapServers": target}
+    return body
+
+
+def test_a_copy_onto_one_cluster_spelled_two_ways_is_refused_once_a_worker_reported_its_id(cluster: Cluster) -> None:
+    ns, eu, dr = cluster.namespace(), f"eu-{uuid.uuid4().hex[:6]}", f"dr-{uuid.uuid4().hex[:6]}"
+    code, output = apply(cluster, spelled_sync("eu-to-dr", ns, f"{eu}:9092", f"{dr}:9092"))
+    assert code == 0, output
+    # No worker runs here: write what its workers report, through the status subresource as they do.
+    reported = {
+        "status": {"sourceClusterId": "EUqOEYBSD34fcwNTJENDM2Qk", "targetClusterId": "DRqOEYBSD34fcwNTJENDM2Qk"}
+    }
+    client.CustomObjectsApi(cluster.api_client).patch_namespaced_custom_object_status(
+        "ferry.dev", "v1alpha1", ns, "topicsyncs", "eu-to-dr", reported
+    )
+    code, output = apply(cluster, spelled_sync("mirror", ns, f"{eu}:9092", f"{eu}-0:9092,{eu}:9092"))
+    assert code != 0 and "denied the request" in output
+    assert (
+        f"spec.source.bootstrapServers {eu}:9092 and spec.target.bootstrapServers {eu}-0:9092,{eu}:9092 are the "
+        f"same Kafka cluster (cluster id EUqOEYBSD34fcwNTJENDM2Qk, as reported by the workers of {ns}/eu-to-dr)"
+    ) in output
+    assert cluster.task(ns, "mirror", "topicsyncs") is None
+    # A spelling no worker has reached cannot be known here: admitted (its worker refuses it, CopyOntoItself).
+    code, output = apply(cluster, spelled_sync("mirror", ns, f"{eu}:9092", f"{eu}.elsewhere:9092"))
     assert code == 0, output
 
 

@@ -68,6 +68,9 @@ class KindPlugin:
     conditions: Callable[[Task, list[dict[str, Any]]], list[KindCondition]] | None = None
     # The consumer group named by the spec (the user's own), instead of one Ferry names per task.
     fixed_group: Callable[[Any], str] | None = None
+    # Webhook only: a copy onto itself that the cluster ids reported by the kind's tasks reveal, given a way to
+    # list them (called only when a topic could be its own target). The worker checks against the brokers.
+    onto_itself: Callable[[Task, Callable[[], list[dict[str, Any]]]], TaskError | None] | None = None
 
     @property
     def needs_peers(self) -> bool:

@@ -7,11 +7,20 @@ For every kind in the registry it refuses, each time saying what to change:
    (a change back to the accepted spec is a repair, and admitted);
 3. on CREATE, a task the kind's `admission` hook refuses (ObsDumpTask: the 19th on a Kafka instance);
 4. a task that would raise one of REFUSING_CONDITIONS (TopicSync: a replication loop with identity naming),
-   unless it carries that condition's opt-in annotation.
+   unless it carries that condition's opt-in annotation;
+5. a copy onto itself through two spellings of one cluster (TopicSync, DataAccessTask: the kind's
+   `onto_itself` hook), when the cluster ids the tasks' workers reported tell (ferry.control.identity).
+
+Rules 3 to 5 know a Kafka cluster by the cluster id its brokers reported to some task's workers, for any
+`host:port` of the request's bootstrap lists; a spelling no worker has reached is known only by its
+normalised bootstrap list. What the webhook cannot tell apart it admits: the worker, which asks the brokers,
+refuses a copy onto itself (`CopyOntoItself`), and the operator counts the task under its cluster id once
+its workers have reported.
 
 Deletes, and updates that leave the spec as it was (finalizers, labels, Kopf's and the operator's own
 annotations), are always admitted, so the operator can always finish its work, even on a task that predates
-the webhook. The operator enforces the same rules by marking tasks Failed, so the webhook is optional.
+the webhook. The operator enforces the same rules by marking tasks Failed (rule 5: the worker, against the
+brokers themselves), so the webhook is optional.
 
 Kopf's server routes `POST <path>/{handler id}` to the handler with that id (`kopf/_kits/webhooks.py`); with no
 root path and the ids below, the paths are `/validate-<plural>`, e.g. `/validate-obsdumptasks`. A path naming
@@ -34,6 +43,8 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from ferry.api import GROUP, VERSION
+from ferry.api.base import normalise_bootstrap
+from ferry.control.identity import endpoints_of
 from ferry.control.reconcile import ACCEPTED_SPEC_ANNOTATION, accepted_spec, rfc3339
 from ferry.errors import TaskError
 from ferry.registry import PLUGINS
@@ -72,7 +83,8 @@ def review(
 ) -> str | None:
     """Why the operation must be refused (a message saying what to change), or None to admit it.
 
-    `list_peers` returns every task of the kind in the cluster; it is called only when a rule needs them.
+    `list_peers` returns every task of the kind in the cluster; it is called only when a rule needs them,
+    and at most once.
     """
     if operation not in ("CREATE", "UPDATE") or new_body is None:
         return None
@@ -84,18 +96,51 @@ def review(
         immutable = _immutable_change(plugin, new_body, old_body)
         if immutable is not None:
             return immutable
-    body = _with_creation_time(new_body, now or datetime.now(UTC))
+    body = _with_creation_time(_with_current_ids(plugin, new_body, old_body), now or datetime.now(UTC))
     try:
         task = parse_task(body, {kind: plugin})
     except TaskError as err:
         return f"invalid {kind}: {err.message}"
+    peers = _once(lambda: _with_self(list_peers(), body))
+    if plugin.onto_itself is not None:
+        onto_itself = plugin.onto_itself(task, peers)
+        if onto_itself is not None:
+            return onto_itself.message
     if operation == "CREATE" and plugin.admission is not None:
-        refused = plugin.admission(task, _with_self(list_peers(), body))
+        refused = plugin.admission(task, peers())
         if refused is not None:
             return _admission_message(kind, refused)
     if plugin.conditions is not None:
-        return _refusing_condition(plugin, task, body, list_peers)
+        return _refusing_condition(plugin, task, body, peers)
     return None
+
+
+def _once(list_peers: Callable[[], list[dict[str, Any]]]) -> Callable[[], list[dict[str, Any]]]:
+    listed: list[list[dict[str, Any]]] = []
+
+    def peers() -> list[dict[str, Any]]:
+        if not listed:
+            listed.append(list_peers())
+        return listed[0]
+
+    return peers
+
+
+def _with_current_ids(plugin: KindPlugin, new_body: Body, old_body: Body | None) -> dict[str, Any]:
+    """The request's task with only the cluster ids that still hold: none on CREATE (the status is the
+    operator's and the workers'), and on UPDATE none for a side whose bootstrap list changed (they name the
+    brokers the workers reached before)."""
+    body = dict(new_body)
+    status = dict(body.get("status") or {})
+    old = endpoints_of(old_body or {}, plugin.definition.spec_model)
+    for field, endpoint in endpoints_of(body, plugin.definition.spec_model).items():
+        before = old.get(field)
+        if before is None or normalise_bootstrap(before.bootstrap_servers) != normalise_bootstrap(
+            endpoint.bootstrap_servers
+        ):
+            status.pop(field, None)
+    body["status"] = status
+    return body
 
 
 def _immutable_change(plugin: KindPlugin, new_body: Body, old_body: Body) -> str | None:
@@ -145,14 +190,14 @@ def _admission_message(kind: str, error: TaskError) -> str:
 
 
 def _refusing_condition(
-    plugin: KindPlugin, task: Task, body: dict[str, Any], list_peers: Callable[[], list[dict[str, Any]]]
+    plugin: KindPlugin, task: Task, body: dict[str, Any], peers: Callable[[], list[dict[str, Any]]]
 ) -> str | None:
     annotations = (body.get("metadata") or {}).get("annotations") or {}
     fixes = {kind: fix for kind, (opt_in, fix) in REFUSING_CONDITIONS.items() if annotations.get(opt_in) != "true"}
     if not fixes:
         return None  # every refusal opted out of: do not list the peers
     assert plugin.conditions is not None
-    for condition in plugin.conditions(task, _with_self(list_peers(), body)):
+    for condition in plugin.conditions(task, peers()):
         if condition.active and condition.type in fixes:
             return f"{condition.message}. {fixes[condition.type]}"
     return None

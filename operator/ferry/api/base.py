@@ -72,6 +72,14 @@ BOOTSTRAP = rf"^{_HOST_PORT}(,\s*{_HOST_PORT})*$"
 KAFKA_TOPIC = r"^[a-zA-Z0-9._-]{1,249}$"
 DURATION = r"^([0-9]+(\.[0-9]+)?(s|m|h))+$"
 DEFAULT_KAFKA_PORT = 9092
+# The status fields holding the cluster id the brokers of a spec's source (target) reported to its workers.
+SOURCE_CLUSTER_ID = "sourceClusterId"
+TARGET_CLUSTER_ID = "targetClusterId"
+CLUSTER_ID_DESCRIPTION = (
+    "The cluster id the {side}'s brokers reported to the workers: the {side}'s identity however its bootstrap "
+    "list is spelled, for per-instance limits and loop detection (after its instanceId, if set) and to refuse "
+    "copies onto themselves. Kept while no worker reports; cleared when the {side} moves to other brokers."
+)
 
 
 class KafkaCredentialsRef(ApiModel):
@@ -274,6 +282,11 @@ class TaskSpec(ApiModel):
     def resume_window_delta(self) -> timedelta:
         return parse_duration(self.resume_window)
 
+    def cluster_endpoints(self) -> dict[str, KafkaEndpoint]:
+        """The spec's Kafka endpoints, keyed by the status field that holds the cluster id their brokers
+        reported (SOURCE_CLUSTER_ID, TARGET_CLUSTER_ID)."""
+        return {}
+
 
 class ConditionStatus(StrEnum):
     TRUE = "True"
@@ -349,6 +362,7 @@ class TaskStatus(ApiModel):
     resumed_from: str | None = Field(
         None, description="How the last resume started: savedOffsets (within the window) or startFrom."
     )
+    source_cluster_id: str | None = Field(None, description=CLUSTER_ID_DESCRIPTION.format(side="source"))
     workers: dict[str, WorkerReport] | None = Field(
         None, description="Each worker pod's own report, keyed by pod name; the fields above summarise them."
     )

@@ -11,8 +11,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ferry.api.base import ConditionStatus, Phase, TaskSpec, TaskState
-from ferry.control.render import Owner, deployed_spec, render_worker_access, render_worker_deployment
+from ferry.api.base import ConditionStatus, Phase, TaskSpec, TaskState, normalise_bootstrap
+from ferry.control.identity import endpoints_of
+from ferry.control.render import (
+    Owner,
+    deployed_spec,
+    render_worker_access,
+    render_worker_deployment,
+    running_spec,
+)
 from ferry.errors import TaskError
 from ferry.reporting import MAX_REPORTED_PARTITIONS
 from ferry.settings import OperatorSettings
@@ -169,6 +176,46 @@ def summarize_workers(plugin: KindPlugin, live: dict[str, Any]) -> dict[str, Any
     return summary
 
 
+def _spellings(plugin: KindPlugin, spec: dict[str, Any] | None) -> dict[str, str]:
+    """A spec's normalised bootstrap lists by the status field holding their cluster id ({} without a spec)."""
+    if spec is None:
+        return {}
+    endpoints = endpoints_of({"spec": spec}, plugin.definition.spec_model)
+    return {field: normalise_bootstrap(endpoint.bootstrap_servers) for field, endpoint in endpoints.items()}
+
+
+def cluster_ids(
+    plugin: KindPlugin, spec: TaskSpec, status: dict[str, Any], live: dict[str, Any], observed: Observed
+) -> dict[str, Any]:
+    """The status patch for `sourceClusterId`/`targetClusterId`: what the brokers of the spec's endpoints told
+    the workers now running it.
+
+    A field is set from the latest live report of a worker whose pod runs the same bootstrap list as the spec
+    (a pod still flushing the old spec after a change does not count, nor a report whose pod is gone). With
+    no such report it is left out, so a merge patch keeps the value learned before: a task stopped by the
+    limit, or paused, keeps its identity. It is cleared (None) when the workers were deployed with another
+    bootstrap list for that side (the spec moved to other brokers): the old id would name the wrong cluster
+    until the new workers report, if they ever do.
+    """
+    wanted = {side: normalise_bootstrap(e.bootstrap_servers) for side, e in spec.cluster_endpoints().items()}
+    if not wanted:
+        return {}
+    deployed = _spellings(plugin, deployed_spec(observed.deployment))
+    running = {(p.get("metadata") or {}).get("name"): _spellings(plugin, running_spec(p)) for p in observed.pods}
+    patch: dict[str, Any] = {}
+    for side, spelling in wanted.items():
+        reports = [
+            report
+            for worker, report in live.items()
+            if isinstance(report.get(side), str) and report[side] and running.get(worker, {}).get(side) == spelling
+        ]
+        if reports:
+            patch[side] = max(reports, key=lambda r: r.get("heartbeatTime") or "")[side]
+        elif side in deployed and deployed[side] != spelling and status.get(side) is not None:
+            patch[side] = None
+    return patch
+
+
 def _running_verdict(spec: TaskSpec, live: dict[str, Any], epoch: int, observed: Observed) -> _Verdict:
     failed = [r for r in live.values() if r.get("phase") == "Failed" and r.get("error")]
     if failed:
@@ -229,9 +276,13 @@ def decide(
     if stale:
         patch["workers"] = {w: None for w in stale}
     patch.update(summarize_workers(plugin, live))
+    ids = cluster_ids(plugin, spec, status, live, observed)
+    patch.update(ids)
+    # The task as it compares with its peers: with the cluster ids just learned (or cleared).
+    me = {**body, "status": {k: v for k, v in {**status, **ids}.items() if v is not None}}
 
     # A refused task is Failed even while paused, so its owner learns it before resuming it.
-    admission = plugin.admission(task, _with_self(observed.peers, body)) if plugin.admission else None
+    admission = plugin.admission(task, _with_self(observed.peers, me)) if plugin.admission else None
     blocking = None if spec.state == TaskState.PAUSED else check_secrets(plugin, spec, observed)
     if admission is not None:
         verdict = _Verdict(Phase.FAILED, admission.reason, admission.message, 0)
@@ -293,7 +344,7 @@ def decide(
                 f"consumer group {group} keeps its offsets",
             )
         )
-    extra = plugin.conditions(task, _with_self(observed.peers, body)) if plugin.conditions else []
+    extra = plugin.conditions(task, _with_self(observed.peers, me)) if plugin.conditions else []
     outcome = _finish(body, status, patch, verdict, deployment, events, annotations, now, extra)
     outcome.access = render_worker_access(plugin, owner)
     return outcome
@@ -326,11 +377,10 @@ def _shown(value: Any) -> str:
 
 
 def _with_self(peers: list[dict[str, Any]], body: dict[str, Any]) -> list[dict[str, Any]]:
-    """The list the API returned may predate this task's creation: it always competes for a slot itself."""
+    """The peers with this task as decided now (the list the API returned may predate its creation, or its
+    latest status): it always competes for a slot itself, with the cluster ids it has just learned."""
     me = (body["metadata"].get("namespace"), body["metadata"]["name"])
-    if any((p["metadata"].get("namespace"), p["metadata"]["name"]) == me for p in peers):
-        return peers
-    return [*peers, body]
+    return [p for p in peers if (p["metadata"].get("namespace"), p["metadata"]["name"]) != me] + [body]
 
 
 def _human(delta: timedelta) -> str:

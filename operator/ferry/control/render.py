@@ -85,8 +85,12 @@ def deployed_spec(deployment: dict[str, Any] | None) -> dict[str, Any] | None:
     """The task spec a rendered worker Deployment carries in FERRY_TASK (None without one)."""
     if deployment is None:
         return None
-    pod = ((deployment.get("spec") or {}).get("template") or {}).get("spec") or {}
-    for container in pod.get("containers") or []:
+    return running_spec((deployment.get("spec") or {}).get("template") or {})
+
+
+def running_spec(pod: dict[str, Any]) -> dict[str, Any] | None:
+    """The task spec a worker pod (or a Deployment's pod template) runs, from its FERRY_TASK (None without one)."""
+    for container in (pod.get("spec") or {}).get("containers") or []:
         for item in container.get("env") or []:
             if item.get("name") == "FERRY_TASK" and "value" in item:
                 spec: dict[str, Any] = json.loads(item["value"]).get("spec") or {}

@@ -1,4 +1,4 @@
-"""One DataAccessTask per subscription consumer group.
+"""One DataAccessTask per subscription consumer group, and no copy onto itself the reported cluster ids reveal.
 
 The task joins the group the subscription names. Two tasks in one group would split the partitions
 between them, each copying only part of the subscription, possibly to different targets. So the earliest
@@ -7,10 +7,13 @@ created task holds the group, and any later one on the same instance and group i
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import ValidationError
 
+from ferry.api.base import SOURCE_CLUSTER_ID, TARGET_CLUSTER_ID
+from ferry.control.identity import find_body, known_clusters, one_cluster
 from ferry.control.limits import slot_holders
 from ferry.dataaccess.model import DataAccessTaskSpec, DataSource
 from ferry.errors import TaskError
@@ -39,4 +42,26 @@ def check_group(task: Task, peers: list[dict[str, Any]]) -> TaskError | None:
         f"{source.endpoint.instance}, and two tasks in one group would split the subscription's partitions "
         "between them: give this task its own consumer group (create one for the subscription in DTS), or "
         "delete the other task",
+    )
+
+
+def check_onto_itself(task: Task, list_peers: Callable[[], list[dict[str, Any]]]) -> TaskError | None:
+    """Source and target spelled differently but reported as one cluster, and the same topic: refused at
+    admission (the model refuses the same spelling; the worker refuses what no task has reported yet)."""
+    assert isinstance(task.spec, DataAccessTaskSpec)
+    source, target = task.spec.source.endpoint, task.spec.target
+    if source.topic != target.topic:
+        return None
+    peers = list_peers()
+    me = find_body(peers, task.namespace, task.name)
+    same = one_cluster(
+        source, target, me, known_clusters(peers, DataAccessTaskSpec), SOURCE_CLUSTER_ID, TARGET_CLUSTER_ID
+    )
+    if same is None:
+        return None
+    fact = same.fact("spec.source.dts.bootstrapServers", source, "spec.target.bootstrapServers", target)
+    return TaskError(
+        "CopyOntoItself",
+        f"{fact}, and spec.target.topic is the source topic {source.topic}: records would be copied onto "
+        "themselves; point spec.target at another topic or Kafka instance",
     )

@@ -13,7 +13,10 @@ from enum import StrEnum
 from pydantic import ConfigDict, Field, model_validator
 
 from ferry.api.base import (
+    CLUSTER_ID_DESCRIPTION,
     KAFKA_TOPIC,
+    SOURCE_CLUSTER_ID,
+    TARGET_CLUSTER_ID,
     ApiModel,
     KafkaEndpoint,
     SaslMechanism,
@@ -165,6 +168,9 @@ class DataAccessTaskSpec(TaskSpec):
             raise ValueError(SAME_TOPIC_MESSAGE)
         return self
 
+    def cluster_endpoints(self) -> dict[str, KafkaEndpoint]:
+        return {SOURCE_CLUSTER_ID: self.source.endpoint, TARGET_CLUSTER_ID: self.target}
+
 
 class DataAccessTaskStatus(TaskStatus):
     source_partitions: int | None = Field(None, description="Partitions of the source topic.")
@@ -173,6 +179,7 @@ class DataAccessTaskStatus(TaskStatus):
         None, description="Records written to the target topic per second, lately (its throughput from this task)."
     )
     bytes_per_second: float | None = Field(None, description="Bytes written to the target topic per second, lately.")
+    target_cluster_id: str | None = Field(None, description=CLUSTER_ID_DESCRIPTION.format(side="target"))
 
 
 DATA_ACCESS_TASK = KindDef(

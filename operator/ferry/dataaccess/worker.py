@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ferry.credentials import SecretRef
-from ferry.dataaccess.admission import check_group
+from ferry.dataaccess.admission import check_group, check_onto_itself
 from ferry.dataaccess.model import DATA_ACCESS_TASK, DataAccessTaskSpec
 from ferry.dataaccess.pipeline import AccessPipeline
 from ferry.kafka import client_config, endpoint_secret_refs
@@ -57,4 +57,5 @@ PLUGIN = KindPlugin(
     admission=check_group,
     summarize=summarize,
     fixed_group=consumer_group,
+    onto_itself=check_onto_itself,
 )

@@ -12,6 +12,7 @@ from ferry.api.base import (
     K8S_NAME,
     KAFKA_TOPIC,
     SECRET_KEY,
+    SOURCE_CLUSTER_ID,
     ApiModel,
     KafkaEndpoint,
     StartFrom,
@@ -209,6 +210,9 @@ class ObsDumpTaskSpec(TaskSpec):
 
     def effective_task_name(self, metadata_name: str) -> str:
         return self.task_name or metadata_name
+
+    def cluster_endpoints(self) -> dict[str, KafkaEndpoint]:
+        return {SOURCE_CLUSTER_ID: self.source}
 
 
 class ObsDumpStatus(TaskStatus):

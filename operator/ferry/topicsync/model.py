@@ -8,7 +8,10 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 
 from ferry.api.base import (
+    CLUSTER_ID_DESCRIPTION,
     KAFKA_TOPIC,
+    SOURCE_CLUSTER_ID,
+    TARGET_CLUSTER_ID,
     ApiModel,
     KafkaEndpoint,
     StartFrom,
@@ -97,6 +100,9 @@ class TopicSyncSpec(TaskSpec):
             raise ValueError(SAME_TOPIC_MESSAGE)
         return self
 
+    def cluster_endpoints(self) -> dict[str, KafkaEndpoint]:
+        return {SOURCE_CLUSTER_ID: self.source, TARGET_CLUSTER_ID: self.target}
+
     def target_topic(self, topic: str) -> str:
         return self.target_topic_name.replace("{source}", self.source.instance_slug).replace("{topic}", topic)
 
@@ -130,6 +136,7 @@ class TopicSyncStatus(TaskStatus):
     loop_records_skipped: int | None = Field(
         None, description="Records not copied because they were first written to the target instance."
     )
+    target_cluster_id: str | None = Field(None, description=CLUSTER_ID_DESCRIPTION.format(side="target"))
 
 
 TOPIC_SYNC = KindDef(

@@ -8,6 +8,7 @@ from ferry.credentials import SecretRef
 from ferry.kafka import client_config, endpoint_secret_refs
 from ferry.reporting import latest, sum_rates
 from ferry.tasks import KindPlugin, Task, WorkerContext
+from ferry.topicsync.admission import check_onto_itself
 from ferry.topicsync.loops import replication_loop
 from ferry.topicsync.model import TOPIC_SYNC, TopicSyncSpec
 from ferry.topicsync.pipeline import SyncPipeline
@@ -51,4 +52,5 @@ PLUGIN = KindPlugin(
     build_pipeline=build_pipeline,
     summarize=summarize,
     conditions=replication_loop,
+    onto_itself=check_onto_itself,
 )
