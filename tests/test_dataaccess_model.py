@@ -12,7 +12,7 @@ from ferry.api.crd import crd_for
 from ferry.credentials import Sensitive
 from ferry.dataaccess.model import DATA_ACCESS_TASK, DataAccessTaskSpec
 from ferry.dataaccess.worker import consumer_group, secret_refs
-from ferry.kafka import LIBRDKAFKA_LOG, client_config
+from ferry.kafka import LIBRDKAFKA_LOGGER, client_config
 from ferry.registry import PLUGINS
 from ferry.tasks import parse_task
 from pydantic import ValidationError
@@ -71,7 +71,7 @@ def test_dts_defaults_to_sasl_plaintext_with_scram_sha_512() -> None:
     spec = DataAccessTaskSpec.model_validate(manifest()["spec"])
     config = client_config(spec.source.endpoint, "SOURCE", SECRETS)
     assert callable(config.pop("error_cb"))  # feeds ferry.kafka.BROKER_ERRORS
-    assert config.pop("logger") is LIBRDKAFKA_LOG  # rate-limited librdkafka log lines
+    assert config.pop("logger") is LIBRDKAFKA_LOGGER  # rate-limited librdkafka log lines
     assert config == {
         "bootstrap.servers": "dts.tencent.internal:9092",
         "security.protocol": "SASL_PLAINTEXT",

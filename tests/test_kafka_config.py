@@ -9,7 +9,9 @@ from confluent_kafka import KafkaException, Producer
 from ferry.api.base import KafkaEndpoint
 from ferry.credentials import Sensitive
 from ferry.errors import TaskError
-from ferry.kafka import admin_client, client_config, endpoint_secret_refs
+from ferry.kafka import admin_client, client_config, endpoint_secret_refs, look_up
+
+from tests.support.kafka import KafkaCluster
 
 
 def test_a_client_certificate_and_ca_reach_librdkafka_from_their_secrets() -> None:
@@ -85,3 +87,45 @@ def test_a_worker_given_a_certificate_secret_that_is_not_pem_reports_it_and_wait
     error = recorder.last.error
     assert error is not None and error.reason == "KafkaClientConfigInvalid"
     assert "not a key either" not in error.message and "not a certificate" not in error.message
+
+
+def endpoint_at(bootstrap: str, protocol: str, mechanism: str | None = None, ca: bool = False) -> KafkaEndpoint:
+    fields: dict[str, object] = {"bootstrapServers": bootstrap, "securityProtocol": protocol}
+    if mechanism is not None:
+        fields |= {"saslMechanism": mechanism, "credentialsSecretRef": {"name": "kafka-user"}}
+    if ca:
+        fields["tls"] = {"caSecretRef": {"name": "cluster-ca", "key": "ca.crt"}}
+    return KafkaEndpoint.model_validate(fields)
+
+
+@pytest.mark.parametrize(
+    ("listener", "protocol", "mechanism", "reason", "says"),
+    [
+        # SASL against a listener without that mechanism (here: without SASL at all)
+        ("PLAINTEXT", "SASL_PLAINTEXT", "SCRAM-SHA-512", "KafkaAuthenticationFailed", "supported mechanisms"),
+        # the broker closes the connection after ApiVersions, librdkafka says no more than that: a hint, not a verdict
+        ("SASL_PLAINTEXT", "PLAINTEXT", None, "KafkaUnreachable", "check securityProtocol"),
+        ("SASL_PLAINTEXT", "SASL_SSL", "SCRAM-SHA-512", "KafkaSecurityProtocolMismatch", "PLAINTEXT"),
+        ("SSL", "SASL_PLAINTEXT", "SCRAM-SHA-512", "KafkaUnreachable", "check securityProtocol"),
+        ("SSL", "SSL", None, "KafkaTLSFailed", "certificate verify failed"),  # a CA that did not sign the broker
+    ],
+)
+def test_a_handshake_that_fails_is_reported_as_its_cause_not_as_an_unreachable_broker(
+    kafka: KafkaCluster, listener: str, protocol: str, mechanism: str | None, reason: str, says: str
+) -> None:
+    bootstrap = {
+        "PLAINTEXT": kafka.bootstrap,
+        "SASL_PLAINTEXT": kafka.sasl_plaintext_bootstrap,
+        "SSL": kafka.ssl_bootstrap,
+    }[listener]
+    endpoint = endpoint_at(bootstrap, protocol, mechanism, ca=protocol in ("SSL", "SASL_SSL"))
+    secrets = {
+        "SOURCE_SASL_USERNAME": Sensitive(kafka.scram_user),
+        "SOURCE_SASL_PASSWORD": Sensitive(kafka.scram_password),
+        "SOURCE_TLS_CA": Sensitive(trustme.CA().cert_pem.bytes().decode()),  # never the cluster's CA
+    }
+    with pytest.raises(TaskError) as raised:
+        look_up(admin_client(client_config(endpoint, "SOURCE", secrets)), bootstrap, timeout=5)
+    assert raised.value.reason == reason, str(raised.value)
+    assert says in raised.value.message
+    assert kafka.scram_password not in str(raised.value)

@@ -10,7 +10,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def emitted_reasons() -> set[str]:
-    """String literals used as a reason: TaskError's first argument, _Verdict's second, a "reason" dict key."""
+    """String literals used as a reason: the first argument of TaskError and Explanation, _Verdict's second, a
+    "reason" dict key."""
     reasons: set[str] = set()
     for path in (ROOT / "operator" / "ferry").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
@@ -18,7 +19,7 @@ def emitted_reasons() -> set[str]:
             if isinstance(node, ast.Call):
                 func = node.func
                 name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
-                if name == "TaskError" and node.args:
+                if name in ("TaskError", "Explanation") and node.args:
                     candidates.append(node.args[0])
                 elif name == "_Verdict" and len(node.args) > 1:
                     candidates.append(node.args[1])

@@ -12,7 +12,7 @@ import time
 import pytest
 from confluent_kafka import Consumer
 from ferry.errors import TaskError
-from ferry.kafka import LIBRDKAFKA_LOG, BrokerLiveness, RepeatedLines
+from ferry.kafka import LIBRDKAFKA_LOGGER, BrokerLiveness, RepeatedLines
 from ferry.reporting import Blocking, Heartbeat
 
 from tests.support.servers import free_port
@@ -115,7 +115,7 @@ def test_librdkafka_log_lines_of_a_refused_broker_are_rate_limited(caplog: pytes
         {
             "bootstrap.servers": f"127.0.0.1:{free_port()}",
             "group.id": "refused",
-            "logger": LIBRDKAFKA_LOG,
+            "logger": LIBRDKAFKA_LOGGER,
             "reconnect.backoff.ms": 20,
             "reconnect.backoff.max.ms": 50,
         }

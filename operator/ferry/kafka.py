@@ -38,47 +38,100 @@ def endpoint_secret_refs(endpoint: KafkaEndpoint, role: str) -> dict[str, Secret
     return refs
 
 
-class BrokerErrors:
-    """What librdkafka's error callback last said about each bootstrap list.
+@dataclass(frozen=True)
+class Explanation:
+    """Why connections to a broker fail, in librdkafka's words (which hold no credentials)."""
 
-    A client whose SASL handshake fails only ever returns timeouts to its caller (librdkafka retries the
-    connection); the reason is in the error callback. Kept here, per bootstrap list, so that the timeout
-    can be reported as what it is: refused credentials or an unsupported mechanism, not an unreachable
-    broker. The texts are librdkafka's and hold no credentials.
+    reason: str
+    text: str
+
+    def error(self, bootstrap: str) -> TaskError:
+        advice = {
+            "KafkaAuthenticationFailed": "check securityProtocol, saslMechanism and the credentials Secret",
+            "KafkaSecurityProtocolMismatch": "the listener behind bootstrapServers speaks another security "
+            "protocol: point bootstrapServers at the listener for securityProtocol, or fix securityProtocol",
+            "KafkaTLSFailed": "check tls.caSecretRef (the CA that signed the brokers' certificates), the client "
+            "certificate, and that the listener uses TLS",
+            # closed as soon as connected: not proof of a mismatch (a broker shutting down does it too)
+            "KafkaUnreachable": "a listener that expects SASL or TLS closes a client that speaks neither at once: "
+            "check securityProtocol and that bootstrapServers names the listener for it",
+        }[self.reason]
+        return TaskError(self.reason, f"the Kafka brokers at {bootstrap}: {self.text}: {advice}")
+
+
+# librdkafka's words for a client and a listener that do not speak the same protocol, checked first
+_MISMATCH = re.compile(r"connecting to a (PLAINTEXT|SSL|SASL)[^?]*listener\?|incorrect security\.protocol", re.I)
+_TLS = re.compile(r"SSL handshake failed|certificate verify failed", re.I)
+_CLOSED_AT_ONCE = re.compile(r"closed by peer.*\(after (\d+)ms in state (UP|APIVERSION_QUERY)\)")
+_HOST_PORT = re.compile(r"([A-Za-z0-9_.-]+|\[[0-9a-fA-F:]+\]):(\d+)/")  # a broker name: host:port/id
+
+
+def explain(code: int | None, text: str) -> Explanation | None:
+    """What an error callback's error or a log line says about why connections fail, if anything specific."""
+    if _MISMATCH.search(text):
+        return Explanation("KafkaSecurityProtocolMismatch", text)
+    if code in (KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED) or "SASL" in text:
+        return Explanation("KafkaAuthenticationFailed", text)
+    if code == KafkaError._SSL or _TLS.search(text):
+        return Explanation("KafkaTLSFailed", text)
+    closed = _CLOSED_AT_ONCE.search(text)
+    if closed is not None and int(closed[1]) < 1000:
+        return Explanation("KafkaUnreachable", text)
+    return None
+
+
+class BrokerErrors:
+    """What librdkafka last said about why connections to a broker fail, per bootstrap list and `host:port`.
+
+    A client whose connections fail the SASL or TLS handshake, or reach a listener of another security protocol,
+    only ever returns timeouts to its caller (librdkafka retries the connection); the cause is in its error
+    callback and its log lines. Kept here so that the timeout is reported as what it is (refused credentials,
+    an unsupported mechanism, a TLS failure, the wrong listener), not as an unreachable broker.
     """
 
     def __init__(self, memory_seconds: float = 120.0) -> None:
         self.memory_seconds = memory_seconds
-        self._last: dict[str, tuple[float, KafkaError]] = {}
+        self._last: dict[str, tuple[float, Explanation]] = {}
         self._lock = threading.Lock()
+
+    def _note(self, key: str, explanation: Explanation) -> None:
+        with self._lock:
+            self._last[key] = (time.monotonic(), explanation)
 
     def callback(self, bootstrap: str) -> Callable[[KafkaError], None]:
         def record(err: KafkaError) -> None:
-            if _is_authentication(err):
-                with self._lock:
-                    self._last[bootstrap] = (time.monotonic(), err)
+            explanation = explain(err.code(), err.str())
+            if explanation is not None:
+                self._note(bootstrap, explanation)
 
         return record
 
-    def authentication(self, bootstrap: str) -> KafkaError | None:
-        """The last authentication error seen for the bootstrap list, if recent."""
+    def hear(self, line: str) -> None:
+        """A librdkafka log line: noted under the broker's `host:port` it names, if it explains anything."""
+        explanation = explain(None, line)
+        found = _HOST_PORT.search(line)
+        if explanation is not None and found is not None:
+            self._note(f"{found[1].lower()}:{found[2]}", explanation)
+
+    @staticmethod
+    def _keys(bootstrap: str) -> list[str]:
+        return [bootstrap, *(h.strip().lower() for h in bootstrap.split(",") if h.strip())]
+
+    def explanation(self, bootstrap: str) -> Explanation | None:
+        """The latest recent explanation for the bootstrap list or one of its `host:port`s."""
+        now = time.monotonic()
         with self._lock:
-            seen = self._last.get(bootstrap)
-        if seen is None or time.monotonic() - seen[0] > self.memory_seconds:
-            return None
-        return seen[1]
+            seen = [self._last[k] for k in self._keys(bootstrap) if k in self._last]
+        recent = [s for s in seen if now - s[0] <= self.memory_seconds]
+        return max(recent, key=lambda s: s[0])[1] if recent else None
 
     def forget(self, bootstrap: str) -> None:
         with self._lock:
-            self._last.pop(bootstrap, None)
+            for key in self._keys(bootstrap):
+                self._last.pop(key, None)
 
 
 BROKER_ERRORS = BrokerErrors()
-
-
-def _is_authentication(err: KafkaError) -> bool:
-    code = err.code()
-    return code in (KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED) or "SASL" in err.str()
 
 
 class BrokerLiveness:
@@ -148,6 +201,9 @@ def unreachable_after(settings: WorkerSettings) -> float:
 
 
 def unreachable(bootstrap: str, seconds: float) -> TaskError:
+    explained = BROKER_ERRORS.explanation(bootstrap)
+    if explained is not None:  # connections fail for a reason librdkafka gave: that reason
+        return explained.error(bootstrap)
     return TaskError(
         "KafkaUnreachable",
         f"no working connection to the Kafka brokers at {bootstrap} for {seconds:.0f}s (refused, or no answer): "
@@ -199,6 +255,19 @@ LIBRDKAFKA_LOG = logging.getLogger("ferry.librdkafka")
 LIBRDKAFKA_LOG.addFilter(RepeatedLines())
 
 
+class LibrdkafkaLog:
+    """What librdkafka's `logger` setting is given: every line, whatever the log level, is heard by BROKER_ERRORS
+    (some causes of failing connections are only ever logged), then logged to LIBRDKAFKA_LOG."""
+
+    def log(self, level: int, message: str, *args: object) -> None:
+        line = message % args if args else message
+        BROKER_ERRORS.hear(line)
+        LIBRDKAFKA_LOG.log(level, "%s", line)
+
+
+LIBRDKAFKA_LOGGER = LibrdkafkaLog()
+
+
 def with_error_callback(config: dict[str, Any]) -> dict[str, Any]:
     """config with an error callback that feeds BROKER_ERRORS (kept if the caller set one)."""
     if "error_cb" in config:
@@ -213,7 +282,7 @@ def client_config(endpoint: KafkaEndpoint, role: str, secrets: Mapping[str, Sens
         "bootstrap.servers": bootstrap,
         "security.protocol": endpoint.security_protocol.value,
         "error_cb": BROKER_ERRORS.callback(bootstrap),
-        "logger": LIBRDKAFKA_LOG,
+        "logger": LIBRDKAFKA_LOGGER,
     }
     mechanism = endpoint.effective_sasl_mechanism
     if mechanism is not None:
@@ -233,13 +302,9 @@ def describe_kafka_error(err: KafkaError | KafkaException | BaseException, boots
     kerr = err.args[0] if isinstance(err, KafkaException) and err.args else err
     code = kerr.code() if isinstance(kerr, KafkaError) else None
     out_of_reach = (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._TIMED_OUT, KafkaError._RESOLVE)
-    refused = BROKER_ERRORS.authentication(bootstrap)
-    if code in out_of_reach and refused is not None:
-        return TaskError(
-            "KafkaAuthenticationFailed",
-            f"the Kafka brokers at {bootstrap} refused the connection's authentication ({refused.str()}): check "
-            "securityProtocol, saslMechanism and the credentials Secret",
-        )
+    explained = BROKER_ERRORS.explanation(bootstrap)
+    if code in out_of_reach and explained is not None:
+        return explained.error(bootstrap)
     if code in out_of_reach:
         return TaskError(
             "KafkaUnreachable",
@@ -291,7 +356,7 @@ def look_up(admin: AdminClient, bootstrap: str, timeout: float = 10.0) -> Cluste
     except KafkaException as err:
         admin.poll(0)  # serve the error callback: it may say why (refused credentials)
         raise describe_kafka_error(err, bootstrap) from None
-    BROKER_ERRORS.forget(bootstrap)  # it answered: an old authentication error no longer explains anything
+    BROKER_ERRORS.forget(bootstrap)  # it answered: an old handshake failure no longer explains anything
     topics = {
         name: len(topic.partitions)
         for name, topic in metadata.topics.items()
