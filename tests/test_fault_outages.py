@@ -93,6 +93,12 @@ def assert_reports_keep_coming(recorder: Recorder, seconds: float) -> None:
     assert max(gaps) <= 2 * REPORT_INTERVAL + 0.5, f"no report for {max(gaps):.1f}s during the outage"
 
 
+def assert_only_reasons(recorder: Recorder, reasons: set[str]) -> None:
+    """Every error reported on the way was one of `reasons` (no KafkaError, nothing undocumented)."""
+    seen = {p.error.reason for p in recorder.reports if p.error is not None}
+    assert seen <= reasons, seen
+
+
 def assert_exactly_once(store: SeaweedFS, bucket: str, topic: str, per_partition: dict[int, int]) -> None:
     dumped = dumped_records(store.client(), bucket)
     for partition, count in per_partition.items():
@@ -259,6 +265,7 @@ def test_a_hung_broker_is_named_with_unknown_lag_and_the_dump_resumes_exactly_on
         assert running.thread.is_alive()
     finally:
         running.finish()
+    assert_only_reasons(recorder, {"KafkaUnreachable"})  # a commit refused after the hang is a rebalance
     assert_exactly_once(object_store, bucket, topic, {0: 100, 1: 100})
 
 
@@ -282,6 +289,7 @@ def test_a_hung_source_broker_is_named_and_the_copy_delivers_everything_after(
         assert_reports_keep_coming(recorder, 3.0)
         proxy.heal()
         wait_for(lambda: recorder.last.phase == "Running" and recorder.last.lag == 0, timeout=90, what="caught up")
+    assert_only_reasons(recorder, {"KafkaUnreachable"})
     values = copied_values(kafka2.bootstrap, topic, 200)
     assert set(values) == {f"value-{i}" for i in range(200)}  # at least once: nothing missing
     duplicates = len(values) - len(set(values))

@@ -10,9 +10,9 @@ import threading
 import time
 
 import pytest
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, KafkaError, KafkaException
 from ferry.errors import TaskError
-from ferry.kafka import LIBRDKAFKA_LOGGER, BrokerLiveness, RepeatedLines
+from ferry.kafka import LIBRDKAFKA_LOGGER, BrokerLiveness, RepeatedLines, group_moved_on
 from ferry.reporting import Blocking, Heartbeat
 
 from tests.support.servers import free_port
@@ -91,6 +91,13 @@ def test_liveness_counts_refused_connections_as_down_and_any_working_broker_as_u
     assert liveness.down_for() == 0.0
     liveness.on_stats("not json")  # ignored, not a crash
     assert liveness.down_for() == 0.0
+
+
+def test_a_commit_refused_by_a_group_that_moved_on_is_a_rebalance_not_a_failure() -> None:
+    for code in (KafkaError.UNKNOWN_MEMBER_ID, KafkaError.ILLEGAL_GENERATION, KafkaError.REBALANCE_IN_PROGRESS):
+        assert group_moved_on(KafkaException(KafkaError(code)))
+    assert not group_moved_on(KafkaException(KafkaError(KafkaError._TRANSPORT)))
+    assert not group_moved_on(RuntimeError("not Kafka"))
 
 
 def record(message: str) -> logging.LogRecord:

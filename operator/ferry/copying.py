@@ -21,7 +21,14 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from ferry.api.base import PartitionProgress, StartFrom
 from ferry.errors import TaskError, retry_until_stopped
-from ferry.kafka import describe_kafka_error, group_consumer_config, message_headers, partition_progress, watched
+from ferry.kafka import (
+    describe_kafka_error,
+    group_consumer_config,
+    group_moved_on,
+    message_headers,
+    partition_progress,
+    watched,
+)
 from ferry.metrics import WorkerMetrics
 from ferry.pipeline import WorkerPipeline
 from ferry.reporting import Reporter
@@ -276,7 +283,13 @@ class CopyPipeline(WorkerPipeline):
             with self._waiting_on_kafka("committing the copied offsets"):
                 self.consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as err:
-            self._fail(describe_kafka_error(err, self.source_bootstrap))
+            if group_moved_on(err):  # their new owner copies them again from the last commit: duplicates, no loss
+                log.info(
+                    "commit refused, the group rebalanced (%s): %d records will be copied again", err, len(messages)
+                )
+                self.rebalancing = True
+            else:
+                self._fail(describe_kafka_error(err, self.source_bootstrap))
             return
         for (topic, partition), offset in last.items():
             self.committed[(topic, partition)] = offset + 1

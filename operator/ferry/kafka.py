@@ -332,6 +332,22 @@ def describe_kafka_error(err: KafkaError | KafkaException | BaseException, boots
     return TaskError("KafkaError", f"Kafka at {bootstrap}: {text}")
 
 
+# A commit the group coordinator refuses because the group has moved on without this member: a rebalance, not
+# a failure. The partitions' new owner reads from the last committed offset.
+_GROUP_MOVED_ON = (
+    KafkaError.UNKNOWN_MEMBER_ID,
+    KafkaError.ILLEGAL_GENERATION,
+    KafkaError.REBALANCE_IN_PROGRESS,
+    KafkaError.FENCED_INSTANCE_ID,
+    KafkaError._ASSIGNMENT_LOST,
+)
+
+
+def group_moved_on(err: BaseException) -> bool:
+    kerr = err.args[0] if isinstance(err, KafkaException) and err.args else None
+    return isinstance(kerr, KafkaError) and kerr.code() in _GROUP_MOVED_ON
+
+
 def admin_client(config: dict[str, Any]) -> AdminClient:
     """An admin client; settings librdkafka refuses (a CA or client certificate Secret that is not PEM, say)
     are a TaskError the worker reports and waits on, not an exception that kills it."""

@@ -28,6 +28,7 @@ from ferry.kafka import (
     as_bytes,
     describe_kafka_error,
     group_consumer_config,
+    group_moved_on,
     look_up,
     message_headers,
     partition_progress,
@@ -343,7 +344,13 @@ class DumpPipeline(WorkerPipeline):
         with self._waiting_on_store(f"aborting the upload of {batch.upload.key}"):
             batch.upload.abort()
         state.batch = None
-        if isinstance(err, KafkaException):
+        if isinstance(err, KafkaException) and group_moved_on(err):
+            # the object is complete but the commit came too late: the new owner rewrites the same object
+            log.info(
+                "commit of %s refused, the group rebalanced (%s): its new owner writes it again", batch.upload.key, err
+            )
+            self.rebalancing = True
+        elif isinstance(err, KafkaException):
             self._fail(describe_kafka_error(err, self.bootstrap), KAFKA)
         elif isinstance(err, TaskError):
             self._fail(err, STORE)
