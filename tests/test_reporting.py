@@ -88,20 +88,22 @@ def test_the_status_reset_ledger_turns_api_failures_into_a_reason_the_worker_rep
     from ferry.reporting import KubernetesReporter
 
     class Refusing:
-        def get_namespaced_custom_object_status(self, *args: object) -> dict[str, object]:
+        def get_namespaced_custom_object_status(self, *args: object, **kwargs: object) -> dict[str, object]:
             raise RuntimeError("403 Forbidden")
 
-        def patch_namespaced_custom_object_status(self, *args: object) -> None:
+        def patch_namespaced_custom_object_status(self, *args: object, **kwargs: object) -> None:
             raise RuntimeError("403 Forbidden")
 
     class Answering:
         def __init__(self) -> None:
             self.patched: list[object] = []
 
-        def get_namespaced_custom_object_status(self, *args: object) -> dict[str, object]:
+        def get_namespaced_custom_object_status(self, *args: object, **kwargs: object) -> dict[str, object]:
+            assert kwargs["_request_timeout"]  # a slow API server must not hold the worker up for long
             return {"status": {"offsetResetEpoch": 2}}
 
-        def patch_namespaced_custom_object_status(self, *args: object) -> None:
+        def patch_namespaced_custom_object_status(self, *args: object, **kwargs: object) -> None:
+            assert kwargs["_request_timeout"]
             self.patched.append(args[-1])
 
     ledger = KubernetesReporter(Refusing(), "dataaccesstasks", "ns", "t", "pod-1")

@@ -21,6 +21,10 @@ from ferry.metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 
+# (connect, read) seconds for the worker's calls to the API server: a slow API server delays a report, never
+# the data path for longer than this
+API_TIMEOUT = (5.0, 10.0)
+
 
 def utc_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -222,7 +226,9 @@ class KubernetesReporter:
         from ferry.api import GROUP, VERSION
 
         body = {"status": status}
-        self.api.patch_namespaced_custom_object_status(GROUP, VERSION, self.namespace, self.plural, self.name, body)
+        self.api.patch_namespaced_custom_object_status(
+            GROUP, VERSION, self.namespace, self.plural, self.name, body, _request_timeout=API_TIMEOUT
+        )
 
     def report(self, progress: Progress) -> None:
         try:
@@ -234,7 +240,9 @@ class KubernetesReporter:
         from ferry.api import GROUP, VERSION
 
         try:
-            body = self.api.get_namespaced_custom_object_status(GROUP, VERSION, self.namespace, self.plural, self.name)
+            body = self.api.get_namespaced_custom_object_status(
+                GROUP, VERSION, self.namespace, self.plural, self.name, _request_timeout=API_TIMEOUT
+            )
         except Exception as err:
             raise TaskError(
                 "StatusUnavailable",

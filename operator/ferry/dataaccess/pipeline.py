@@ -25,6 +25,8 @@ from ferry.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 
+ADMIN_TIMEOUT = 15.0  # seconds
+
 # The group has live members (another worker of the task already resumed): its offsets are theirs now.
 _GROUP_IN_USE = (KafkaError.UNKNOWN_MEMBER_ID, KafkaError.REBALANCE_IN_PROGRESS, KafkaError.ILLEGAL_GENERATION)
 
@@ -121,13 +123,15 @@ class AccessPipeline(CopyPipeline):
         where = OffsetSpec.earliest() if earliest else OffsetSpec.latest()  # type: ignore[no-untyped-call]
         wanted = {TopicPartition(self.source_topic, p): where for p in range(self.source_partitions)}
         try:
-            found = {tp: future.result().offset for tp, future in admin.list_offsets(wanted).items()}
+            # request_timeout: every admin future resolves (as a timeout error at worst) within ADMIN_TIMEOUT
+            listed = admin.list_offsets(wanted, request_timeout=ADMIN_TIMEOUT)
+            found = {tp: future.result().offset for tp, future in listed.items()}
             offsets = sorted(
                 (TopicPartition(tp.topic, tp.partition, offset) for tp, offset in found.items()),
                 key=lambda tp: tp.partition,
             )
             request = [ConsumerGroupTopicPartitions(self.group, offsets)]
-            for future in admin.alter_consumer_group_offsets(request).values():
+            for future in admin.alter_consumer_group_offsets(request, request_timeout=ADMIN_TIMEOUT).values():
                 future.result()
         except KafkaException as err:
             code = err.args[0].code() if err.args and isinstance(err.args[0], KafkaError) else None
