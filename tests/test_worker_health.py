@@ -25,11 +25,13 @@ def test_a_blocked_call_is_named_only_once_it_has_lasted() -> None:
         assert blocking.stuck(5.0) is None
         time.sleep(0.15)
         stuck = blocking.stuck(0.1)
-        assert stuck is not None
-        side, error = stuck
-        assert side == "store" and error.reason == "ObjectStoreUnresponsive"
-        assert float(error.message.rstrip("s")) >= 0.1
+        assert stuck is not None and stuck.side == "store" and not stuck.blinds_lag
+        assert stuck.error.reason == "ObjectStoreUnresponsive"
+        assert float(stuck.error.message.rstrip("s")) >= 0.1
     assert blocking.stuck(0.0) is None
+    with blocking.call("kafka", lambda seconds: TaskError("KafkaUnreachable", "commit"), blinds_lag=True):
+        stuck = blocking.stuck(0.0)
+        assert stuck is not None and stuck.blinds_lag
 
 
 def test_the_heartbeat_beats_every_half_interval_and_says_when_the_loop_is_late() -> None:

@@ -270,7 +270,7 @@ class CopyPipeline(WorkerPipeline):
             self.metrics.partition(self.metrics.records_read, topic, partition).inc(records)
             self.metrics.partition(self.metrics.bytes_read, topic, partition).inc(nbytes)
         with self._waiting_on_kafka(
-            f"waiting for the target to acknowledge {len(messages)} records", self.target_bootstrap
+            f"waiting for the target to acknowledge {len(messages)} records", self.target_bootstrap, source=False
         ):
             remaining = self.producer.flush(DELIVERY_TIMEOUT + 15)
         if failed is not None or remaining or self.delivery_errors:

@@ -73,14 +73,17 @@ class WorkerPipeline:
             log.info("recovered: the %s side works again", side)
 
     @contextmanager
-    def _waiting(self, side: str, problem: Callable[[float], TaskError]) -> Iterator[None]:
+    def _waiting(self, side: str, problem: Callable[[float], TaskError], blinds_lag: bool = False) -> Iterator[None]:
         """Around a call to `side` that may block: the heartbeat names `problem(seconds)` if it lasts."""
-        with self.blocking.call(side, problem):
+        with self.blocking.call(side, problem, blinds_lag):
             yield
 
-    def _waiting_on_kafka(self, doing: str, bootstrap: str | None = None) -> AbstractContextManager[None]:
+    def _waiting_on_kafka(
+        self, doing: str, bootstrap: str | None = None, source: bool = True
+    ) -> AbstractContextManager[None]:
+        """Around a call to the brokers (the source's unless `source` is False: then the lag stays known)."""
         where = bootstrap or self.bootstrap
-        return self._waiting(KAFKA, lambda seconds: unanswered(where, seconds, doing))
+        return self._waiting(KAFKA, lambda seconds: unanswered(where, seconds, doing), blinds_lag=source)
 
     def _check_liveness(self) -> None:
         """KafkaUnreachable once the brokers have been out of reach for unreachable_after; cleared when back
@@ -106,7 +109,9 @@ class WorkerPipeline:
     def _report(self, phase: str | None = None) -> None:
         """One report; by the data path's loop, or by the heartbeat while the loop is blocked."""
         with self.heartbeat.lock:
-            reachable = self.liveness.reachable(self.settings)
+            stuck = self.blocking.stuck(unreachable_after(self.settings))
+            # the lag is unknown while the source brokers are out of reach or a call to them hangs
+            reachable = self.liveness.reachable(self.settings) and not (stuck is not None and stuck.blinds_lag)
             send_progress(
                 self.reporter,
                 self.metrics,
@@ -132,5 +137,5 @@ class WorkerPipeline:
             return
         stuck = self.blocking.stuck(unreachable_after(self.settings))
         if stuck is not None:
-            self._fail(stuck[1], stuck[0])
+            self._fail(stuck.error, stuck.side)
         self._periodic_report()

@@ -88,6 +88,18 @@ def sum_rates(reports: list[dict[str, Any]]) -> dict[str, float]:
     return {name: round(sum(r.get(name) or 0 for r in reports), 1) for name in ("recordsPerSecond", "bytesPerSecond")}
 
 
+def sum_throttling(reports: list[dict[str, Any]]) -> dict[str, float | None]:
+    """The time the workers waited on the throughput caps, and the caps they enforce, added up (each worker
+    enforces its share); a field no worker reports is None (no such cap). Nothing without reports."""
+    if not reports:
+        return {}
+    summary: dict[str, float | None] = {}
+    for name in ("throttledSeconds", "maxRecordsPerSecond", "maxBytesPerSecond"):
+        values = [r[name] for r in reports if isinstance(r.get(name), int | float)]
+        summary[name] = round(sum(values), 1) if values else None
+    return summary
+
+
 class Reporter(Protocol):
     def report(self, progress: Progress) -> None: ...
 
@@ -119,6 +131,15 @@ def send_progress(
     )
 
 
+@dataclass(frozen=True)
+class Stuck:
+    """A call that has lasted too long: on which side, what it means, and whether the lag is unknown meanwhile."""
+
+    side: str
+    error: TaskError
+    blinds_lag: bool
+
+
 class Blocking:
     """The call the data path is blocked in, if any, and since when, so that a report made on the side can say
     what the worker waits for (a store that accepts connections and answers nothing blocks an upload for as long
@@ -126,28 +147,29 @@ class Blocking:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._call: tuple[float, str, Callable[[float], TaskError]] | None = None
+        self._call: tuple[float, Stuck | Callable[[float], Stuck]] | None = None
 
     @contextmanager
-    def call(self, side: str, problem: Callable[[float], TaskError]) -> Iterator[None]:
-        """Mark a blocking call to `side`; `problem(seconds)` describes it once it has lasted too long."""
+    def call(self, side: str, problem: Callable[[float], TaskError], blinds_lag: bool = False) -> Iterator[None]:
+        """Mark a blocking call to `side`; `problem(seconds)` describes it once it has lasted too long.
+        `blinds_lag`: while it lasts, the lag cannot be known (a call to the brokers the lag comes from)."""
         with self._lock:
-            self._call = (time.monotonic(), side, problem)
+            self._call = (time.monotonic(), lambda seconds: Stuck(side, problem(seconds), blinds_lag))
         try:
             yield
         finally:
             with self._lock:
                 self._call = None
 
-    def stuck(self, longer_than: float) -> tuple[str, TaskError] | None:
-        """The side and problem of the current call when it has lasted longer than `longer_than` seconds."""
+    def stuck(self, longer_than: float) -> Stuck | None:
+        """The current call, when it has lasted longer than `longer_than` seconds."""
         with self._lock:
             call = self._call
         if call is None:
             return None
-        since, side, problem = call
+        since, describe = call
         seconds = time.monotonic() - since
-        return (side, problem(seconds)) if seconds > longer_than else None
+        return describe(seconds) if seconds > longer_than and callable(describe) else None
 
 
 class Heartbeat:
