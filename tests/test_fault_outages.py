@@ -269,6 +269,29 @@ def test_a_hung_broker_is_named_with_unknown_lag_and_the_dump_resumes_exactly_on
     assert_exactly_once(object_store, bucket, topic, {0: 100, 1: 100})
 
 
+def test_a_slow_broker_is_not_an_outage_and_the_dump_stays_exact(
+    broker: tuple[KafkaCluster, Proxy], object_store: SeaweedFS, bucket_factory: BucketFactory
+) -> None:
+    """300 ms more per round trip (more than the report interval): no false alarm, every record once."""
+    cluster, proxy = broker
+    topic, bucket = proxied_topic(cluster), bucket_factory()
+    spec = spec_for(cluster, object_store, bucket, topics=[topic], dumpPeriodSeconds=PERIOD, target={"storeKeys": True})
+    proxy.slow(latency_ms=300)
+    produce(direct(cluster), topic, 300, partitions=2)
+    running = start_pipeline(spec, object_store, f"slow-{uuid.uuid4().hex[:6]}", report_interval=REPORT_INTERVAL)
+    recorder = running.recorder
+    try:
+        wait_for(
+            lambda: recorder.reports and recorder.last.totals.records == 300 and recorder.last.lag == 0,
+            timeout=90,
+            what="all 300 dumped through the slow broker",
+        )
+    finally:
+        running.finish()
+    assert_only_reasons(recorder, set())
+    assert_exactly_once(object_store, bucket, topic, {0: 150, 1: 150})
+
+
 def copied_values(bootstrap: str, topic: str, expected: int) -> list[str]:
     return [m.value().decode() for m in read_all(bootstrap, topic, expected, timeout=60, linger=1)]
 
