@@ -97,7 +97,7 @@ PEER_NEEDS: set[Grant] = {("ferry.dev", plural, "list") for plural in TASK_PLURA
 
 # The metrics the dashboard may use, with their labels: the workers' (operator/ferry/metrics.py) and the
 # operator's ferry_task_state.
-PARTITION_LABELS = {"kind", "task", "topic", "partition"}
+PARTITION_LABELS = {"kind", "task", "task_name", "topic", "partition"}
 METRICS: dict[str, set[str]] = {
     "ferry_records_total": PARTITION_LABELS,
     "ferry_records_read_total": PARTITION_LABELS,
@@ -105,13 +105,13 @@ METRICS: dict[str, set[str]] = {
     "ferry_bytes_read_total": PARTITION_LABELS,
     "ferry_lag_records": PARTITION_LABELS,
     "ferry_committed_offset": PARTITION_LABELS,
-    "ferry_errors_total": {"kind", "task", "reason"},
-    "ferry_dump_latency_seconds": {"kind", "task"},
-    "ferry_objects_total": {"kind", "task", "topic"},
-    "ferry_target_records_total": {"kind", "task", "topic"},
-    "ferry_target_bytes_total": {"kind", "task", "topic"},
-    "ferry_worker_healthy": {"kind", "task"},
-    "ferry_task_state": {"kind", "namespace", "task", "state"},
+    "ferry_errors_total": {"kind", "task", "task_name", "reason"},
+    "ferry_dump_latency_seconds": {"kind", "task", "task_name"},
+    "ferry_objects_total": {"kind", "task", "task_name", "topic"},
+    "ferry_target_records_total": {"kind", "task", "task_name", "topic"},
+    "ferry_target_bytes_total": {"kind", "task", "task_name", "topic"},
+    "ferry_worker_healthy": {"kind", "task", "task_name"},
+    "ferry_task_state": {"kind", "namespace", "task", "task_name", "state"},
 }
 HISTOGRAMS = {"ferry_dump_latency_seconds"}
 OPERATOR_METRICS = {"ferry_task_state"}
@@ -142,6 +142,15 @@ def crd_docs(directory: Path) -> list[dict[str, Any]]:
 
 def crd_plurals() -> set[str]:
     return {crd["spec"]["names"]["plural"] for crd in crd_docs(REPO_CRDS)}
+
+
+def scalable_plurals() -> set[str]:
+    """The task kinds whose CRD has a scale subresource."""
+    return {
+        crd["spec"]["names"]["plural"]
+        for crd in crd_docs(REPO_CRDS)
+        if "scale" in crd["spec"]["versions"][0]["subresources"]
+    }
 
 
 def only(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
@@ -268,6 +277,7 @@ def test_all_on_renders_every_optional_object(rendered: dict[str, list[dict[str,
         ("ValidatingWebhookConfiguration", "ferry", None),
         ("ServiceMonitor", "ferry", NAMESPACE),
         ("PodMonitor", "ferry-workers", NAMESPACE),
+        ("PrometheusRule", "ferry", NAMESPACE),
         ("NetworkPolicy", "ferry", NAMESPACE),
         ("ConfigMap", "ferry-dashboard", NAMESPACE),
         ("ConfigMap", "argocd-cm-ferry-health", "argocd"),
@@ -628,11 +638,20 @@ def test_users_get_task_roles_aggregated_into_the_default_roles(
     assert edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-admin"] == "true"
     assert view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
     assert "rbac.authorization.k8s.io/aggregate-to-view" not in edit["metadata"]["labels"]
+    scalable = scalable_plurals()
+    assert scalable == {"dataaccesstasks", "topicsyncs"}  # the copy kinds: ObsDumpTask's replicas cannot change
     assert grants(view["rules"]) == {
         ("ferry.dev", resource, verb) for resource in TASK_PLURALS for verb in ("get", "list", "watch")
-    } | {("ferry.dev", f"{resource}/status", "get") for resource in TASK_PLURALS}
+    } | {("ferry.dev", f"{resource}/status", "get") for resource in TASK_PLURALS} | {
+        ("ferry.dev", f"{resource}/scale", "get") for resource in scalable
+    }
     assert ("ferry.dev", "dataaccesstasks", "create") in grants(edit["rules"])
     assert not [g for g in grants(edit["rules"]) if g[1].endswith("/status") and g[2] != "get"]
+    # `kubectl scale` patches the scale subresource, an autoscaler updates it: edit may do both, for exactly the
+    # kinds whose CRD has one.
+    assert {g for g in grants(edit["rules"]) if g[1].endswith("/scale")} == {
+        ("ferry.dev", f"{resource}/scale", verb) for resource in scalable for verb in ("get", "update", "patch")
+    }
     off = documents(helm.template({"rbac": {"aggregateToDefaultRoles": False}}))
     assert {d["metadata"]["name"] for d in of_kind(off, "ClusterRole")} == {"ferry"}
 

@@ -258,7 +258,7 @@ def test_kubectl_get_ferry_lists_every_kind_with_its_printer_columns(
     # -o wide adds the priority-1 columns.
     wide = cluster.kubectl("get", "obsdumptasks", "-n", ns, "-o", "wide").stdout
     (table,) = tables(wide)
-    expected = ["NAME", "STATE", "READY", "LAST DUMP", "LAG", "AGE", "REASON", "MESSAGE"]
+    expected = ["NAME", "TASK NAME", "STATE", "READY", "LAST DUMP", "LAG", "AGE", "REASON", "MESSAGE"]
     assert table.headers == printer_columns("ObsDumpTask", wide=True) == expected, wide
     status = cluster.status(ns, "orders")
     assert table.rows[0]["REASON"] == status["reason"] == "WorkerRunning"

@@ -164,3 +164,51 @@ def test_a_partition_mismatch_is_failed_with_both_counts(
     assert cluster.kubelet is not None
     restarts = [p.restarts for p in cluster.kubelet.worker_processes("mismatch-dataaccesstask")]
     assert restarts and all(r == 0 for r in restarts), "a Failed task waits for a fix instead of crash-looping"
+
+
+def test_a_long_pause_resumes_from_the_saved_offsets_and_says_how_many_records_expired(
+    cluster: Cluster, kafka: KafkaCluster, kafka2: KafkaCluster, topic_factory: TopicFactory
+) -> None:
+    """No resumeWindow (the DataHub manual: a resume continues where the task paused, whatever the pause length):
+    a pause longer than TopicSync's shortened window in tests/test_topicsync_e2e.py resumes from the saved offsets,
+    the subscription group's offsets untouched, and records the retention deleted meanwhile are counted exactly."""
+    from tests.support.dumps import produce
+    from tests.test_dataaccess_worker import committed, delete_records
+
+    ns = cluster.namespace()
+    source, target = topic_factory(partitions=2), topic_factory(broker=kafka2, partitions=2)
+    spec = access_spec(kafka, source, kafka2, target, startFrom="latest")
+    group = spec["source"]["dts"]["consumerGroup"]
+    cluster.apply(*manifests(ns, "resume", spec, kafka))
+
+    def status() -> dict[str, Any]:
+        return cluster.status(ns, "resume", plural="dataaccesstasks")
+
+    def values() -> list[int]:
+        records = read_all(kafka2.bootstrap, target, 10**6, timeout=2)
+        return sorted(int(m.value().decode().split("-")[1]) for m in records)
+
+    wait_for(lambda: status().get("state") == "Running" and status().get("partitions"), timeout=90, what="Running")
+    produce(kafka.bootstrap, source, 40, partitions=2)  # offsets 0-19 in each partition
+    wait_for(lambda: (status().get("totals") or {}).get("records") == 40, timeout=60, what="first 40")
+    cluster.patch_spec(ns, "resume", {"state": "Paused"}, plural="dataaccesstasks")
+    wait_for(lambda: status().get("state") == "Paused", timeout=60, what="Paused")
+    assert committed(kafka.bootstrap, group, source, 2) == [20, 20]
+    produce(kafka.bootstrap, source, 40, partitions=2, start=40)  # offsets 20-39, unread
+    delete_records(kafka, source, {0: 30, 1: 23})  # retention takes 10 and 3 of them before the resume
+    time.sleep(3)  # longer than the 2s window the TopicSync test sets
+    cluster.patch_spec(ns, "resume", {"state": "Running"}, plural="dataaccesstasks")
+    wait_for(lambda: status().get("resumedFrom") == "savedOffsets", timeout=30, what="resumed")
+    assert status()["offsetEpoch"] == 0 and "offsetResetEpoch" not in status()  # the group was not moved
+    wait_for(lambda: status().get("recordsExpired") == 13, timeout=60, what="13 records expired")
+    event = cluster.event(ns, "resume", "RecordsExpired", "Warning")
+    assert event["message"].startswith("13 records were deleted by the topic's retention before the task read them")
+    assert f"{source}[0] 10 (saved offset 20, earliest 30)" in event["message"]
+    assert f"{source}[1] 3 (saved offset 20, earliest 23)" in event["message"]
+    assert sorted((e["partition"], e["records"]) for e in status()["expired"]) == [(0, 10), (1, 3)]
+    # From the earliest offsets still there, not from startFrom=latest: every record left is copied, once.
+    expected = sorted([*range(40), *(2 * i for i in range(30, 40)), *(2 * i + 1 for i in range(23, 40))])
+    wait_for(lambda: values() == expected, timeout=60, what="the records the retention left")
+    time.sleep(2)
+    assert [e["reason"] for e in cluster.events(ns, "resume")].count("RecordsExpired") == 1
+    assert status()["recordsExpired"] == 13

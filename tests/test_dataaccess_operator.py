@@ -97,9 +97,18 @@ def test_pausing_or_scaling_is_not_announced_as_a_spec_change() -> None:
     assert not [e for e in run(task(replicas=3), deployment=before).events if e.reason == "SpecChanged"]
 
 
-def test_a_late_resume_keeps_the_group_and_bumps_the_epoch_the_workers_reset_once() -> None:
-    paused_at = rfc3339(NOW - timedelta(hours=30))
+def test_any_pause_resumes_from_the_subscription_groups_offsets_which_are_never_moved() -> None:
+    paused_at = rfc3339(NOW - timedelta(days=30))
     outcome = run(task(status={"state": "Paused", "pausedAt": paused_at, "offsetEpoch": 0}))
+    assert outcome.status["consumerGroup"] == "dts-grp" and outcome.status["offsetEpoch"] == 0
+    assert outcome.status["resumedFrom"] == "savedOffsets"
+    assert outcome.deployment is not None and env_of(outcome.deployment)["FERRY_OFFSET_EPOCH"] == "0"
+    assert not [e for e in outcome.events if e.reason == "ResumedFromStartFrom"]
+
+
+def test_a_late_resume_with_a_window_set_keeps_the_group_and_bumps_the_epoch_the_workers_reset_once() -> None:
+    paused_at = rfc3339(NOW - timedelta(hours=30))
+    outcome = run(task(resumeWindow="24h", status={"state": "Paused", "pausedAt": paused_at, "offsetEpoch": 0}))
     assert outcome.status["consumerGroup"] == "dts-grp" and outcome.status["offsetEpoch"] == 1
     assert outcome.deployment is not None and env_of(outcome.deployment)["FERRY_OFFSET_EPOCH"] == "1"
     [event] = [e for e in outcome.events if e.reason == "ResumedFromStartFrom"]
@@ -136,7 +145,7 @@ def test_the_operator_exports_one_state_per_task() -> None:
     states.set("TopicSync", "team-a", "mirror", "Failed")
 
     def value(kind: str, task: str, state: str) -> float | None:
-        labels = {"kind": kind, "namespace": "team-a", "task": f"team-a/{task}", "state": state}
+        labels = {"kind": kind, "namespace": "team-a", "task": f"team-a/{task}", "task_name": "", "state": state}
         return states.registry.get_sample_value("ferry_task_state", labels)
 
     assert value("DataAccessTask", "pull", "Running") == 1

@@ -459,3 +459,42 @@ def test_a_dts_topic_copied_to_the_same_cluster_spelled_otherwise_is_refused(
         assert error is not None and error.reason == "CopyOntoItself", error
         assert recorder.last.totals.records == 0
     assert len(read_all(kafka.bootstrap, topic, 51, timeout=5)) == 50
+
+
+def delete_records(broker: KafkaCluster, topic: str, before: dict[int, int]) -> None:
+    """Move each partition's log start offset to `before[partition]`, as the topic's retention would (AdminClient
+    DeleteRecords: deterministic and at once, where retention.ms waits for a segment to roll and be deleted)."""
+    admin = broker.admin()  # must outlive the futures
+    futures = admin.delete_records([TopicPartition(topic, p, offset) for p, offset in before.items()])
+    for future in futures.values():
+        future.result(timeout=15)
+
+
+def test_saved_offsets_the_retention_deleted_are_skipped_exactly_and_reported_per_partition(
+    kafka: KafkaCluster, kafka2: KafkaCluster, topic_factory: TopicFactory
+) -> None:
+    source = topic_factory(partitions=2)
+    target = topic_factory(broker=kafka2, partitions=2)
+    produce(kafka.bootstrap, source, 40, partitions=2)  # 20 per partition: offsets 0-19
+    spec = access_spec(kafka, source, kafka2, target, startFrom="latest")
+    group = spec["source"]["dts"]["consumerGroup"]
+    commit(kafka.bootstrap, group, source, [12, 5])  # where the task stopped: 8 and 15 records still unread
+    delete_records(kafka, source, {0: 15, 1: 5})  # partition 0 lost 3 unread records; partition 1 none
+    with accessing(spec) as (recorder, _):
+        # Resumed exactly at the earliest offset still there (startFrom=latest would have jumped past them all).
+        wait_for(lambda: recorder.reports and recorder.last.totals.records == 20, timeout=60, what="the rest")
+        time.sleep(1)
+        last = recorder.last
+        assert last.totals.records == 20
+    [expired] = last.extra["expired"]
+    assert {k: expired[k] for k in ("topic", "partition", "committedOffset", "earliestOffset", "records")} == {
+        "topic": source,
+        "partition": 0,
+        "committedOffset": 12,
+        "earliestOffset": 15,
+        "records": 3,
+    }
+    copied = read_all(kafka2.bootstrap, target, 20, linger=1)
+    values = sorted(int(m.value().decode().split("-")[1]) for m in copied)
+    assert values == sorted([2 * i for i in range(15, 20)] + [2 * i + 1 for i in range(5, 20)])
+    assert committed(kafka.bootstrap, group, source, 2) == [20, 20]

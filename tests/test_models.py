@@ -35,7 +35,14 @@ def test_committed_crd_is_generated_from_the_models(kind: KindDef) -> None:
 def test_crd_has_printer_columns_short_names_category_and_status() -> None:
     crd = crd_for(OBS_DUMP_TASK)
     version = crd["spec"]["versions"][0]
-    assert [c["name"] for c in version["additionalPrinterColumns"]][:5] == ["State", "Ready", "Last Dump", "Lag", "Age"]
+    assert [c["name"] for c in version["additionalPrinterColumns"]][:6] == [
+        "Task Name",
+        "State",
+        "Ready",
+        "Last Dump",
+        "Lag",
+        "Age",
+    ]
     assert crd["spec"]["names"]["categories"] == ["ferry"]
     assert "odt" in crd["spec"]["names"]["shortNames"]
     assert version["subresources"] == {"status": {}}
@@ -54,7 +61,7 @@ def test_defaults() -> None:
     assert parsed.start_from.value == "latest"
     assert parsed.target.record_separator == "\n"
     assert parsed.target.time_directory_format.value == "yyyy/MM/dd/HH"
-    assert parsed.resume_window_delta.total_seconds() == 24 * 3600
+    assert parsed.resume_window is None and parsed.resume_window_delta is None  # any pause resumes where it was
 
 
 @pytest.mark.parametrize(

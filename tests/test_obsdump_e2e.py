@@ -267,3 +267,48 @@ def test_resume_after_the_window_starts_from_start_from_and_says_so(
     )
     offsets = [r.offset for r in dumped_records(object_store.client(), bucket)[(topic, 0)]]
     assert offsets == list(range(10)) + list(range(20, 30))
+
+
+def test_a_long_pause_resumes_from_the_saved_offsets_and_says_how_many_records_expired(
+    cluster: Cluster,
+    kafka: KafkaCluster,
+    object_store: SeaweedFS,
+    topic_factory: TopicFactory,
+    bucket_factory: BucketFactory,
+) -> None:
+    """No resumeWindow (the OBS-dump manual: a resume continues where the task paused): a pause longer than the
+    3s window of the test above resumes in the same consumer group from the saved offsets, and the records the
+    retention deleted meanwhile are counted exactly."""
+    from tests.test_dataaccess_worker import delete_records
+
+    ns, topic, bucket = cluster.namespace(), topic_factory(partitions=1), bucket_factory()
+    spec = spec_for(kafka, object_store, bucket, topics=[topic], startFrom="latest", target={"storeKeys": True})
+    cluster.apply(secret(ns, object_store), obsdump(ns, "paused", spec))
+    wait_for(lambda: cluster.status(ns, "paused").get("partitions"), timeout=60, what="partitions assigned")
+    produce(kafka.bootstrap, topic, 10, partitions=1)
+    wait_for(lambda: cluster.status(ns, "paused").get("totals", {}).get("records") == 10, timeout=30, what="first 10")
+    group = cluster.status(ns, "paused")["consumerGroup"]
+
+    cluster.patch_spec(ns, "paused", {"state": "Paused"})
+    wait_for(lambda: state_of(cluster, ns, "paused") == "Paused", timeout=60, what="Paused")
+    produce(kafka.bootstrap, topic, 20, partitions=1, start=10)  # offsets 10-29, unread
+    delete_records(kafka, topic, {0: 17})  # the retention takes 7 of them before the resume
+    time.sleep(4)
+    cluster.patch_spec(ns, "paused", {"state": "Running"})
+    wait_for(lambda: cluster.status(ns, "paused").get("resumedFrom") == "savedOffsets", timeout=30, what="resumed")
+    status = cluster.status(ns, "paused")
+    assert status["offsetEpoch"] == 0 and status["consumerGroup"] == group
+    assert cluster.event(ns, "paused", "Resumed")["message"].endswith(
+        "resumed (no resumeWindow set) from the saved offsets"
+    )
+    wait_for(lambda: cluster.status(ns, "paused").get("recordsExpired") == 7, timeout=60, what="7 records expired")
+    event = cluster.event(ns, "paused", "RecordsExpired", "Warning")
+    skipped = "7 records were deleted by the topic's retention before the task read them, and are skipped"
+    assert f"{skipped}: {topic}[0] 7 (saved offset 10, earliest 17)" in event["message"]
+    wait_for(
+        lambda: sum(len(r) for r in dumped_records(object_store.client(), bucket).values()) == 23,
+        timeout=30,
+        what="the records the retention left",
+    )
+    offsets = [r.offset for r in dumped_records(object_store.client(), bucket)[(topic, 0)]]
+    assert offsets == list(range(10)) + list(range(17, 30))

@@ -147,16 +147,26 @@ def test_created_paused_never_starts_a_worker() -> None:
 
 def test_resume_within_the_window_keeps_the_consumer_group() -> None:
     paused_at = rfc3339(NOW - timedelta(hours=23))
-    outcome = run(task(status={"state": "Paused", "pausedAt": paused_at, "offsetEpoch": 0}))
+    outcome = run(task(resumeWindow="24h", status={"state": "Paused", "pausedAt": paused_at, "offsetEpoch": 0}))
     assert outcome.status["offsetEpoch"] == 0 and outcome.status["pausedAt"] is None
     assert outcome.status["consumerGroup"] == "ferry.team-a.dump.uid-team"
     assert outcome.status["resumedFrom"] == "savedOffsets"
     assert next(e.reason for e in outcome.events) == "Resumed"
 
 
+def test_without_a_resume_window_any_pause_resumes_from_the_saved_offsets() -> None:
+    paused_at = rfc3339(NOW - timedelta(days=30))
+    outcome = run(task(startFrom="earliest", status={"state": "Paused", "pausedAt": paused_at, "offsetEpoch": 0}))
+    assert outcome.status["offsetEpoch"] == 0 and outcome.status["pausedAt"] is None
+    assert outcome.status["consumerGroup"] == "ferry.team-a.dump.uid-team"
+    assert outcome.status["resumedFrom"] == "savedOffsets"
+    [event] = [e for e in outcome.events if e.reason.startswith("Resumed")]
+    assert (event.reason, event.message) == ("Resumed", "resumed (no resumeWindow set) from the saved offsets")
+
+
 def test_resume_after_the_window_starts_from_start_from_in_a_new_group() -> None:
     paused_at = rfc3339(NOW - timedelta(hours=25))
-    outcome = run(task(startFrom="earliest", status={"state": "Paused", "pausedAt": paused_at}))
+    outcome = run(task(startFrom="earliest", resumeWindow="24h", status={"state": "Paused", "pausedAt": paused_at}))
     assert outcome.status["offsetEpoch"] == 1
     assert outcome.status["consumerGroup"].endswith(".e1")
     assert outcome.status["resumedFrom"] == "startFrom"

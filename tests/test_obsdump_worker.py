@@ -310,7 +310,7 @@ def test_metrics_and_health_are_served(
     from tests.support.servers import free_port
 
     topic, bucket = topic_factory(partitions=2), bucket_factory()
-    spec = spec_for(kafka, object_store, bucket, topics=[topic])
+    spec = spec_for(kafka, object_store, bucket, topics=[topic], taskName="orders_dump")
     manifest = write_manifest(tmp_path / f"metrics-{uuid.uuid4().hex[:6]}.yaml", "metrics", spec, object_store)
     port = free_port()
     produce(kafka.bootstrap, topic, 100, partitions=2)
@@ -323,7 +323,10 @@ def test_metrics_and_health_are_served(
         except OSError:
             return ""
 
-    labels = [f'kind="ObsDumpTask",partition="{p}",task="default/metrics",topic="{topic}"' for p in (0, 1)]
+    labels = [
+        f'kind="ObsDumpTask",partition="{p}",task="default/metrics",task_name="orders_dump",topic="{topic}"'
+        for p in (0, 1)
+    ]
     try:
         wait_for(
             lambda: all(f"ferry_records_total{{{label}}} 50.0" in metrics() for label in labels),
@@ -400,3 +403,29 @@ def test_lag_counts_exactly_the_records_read_but_not_yet_in_the_bucket(
     finally:
         running.finish()  # stopping writes what was read: the lag is dumped, not lost
     assert sum(len(r) for r in dumped_records(object_store.client(), bucket).values()) == 34
+
+
+def test_saved_offsets_the_retention_deleted_are_skipped_exactly_and_reported(
+    kafka: KafkaCluster, object_store: SeaweedFS, topic_factory: TopicFactory, bucket_factory: BucketFactory
+) -> None:
+    from tests.test_dataaccess_worker import commit, delete_records
+
+    topic, bucket = topic_factory(partitions=2), bucket_factory()
+    produce(kafka.bootstrap, topic, 60, partitions=2)  # 30 per partition: offsets 0-29
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    commit(kafka.bootstrap, group, topic, [10, 25])  # where a paused task stopped
+    delete_records(kafka, topic, {0: 18, 1: 29})  # 8 and 4 unread records gone
+    spec = spec_for(kafka, object_store, bucket, topics=[topic], startFrom="latest", target={"storeKeys": True})
+    running = start_pipeline(spec, object_store, group)
+    try:
+        wait_for(lambda: running.recorder.reports and running.recorder.last.totals.records == 13, what="the rest")
+        wait_for(lambda: running.recorder.last.lag == 0, what="lag 0")
+        last = running.recorder.last
+    finally:
+        running.finish()
+    found = {(e["partition"], e["committedOffset"], e["earliestOffset"], e["records"]) for e in last.extra["expired"]}
+    assert found == {(0, 10, 18, 8), (1, 25, 29, 4)}
+    records = dumped_records(object_store.client(), bucket)
+    assert [r.offset for r in records[(topic, 0)]] == list(range(18, 30))  # from the earliest, not from latest
+    assert [r.offset for r in records[(topic, 1)]] == [29]
+    assert committed(kafka.bootstrap, group, topic, 2) == [30, 30]

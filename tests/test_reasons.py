@@ -1,4 +1,5 @@
-"""Every reason the code can emit is in docs/reasons.md, and the table lists no reason the code lost."""
+"""Every reason the code can emit (in status and in Events) is in docs/reasons.md, and its tables list no reason
+the code lost."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def emitted_reasons() -> set[str]:
-    """String literals used as a reason: the first argument of TaskError and Explanation, _Verdict's second, a
-    "reason" dict key."""
+    """String literals used as a reason: the first argument of TaskError and Explanation, _Verdict's and the
+    operator's Event's second, a "reason" dict key or keyword argument (kopf.event's)."""
     reasons: set[str] = set()
     for path in (ROOT / "operator" / "ferry").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
@@ -21,8 +22,9 @@ def emitted_reasons() -> set[str]:
                 name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
                 if name in ("TaskError", "Explanation") and node.args:
                     candidates.append(node.args[0])
-                elif name == "_Verdict" and len(node.args) > 1:
+                elif name in ("_Verdict", "Event") and len(node.args) > 1:
                     candidates.append(node.args[1])
+                candidates += [k.value for k in node.keywords if k.arg == "reason"]
             elif isinstance(node, ast.Dict):
                 candidates += [
                     value

@@ -400,6 +400,55 @@ def test_a_loop_through_two_spellings_is_refused_once_both_clusters_are_known() 
 
 
 # ---------------------------------------------------------------------------------------------
+# 6. Task names: unique per namespace and kind
+
+
+def test_a_task_name_in_use_in_the_namespace_is_refused_naming_the_task_that_has_it() -> None:
+    holder = obsdump("first", taskName="orders_dump")
+    message = review(OBS_DUMP, "CREATE", obsdump("second", taskName="orders_dump"), None, peers_of(holder))
+    assert message == (
+        "ObsDumpTask first in this namespace already has taskName orders_dump (task names are unique per "
+        "namespace and kind): give this ObsDumpTask another spec.taskName, or delete first first"
+    )
+    # Whichever was created first: an earlier creation time (or a name first by the tie-break) takes nothing.
+    early = obsdump("a-second", created="2026-11-21T09:00:00Z", taskName="orders_dump")
+    assert review(OBS_DUMP, "CREATE", early, None, peers_of(holder)) is not None
+
+
+def test_a_task_name_is_free_in_other_namespaces_once_its_holder_is_deleted_and_for_unnamed_tasks() -> None:
+    elsewhere = obsdump("first", namespace="team-b", taskName="orders_dump")
+    assert review(OBS_DUMP, "CREATE", obsdump("second", taskName="orders_dump"), None, peers_of(elsewhere)) is None
+    leaving = obsdump("first", taskName="orders_dump")
+    leaving["metadata"]["deletionTimestamp"] = "2026-11-21T10:30:00Z"
+    assert review(OBS_DUMP, "CREATE", obsdump("second", taskName="orders_dump"), None, peers_of(leaving)) is None
+    unnamed = obsdump("second")
+    assert review(OBS_DUMP, "CREATE", unnamed, None, peers_of(obsdump("first"), obsdump("orders_dump"))) is None
+
+
+def test_renaming_onto_a_name_in_use_is_refused_and_other_updates_of_a_duplicate_are_admitted() -> None:
+    holder = sync("ab", "a", "b", taskName="orders_sync")
+    stored = sync("cd", "c", "d", taskName="other_sync")
+    renamed = sync("cd", "c", "d", taskName="orders_sync")
+    message = review(TOPIC_SYNC, "UPDATE", renamed, stored, peers_of(holder, stored))
+    assert message is not None and message.startswith("TopicSync ab in this namespace already has taskName orders")
+    # A duplicate that predates the webhook may still be paused, edited otherwise, or renamed away.
+    duplicate = sync("cd", "c", "d", taskName="orders_sync")
+    paused = sync("cd", "c", "d", taskName="orders_sync", state="Paused")
+    assert review(TOPIC_SYNC, "UPDATE", paused, duplicate, peers_of(holder, duplicate)) is None
+    assert review(TOPIC_SYNC, "UPDATE", stored, duplicate, peers_of(holder, duplicate)) is None
+    # The task's own stored version does not hold the name against it.
+    assert review(TOPIC_SYNC, "UPDATE", renamed, stored, peers_of(stored)) is None
+
+
+def test_a_bad_task_name_is_refused_in_the_words_of_the_rule() -> None:
+    message = review(OBS_DUMP, "CREATE", obsdump(taskName="orders.dump"), None, no_peers_needed)
+    assert message == (
+        "invalid ObsDumpTask: spec.taskName: Value error, taskName must be 4-64 characters of letters, digits, "
+        "'-' and '_'"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
 # Kopf wiring, in process
 
 

@@ -127,6 +127,7 @@ def _worker(settings: WorkerSettings) -> None:
         stop,
         epoch=int(os.environ.get("FERRY_OFFSET_EPOCH", "0")),
         resets=reporter,
+        reset_to=os.environ.get("FERRY_OFFSET_RESET") or None,
     )
 
 

@@ -7,6 +7,9 @@ and before the commit re-copies that batch on restart; nothing is ever skipped.
 
 A subclass says which topics to read (`_prepare`, `_topics`), where a partition's records go (`_route`:
 None holds the partition, paused and uncommitted, until it has somewhere to go), and what it reports.
+
+With throughput caps (spec.maxRecordsPerSecond, spec.maxBytesPerSecond) a batch is admitted against this
+worker's share of them when it is consumed, before any of it is produced (ferry.pipeline `_consume`).
 """
 
 from __future__ import annotations
@@ -31,8 +34,9 @@ from ferry.kafka import (
 )
 from ferry.metrics import WorkerMetrics
 from ferry.pipeline import WorkerPipeline
-from ferry.reporting import Reporter
+from ferry.reporting import Reporter, ResetLedger
 from ferry.settings import WorkerSettings
+from ferry.throttle import Throttle
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +79,23 @@ class CopyPipeline(WorkerPipeline):
         metrics: WorkerMetrics,
         settings: WorkerSettings | None = None,
         epoch: int = 0,
+        throttle: Throttle | None = None,
+        *,
+        resets: ResetLedger | None = None,
+        reset_to: str | None = None,
     ) -> None:
         self.source_bootstrap = str(source_config["bootstrap.servers"])
         self.target_bootstrap = str(target_config["bootstrap.servers"])
-        super().__init__(self.source_bootstrap, reporter, metrics, settings or WorkerSettings(), epoch)
+        super().__init__(
+            self.source_bootstrap,
+            reporter,
+            metrics,
+            settings or WorkerSettings(),
+            epoch,
+            throttle,
+            resets=resets,
+            reset_to=reset_to,
+        )
         self.source_config = source_config
         self.target_config = target_config
         self.group = consumer_group
@@ -115,9 +132,14 @@ class CopyPipeline(WorkerPipeline):
         """The headers to write, or None to skip the record (it is still committed)."""
         return headers
 
+    def _reset_partitions(self) -> list[tuple[str, int]]:
+        """Every source partition the task reads now (after `_prepare`): what an offset reset moves."""
+        raise NotImplementedError
+
     def _before_consuming(self) -> bool:
-        """A last step once the topics are ready (e.g. resetting offsets); False to retry later."""
-        return True
+        """A last step once the topics are ready: this offset epoch's reset, once (ferry.resets); False to retry
+        later."""
+        return self._reset_once(self.source_config, self.group, self._reset_partitions)
 
     def _kind_fields(self) -> dict[str, Any]:
         """Kind-specific fields of the worker's report."""
@@ -186,7 +208,7 @@ class CopyPipeline(WorkerPipeline):
         next_refresh = time.monotonic() + self.settings.topic_refresh_interval
         while not stop.is_set():
             self.metrics.tick()
-            messages = self.consumer.consume(CONSUME_BATCH, timeout=0.5)
+            messages = self._consume(self.consumer, CONSUME_BATCH, 0.5)
             if messages:
                 self._copy(messages)
             if time.monotonic() >= next_refresh:
@@ -216,6 +238,7 @@ class CopyPipeline(WorkerPipeline):
 
     def _on_assign(self, consumer: Consumer, assigned: list[TopicPartition]) -> None:
         self.rebalancing = False
+        self._start_past_expired(consumer, assigned, self.source_config)  # saved offsets the retention deleted
         held = [tp for tp in assigned if self._route(tp.topic, tp.partition) is None]
         if held:  # nowhere to write them yet: hold them, never skip them
             consumer.pause(held)
@@ -225,6 +248,13 @@ class CopyPipeline(WorkerPipeline):
     def _on_revoke(self, consumer: Consumer, revoked: list[TopicPartition]) -> None:
         self.rebalancing = True
         self.assigned -= {(tp.topic, tp.partition) for tp in revoked}
+
+    def _resumable(self, topic: str, partition: int) -> bool:
+        """Held partitions stay paused after a wait on the caps."""
+        try:
+            return self._route(topic, partition) is not None
+        except KeyError:  # a topic no longer looked up: the next resubscribe drops it
+            return False
 
     # -- copying ---------------------------------------------------------------------------------
 
@@ -370,4 +400,5 @@ class CopyPipeline(WorkerPipeline):
             "bytesPerSecond": bytes_per_second,
             "sourceClusterId": self.source_cluster,
             "targetClusterId": self.target_cluster,
+            **self._expired_fields(),
         }

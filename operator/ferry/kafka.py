@@ -12,13 +12,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 
 from ferry.api.base import KafkaEndpoint, PartitionProgress, StartFrom
 from ferry.credentials import SecretRef, Sensitive
 from ferry.errors import TaskError
 from ferry.metrics import WorkerMetrics
 from ferry.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
 
 
 def endpoint_secret_refs(endpoint: KafkaEndpoint, role: str) -> dict[str, SecretRef]:
@@ -379,6 +381,27 @@ def look_up(admin: AdminClient, bootstrap: str, timeout: float = 10.0) -> Cluste
         if topic.error is None and not name.startswith("__")
     }
     return ClusterView(str(metadata.cluster_id or bootstrap), topics)  # no cluster id: fall back to the spelling
+
+
+# How long a worker waits for the offsets it compares when it is given partitions (inside the rebalance).
+OFFSETS_TIMEOUT = 10.0
+
+
+def earliest_offsets(config: dict[str, Any], partitions: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
+    """Each partition's earliest offset (its log start: what retention and deleted records left), in one request
+    per leader; a partition whose look-up failed is left out."""
+    wanted = {TopicPartition(topic, partition): OffsetSpec.earliest() for topic, partition in partitions}  # type: ignore[no-untyped-call]
+    if not wanted:
+        return {}
+    admin = admin_client(config)  # must outlive the futures: a collected client never resolves them
+    listed = admin.list_offsets(wanted, request_timeout=OFFSETS_TIMEOUT)
+    found = {}
+    for tp, future in listed.items():
+        try:
+            found[(tp.topic, tp.partition)] = int(future.result(timeout=OFFSETS_TIMEOUT + 5).offset)
+        except (KafkaException, TimeoutError) as err:
+            log.warning("earliest offset of %s[%d] not found: %s", tp.topic, tp.partition, err)
+    return found
 
 
 def require_topics(wanted: Iterable[str], existing: Mapping[str, int], bootstrap: str, reason: str) -> None:

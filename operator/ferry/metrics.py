@@ -19,10 +19,11 @@ from prometheus_client import (
 class WorkerMetrics:
     """One registry per worker so tests and `ferry run` can hold several side by side."""
 
-    def __init__(self, kind: str, task: str) -> None:
+    def __init__(self, kind: str, task: str, task_name: str = "") -> None:
         self.registry = CollectorRegistry()
-        self.labels = {"kind": kind, "task": task}
-        base = ["kind", "task"]
+        # task is namespace/name; task_name the display name (spec.taskName), empty when the task has none.
+        self.labels = {"kind": kind, "task": task, "task_name": task_name}
+        base = ["kind", "task", "task_name"]
         tp = [*base, "topic", "partition"]
         self.records = Counter("ferry_records_total", "Records delivered to the target.", tp, registry=self.registry)
         self.bytes = Counter(
@@ -68,6 +69,23 @@ class WorkerMetrics:
             registry=self.registry,
         )
         self.up = Gauge("ferry_worker_healthy", "1 while the worker makes progress.", base, registry=self.registry)
+        # For the FerryNoDump alert: no object for two periods (ObsDumpTask only; set at start, then per object).
+        self.last_dump = Gauge(
+            "ferry_last_dump_timestamp_seconds",
+            "When the worker last wrote an object (or started, before its first).",
+            base,
+            registry=self.registry,
+        )
+        self.dump_period = Gauge(
+            "ferry_dump_period_seconds", "The task's dumpPeriodSeconds.", base, registry=self.registry
+        )
+        self.throttled = Counter(
+            "ferry_throttled_seconds_total",
+            "Seconds the worker waited to stay within its share of the task's maxRecordsPerSecond and "
+            "maxBytesPerSecond (only for tasks with a cap).",
+            base,
+            registry=self.registry,
+        )
         self.last_progress = time.monotonic()
 
     def partition(self, metric: Counter | Gauge, topic: str, partition: int) -> Counter | Gauge:
@@ -131,33 +149,35 @@ def _handler(metrics: WorkerMetrics, stall_seconds: float) -> type[BaseHTTPReque
 
 
 class TaskStateMetrics:
-    """The operator's view for dashboards: `ferry_task_state{kind,namespace,task,state} 1` per task, `task` being
-    `namespace/name` as in the workers' metrics."""
+    """The operator's view for dashboards: `ferry_task_state{kind,namespace,task,task_name,state} 1` per task, `task`
+    being `namespace/name` and `task_name` the display name (spec.taskName, empty when unset) as in the workers'
+    metrics."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.state = Gauge(
             "ferry_task_state",
             "1 for each task's current status.state (Unassigned, Running, Paused, Failed, Terminating).",
-            ["kind", "namespace", "task", "state"],
+            ["kind", "namespace", "task", "task_name", "state"],
             registry=self.registry,
         )
-        self.current: dict[tuple[str, str, str], str] = {}
+        # (kind, namespace, task) to the (task_name, state) labels of its one series.
+        self.current: dict[tuple[str, str, str], tuple[str, str]] = {}
         self.lock = threading.Lock()
 
-    def set(self, kind: str, namespace: str, name: str, state: str) -> None:
+    def set(self, kind: str, namespace: str, name: str, state: str, task_name: str = "") -> None:
         task = f"{namespace}/{name}"
         key = (kind, namespace, task)
         with self.lock:
             previous = self.current.get(key)
-            if previous is not None and previous != state:
-                self.state.remove(kind, namespace, task, previous)
-            self.state.labels(kind, namespace, task, state).set(1)
-            self.current[key] = state
+            if previous is not None and previous != (task_name, state):
+                self.state.remove(kind, namespace, task, *previous)
+            self.state.labels(kind, namespace, task, task_name, state).set(1)
+            self.current[key] = (task_name, state)
 
     def forget(self, kind: str, namespace: str, name: str) -> None:
         task = f"{namespace}/{name}"
         with self.lock:
             previous = self.current.pop((kind, namespace, task), None)
             if previous is not None:
-                self.state.remove(kind, namespace, task, previous)
+                self.state.remove(kind, namespace, task, *previous)

@@ -14,7 +14,10 @@ from kubernetes.client.exceptions import ApiException
 
 from ferry.api import GROUP, VERSION
 from ferry.api.base import Phase
-from ferry.control.reconcile import Observed, Outcome, accepted_spec, decide, owner_of
+from ferry.control.accepted import secret_names
+from ferry.control.names import task_name_of
+from ferry.control.operations import RESET_ANNOTATION, RESTART_ANNOTATION
+from ferry.control.reconcile import Observed, Outcome, decide, named, owner_of
 from ferry.control.render import SPEC_HASH_ANNOTATION, Owner, selector_labels, worker_name
 from ferry.metrics import TaskStateMetrics
 from ferry.registry import PLUGINS
@@ -26,6 +29,7 @@ SETTINGS = OperatorSettings.from_env()
 FINALIZER = "ferry.dev/flush-worker"
 FIELD_MANAGER = "ferry-operator"  # the server-side apply field manager of every child Ferry renders
 TASK_STATES = TaskStateMetrics()
+OPERATION_ANNOTATIONS = (RESTART_ANNOTATION, RESET_ANNOTATION)
 # One reconcile at a time per task, whichever handler (change, timer) triggers it.
 _locks: dict[str, threading.Lock] = {}
 
@@ -62,17 +66,10 @@ def _observe(plugin: KindPlugin, body: dict[str, Any]) -> Observed:
     apps, core, custom = client.AppsV1Api(), client.CoreV1Api(), client.CustomObjectsApi()
     deployment = _read_deployment(apps, owner.namespace, worker_name(owner))
     pods = _worker_pods(owner)
-    secrets: dict[str, set[str] | None] = {}
-    try:  # the Secrets of the spec that will run (the accepted one, for kinds with immutable specs)
-        spec = plugin.definition.spec_model.model_validate(accepted_spec(plugin, body)[0])
-        names = {ref.secret for ref in plugin.secret_refs(spec).values()}
-    except ValueError:
-        names = set()
-    for name in names:
-        secrets[name] = _secret_keys(core, owner.namespace, name)
-    peers = []
-    if plugin.needs_peers:
-        peers = custom.list_cluster_custom_object(GROUP, VERSION, plugin.definition.plural)["items"]
+    # The Secrets of the current spec and of the accepted one (which runs while a change is held back).
+    secrets = {name: _secret_keys(core, owner.namespace, name) for name in secret_names(plugin, body)}
+    # Every task of the kind: for unique task names, and the kind's limits and conditions.
+    peers = custom.list_cluster_custom_object(GROUP, VERSION, plugin.definition.plural)["items"]
     serialize = client.ApiClient().sanitize_for_serialization  # the API's camelCase, as decide() reads it
     return Observed(deployment=deployment, pods=[serialize(p) for p in pods], secrets=secrets, peers=peers)
 
@@ -171,7 +168,7 @@ def reconcile(plugin: KindPlugin, body: kopf.Body, patch: kopf.Patch) -> None:
         _post_events(body, outcome)
         patch.status.update(outcome.status)
         owner = owner_of(raw)
-        TASK_STATES.set(owner.kind, owner.namespace, owner.name, outcome.status["state"])
+        TASK_STATES.set(owner.kind, owner.namespace, owner.name, outcome.status["state"], task_name_of(raw) or "")
         for name, value in outcome.annotations.items():
             patch.metadata.annotations[name] = value
 
@@ -190,8 +187,9 @@ def finalize(plugin: KindPlugin, body: kopf.Body) -> None:
         custom.patch_namespaced_custom_object_status(
             GROUP, VERSION, owner.namespace, plugin.definition.plural, owner.name, {"status": status}
         )
-        kopf.event(body, type="Normal", reason="Terminating", message=status["message"])
-    TASK_STATES.set(owner.kind, owner.namespace, owner.name, Phase.TERMINATING.value)
+        message = named(status["message"], task_name_of(raw))
+        kopf.event(body, type="Normal", reason="Terminating", message=message)
+    TASK_STATES.set(owner.kind, owner.namespace, owner.name, Phase.TERMINATING.value, task_name_of(raw) or "")
     name = worker_name(owner)
     deployment = _read_deployment(apps, owner.namespace, name)
     if deployment is None:
@@ -214,6 +212,10 @@ def finalize(plugin: KindPlugin, body: kopf.Body) -> None:
     log.info("%s %s/%s: workers stopped, finalizer released", plugin.definition.kind, owner.namespace, owner.name)
 
 
+def _noticed(**_: Any) -> None:
+    """The reconcile handler acts on the change (see _register)."""
+
+
 def _register(plugin: KindPlugin) -> None:
     resource = (GROUP, VERSION, plugin.definition.plural)
 
@@ -231,6 +233,13 @@ def _register(plugin: KindPlugin) -> None:
     kopf.on.resume(*resource, id="reconcile")(on_change)
     kopf.on.create(*resource, id="reconcile")(on_change)
     kopf.on.update(*resource, id="reconcile")(on_change)
+    # Kopf leaves the annotations of its own storage prefix (ferry.dev/) out of the changes it compares, so that
+    # `kubectl annotate` of these would wait for the timer: a handler watching each field puts it back in, and a
+    # change of it then wakes the reconcile handler above (this one has nothing to do itself).
+    for name in OPERATION_ANNOTATIONS:
+        kopf.on.update(*resource, id=f"noticed-{name.rsplit('/', 1)[-1]}", field=("metadata", "annotations", name))(
+            _noticed
+        )
     kopf.timer(*resource, id="reconcile-timer", interval=SETTINGS.reconcile_interval, sharp=False)(on_timer)
     kopf.on.delete(*resource, id="flush-worker", timeout=SETTINGS.flush_timeout + 60)(on_delete)
 

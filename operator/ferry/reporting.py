@@ -234,7 +234,7 @@ class KubernetesReporter:
 
     Progress: merge-patch this worker's entry in the CR's `status.workers` map. Each pod writes only its
     own key, so replicas never overwrite each other; the operator aggregates the entries into the task's
-    top-level status. It is also the task's ResetLedger, in `status.offsetResetEpoch`.
+    top-level status. It is also the task's ResetLedger, in `status.offsetResetEpoch` and `lastOffsetReset`.
     """
 
     def __init__(self, api: Any, plural: str, namespace: str, name: str, worker_id: str) -> None:
@@ -273,9 +273,9 @@ class KubernetesReporter:
             ) from None
         return int((body.get("status") or {}).get("offsetResetEpoch") or 0)
 
-    def record(self, epoch: int) -> None:
+    def record(self, epoch: int, applied: dict[str, Any] | None = None) -> None:
         try:
-            self._patch({"offsetResetEpoch": epoch})
+            self._patch({"offsetResetEpoch": epoch, **({"lastOffsetReset": applied} if applied else {})})
         except Exception as err:
             raise TaskError(
                 "StatusUnavailable",
@@ -285,13 +285,12 @@ class KubernetesReporter:
 
 
 class ResetLedger(Protocol):
-    """Which offset epoch's reset to startFrom has been applied. Kinds whose consumer group is the user's own
-    (DataAccessTask) cannot start a new group after a late resume; they reset the group's offsets once per
-    epoch, and note it here so that a restarted worker does not reset them again."""
+    """Which offset epoch's reset (ferry.resets) has been applied. The workers move the consumer group once per
+    epoch, and note it here (with what they did, `applied`) so that a restarted worker does not move it again."""
 
     def applied_epoch(self) -> int: ...
 
-    def record(self, epoch: int) -> None: ...
+    def record(self, epoch: int, applied: dict[str, Any] | None = None) -> None: ...
 
 
 class MemoryLedger:
@@ -299,9 +298,11 @@ class MemoryLedger:
 
     def __init__(self, epoch: int = 0) -> None:
         self.epoch = epoch
+        self.applied: dict[str, Any] | None = None
 
     def applied_epoch(self) -> int:
         return self.epoch
 
-    def record(self, epoch: int) -> None:
+    def record(self, epoch: int, applied: dict[str, Any] | None = None) -> None:
         self.epoch = epoch
+        self.applied = applied

@@ -38,13 +38,14 @@ def run_task(
     stop: threading.Event,
     epoch: int = 0,
     resets: ResetLedger | None = None,
+    reset_to: str | None = None,
 ) -> None:
-    metrics = WorkerMetrics(task.definition.kind, f"{task.namespace}/{task.name}")
+    metrics = WorkerMetrics(task.definition.kind, f"{task.namespace}/{task.name}", task.spec.task_name or "")
     server = None
     if settings.metrics_port >= 0:
         server = MetricsServer(metrics, settings.metrics_port, stall_seconds=settings.stall_seconds).start()
         log.info("metrics and health on port %d", server.port)
-    context = WorkerContext(secrets, consumer_group, reporter, metrics, settings, epoch)
+    context = WorkerContext(secrets, consumer_group, reporter, metrics, settings, epoch, reset_to=reset_to)
     if resets is not None:
         context = replace(context, resets=resets)
     try:

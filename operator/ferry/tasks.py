@@ -43,6 +43,8 @@ class WorkerContext:
     settings: WorkerSettings
     epoch: int = 0
     resets: ResetLedger = field(default_factory=MemoryLedger)
+    # The target of this offset epoch's reset (ferry.resets), None for none.
+    reset_to: str | None = None
 
 
 @dataclass(frozen=True)
@@ -71,10 +73,6 @@ class KindPlugin:
     # Webhook only: a copy onto itself that the cluster ids reported by the kind's tasks reveal, given a way to
     # list them (called only when a topic could be its own target). The worker checks against the brokers.
     onto_itself: Callable[[Task, Callable[[], list[dict[str, Any]]]], TaskError | None] | None = None
-
-    @property
-    def needs_peers(self) -> bool:
-        return self.admission is not None or self.conditions is not None
 
 
 def validation_message(err: ValidationError) -> str:

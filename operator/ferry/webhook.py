@@ -9,7 +9,9 @@ For every kind in the registry it refuses, each time saying what to change:
 4. a task that would raise one of REFUSING_CONDITIONS (TopicSync: a replication loop with identity naming),
    unless it carries that condition's opt-in annotation;
 5. a copy onto itself through two spellings of one cluster (TopicSync, DataAccessTask: the kind's
-   `onto_itself` hook), when the cluster ids the tasks' workers reported tell (ferry.control.identity).
+   `onto_itself` hook), when the cluster ids the tasks' workers reported tell (ferry.control.identity);
+6. a `spec.taskName` another task of the kind in the namespace already has (on CREATE, and on an UPDATE that
+   changes the name): task names are unique per namespace and kind (ferry.control.names).
 
 Rules 3 to 5 know a Kafka cluster by the cluster id its brokers reported to some task's workers, for any
 `host:port` of the request's bootstrap lists; a spelling no worker has reached is known only by its
@@ -44,8 +46,10 @@ from urllib3.exceptions import HTTPError
 
 from ferry.api import GROUP, VERSION
 from ferry.api.base import normalise_bootstrap
+from ferry.control.accepted import ACCEPTED_SPEC_ANNOTATION, accepted_spec, running_body
 from ferry.control.identity import endpoints_of
-from ferry.control.reconcile import ACCEPTED_SPEC_ANNOTATION, accepted_spec, rfc3339
+from ferry.control.names import name_taken, task_name_of
+from ferry.control.reconcile import rfc3339
 from ferry.errors import TaskError
 from ferry.registry import PLUGINS
 from ferry.settings import OperatorSettings
@@ -101,11 +105,18 @@ def review(
         task = parse_task(body, {kind: plugin})
     except TaskError as err:
         return f"invalid {kind}: {err.message}"
-    peers = _once(lambda: _with_self(list_peers(), body))
+    # The other tasks as their workers run them: a change the operator holds back claims nothing yet.
+    peers = _once(lambda: _with_self([running_body(plugin, p) for p in list_peers()], body))
     if plugin.onto_itself is not None:
         onto_itself = plugin.onto_itself(task, peers)
         if onto_itself is not None:
             return onto_itself.message
+    if task.spec.task_name is not None and (
+        operation == "CREATE" or task_name_of(old_body or {}) != task.spec.task_name
+    ):
+        taken = name_taken(task, peers())
+        if taken is not None:
+            return taken
     if operation == "CREATE" and plugin.admission is not None:
         refused = plugin.admission(task, peers())
         if refused is not None:

@@ -56,7 +56,11 @@ HELM_TIMEOUT = 120.0
 ALL_ON: dict[str, Any] = {
     "watchNamespaces": ["team-a", "team-b"],
     "webhook": {"enabled": True},
-    "metrics": {"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True}},
+    "metrics": {
+        "serviceMonitor": {"enabled": True},
+        "podMonitor": {"enabled": True},
+        "prometheusRule": {"enabled": True},
+    },
     "networkPolicy": {
         "enabled": True,
         "metricsFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],

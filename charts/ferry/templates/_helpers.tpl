@@ -69,6 +69,10 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 ["dataaccesstasks/status", "obsdumptasks/status", "topicsyncs/status"]
 {{- end }}
 
+{{- define "ferry.taskScaleResources" -}}
+["dataaccesstasks/scale", "topicsyncs/scale"]
+{{- end }}
+
 {{/*
 What the operator needs in each namespace it serves: a ClusterRole's rules without --namespace, a Role's in
 each watched namespace with it. No wildcards, no escalate/bind/impersonate: the worker Roles the operator

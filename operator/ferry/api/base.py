@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import timedelta
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 
@@ -208,6 +209,11 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(seconds=seconds)
 
 
+def resume_window_field(default: str | None, description: str) -> Any:
+    """`spec.resumeWindow`, whose default differs by kind (TopicSync: 24h; the others: none)."""
+    return Field(default, pattern=DURATION, max_length=32, description=description)
+
+
 class Toleration(ApiModel):
     key: str | None = Field(None, max_length=316)
     operator: str | None = Field(None, description="Exists or Equal.", pattern=r"^(Exists|Equal)$")
@@ -252,9 +258,44 @@ class Resources(ApiModel):
     )
 
 
+def name_check(pattern: str, message: str) -> Callable[[str], str]:
+    """The model's check of a `spec.taskName` rule, in the words of the CRD's rule for it (`name_rule`)."""
+
+    def check(name: str) -> str:
+        if not re.fullmatch(pattern, name):
+            raise ValueError(message)
+        return name
+
+    return check
+
+
+def name_rule(pattern: str, message: str) -> dict[str, Any]:
+    """The CRD's check of a `spec.taskName` rule: a CEL rule, so `kubectl apply` says what is allowed rather than
+    quoting the pattern."""
+    return validations(rule(f"self.matches('{pattern}')", message))
+
+
+# The task names of Tencent CKafka Connector and Huawei Smart Connect: 4-64 letters, digits, '-' and '_'.
+TASK_NAME = r"^[A-Za-z0-9_-]{4,64}$"
+TASK_NAME_MESSAGE = "taskName must be 4-64 characters of letters, digits, '-' and '_'"
+TaskName = Annotated[
+    str,
+    Field(max_length=64, json_schema_extra=name_rule(TASK_NAME, TASK_NAME_MESSAGE)),
+    AfterValidator(name_check(TASK_NAME, TASK_NAME_MESSAGE)),
+]
+TASK_NAME_DESCRIPTION = (
+    "Display name of the task, as the console names it ({rule}). Unique among the namespace's tasks of this "
+    "kind (the earliest created keeps it); shown in `kubectl get`, the operator's Events and the metrics' "
+    "task_name label. Optional: without it the task is known by metadata.name alone."
+)
+
+
 class TaskSpec(ApiModel):
     """Fields every task kind has."""
 
+    task_name: TaskName | None = Field(
+        None, description=TASK_NAME_DESCRIPTION.format(rule="4-64 letters, digits, '-' and '_'")
+    )
     state: TaskState = Field(
         TaskState.RUNNING,
         description="Running (default) or Paused. Creating a task Paused defines it without starting it.",
@@ -262,25 +303,38 @@ class TaskSpec(ApiModel):
     replicas: int = Field(
         1, ge=1, le=64, description="Worker pods; they share the work as members of one consumer group."
     )
-    resume_window: str = Field(
-        "24h",
-        pattern=DURATION,
-        max_length=32,
-        description="After a pause shorter than this the task resumes from its saved offsets; "
-        "after a longer one it starts from startFrom.",
+    resume_window: str | None = resume_window_field(
+        None,
+        "Unset (the default): a resume continues from the saved offsets, however long the pause. Set, e.g. 24h: "
+        "after a pause longer than this the task starts from startFrom instead.",
+    )
+    max_records_per_second: int | None = Field(
+        None,
+        ge=1,
+        description="Cap on the records the task reads and writes per second, over all its workers: each worker "
+        "takes an equal share (the cap divided by replicas). Unset (the default): no cap.",
+    )
+    max_bytes_per_second: int | None = Field(
+        None,
+        ge=1,
+        description="Cap on the record payload bytes (key plus value, as status.totals counts them) the task reads "
+        "and writes per second, over all its workers: each worker takes an equal share (the cap divided by "
+        "replicas). Unset (the default): no cap.",
     )
     resources: Resources | None = Field(None, description="Compute resources of each worker container.")
     pod_template: PodTemplate | None = Field(None, description="Overrides for the worker pods.")
 
     @field_validator("resume_window")
     @classmethod
-    def _window_parses(cls, value: str) -> str:
-        parse_duration(value)
+    def _window_parses(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_duration(value)
         return value
 
     @property
-    def resume_window_delta(self) -> timedelta:
-        return parse_duration(self.resume_window)
+    def resume_window_delta(self) -> timedelta | None:
+        """How long a pause may last and still resume from the saved offsets; None: any pause."""
+        return None if self.resume_window is None else parse_duration(self.resume_window)
 
     def cluster_endpoints(self) -> dict[str, KafkaEndpoint]:
         """The spec's Kafka endpoints, keyed by the status field that holds the cluster id their brokers
@@ -322,6 +376,49 @@ class WorkerError(ApiModel):
     time: str
 
 
+class ExpiredRecords(ApiModel):
+    """Records of one partition the task never read: its saved offset had fallen out of the topic's retention."""
+
+    topic: str
+    partition: int
+    committed_offset: int = Field(description="The saved (committed) offset, no longer in the partition.")
+    earliest_offset: int = Field(description="The partition's earliest offset then: reading continued from it.")
+    records: int = Field(description="Records skipped: earliestOffset - committedOffset.")
+    time: str = Field(description="When a worker found it.")
+
+
+class OffsetResetRequest(ApiModel):
+    """A move of the task's consumer group the operator recorded; the first worker of its offset epoch applies it."""
+
+    to: str = Field(description="earliest, latest, or an RFC 3339 time (the first offset at or after it).")
+    epoch: int = Field(description="The offsetEpoch it belongs to: its workers apply it once, before consuming.")
+    requested_at: str = Field(description="When the operator recorded it.")
+    requested_by: str = Field(
+        description="annotation (ferry.dev/reset-offsets on the paused task) or resumeWindow (a resume after a "
+        "pause longer than spec.resumeWindow: to startFrom)."
+    )
+    consumer_group: str | None = Field(None, description="The consumer group it moves.")
+
+
+class PartitionOffset(ApiModel):
+    topic: str
+    partition: int
+    offset: int
+
+
+class AppliedOffsetReset(ApiModel):
+    """The move of the consumer group a worker made (written by that worker)."""
+
+    to: str = Field(description="As requested: earliest, latest or an RFC 3339 time.")
+    epoch: int = Field(description="The offsetEpoch of the request.")
+    time: str = Field(description="When the worker moved the group.")
+    consumer_group: str = Field(description="The group moved.")
+    partitions: int = Field(description="Partitions whose offsets were set.")
+    offsets: list[PartitionOffset] | None = Field(
+        None, description="Where each partition was moved (at most 200 listed)."
+    )
+
+
 class WorkerReport(ApiModel):
     """What one worker pod last reported (kind-specific fields are kept as they come)."""
 
@@ -360,9 +457,53 @@ class TaskStatus(ApiModel):
         "the workers have applied.",
     )
     resumed_from: str | None = Field(
-        None, description="How the last resume started: savedOffsets (within the window) or startFrom."
+        None,
+        description="How the last resume started: savedOffsets (within the window, or none set), startFrom, or "
+        "offsetReset (where a ferry.dev/reset-offsets recorded during the pause moved the consumer group).",
+    )
+    records_expired: int | None = Field(
+        None,
+        description="Records skipped since the task was created because the topic's retention deleted them "
+        "before the task read them (a saved offset older than the partition's earliest offset).",
+    )
+    expired: list[ExpiredRecords] | None = Field(
+        None, description="The latest such skip of each partition it happened to (at most 200, the latest)."
     )
     source_cluster_id: str | None = Field(None, description=CLUSTER_ID_DESCRIPTION.format(side="source"))
+    throttled_seconds: float | None = Field(
+        None,
+        description="With a throughput cap: seconds the live workers have waited on it, added up (each since it "
+        "started). Unset without caps.",
+    )
+    max_records_per_second: float | None = Field(
+        None,
+        description="The records cap the live workers enforce: their shares of spec.maxRecordsPerSecond added up "
+        "(the whole cap once every replica reports). Unset without that cap.",
+    )
+    max_bytes_per_second: float | None = Field(
+        None,
+        description="The bytes cap the live workers enforce: their shares of spec.maxBytesPerSecond added up "
+        "(the whole cap once every replica reports). Unset without that cap.",
+    )
     workers: dict[str, WorkerReport] | None = Field(
         None, description="Each worker pod's own report, keyed by pod name; the fields above summarise them."
+    )
+    replicas: int | None = Field(
+        None,
+        description="Workers reporting now (live heartbeats): the scale subresource's status.replicas "
+        "(`kubectl get --subresource=scale`).",
+    )
+    label_selector: str | None = Field(
+        None, description="Label selector of the worker pods (the scale subresource's, for autoscalers)."
+    )
+    restarted_for: str | None = Field(
+        None,
+        description="The last value of the ferry.dev/restart annotation the workers were restarted for; a new "
+        "value restarts them once more.",
+    )
+    offset_reset: OffsetResetRequest | None = Field(
+        None, description="The latest move of the consumer group the operator recorded (applied once, on resume)."
+    )
+    last_offset_reset: AppliedOffsetReset | None = Field(
+        None, description="The latest move of the consumer group a worker made."
     )

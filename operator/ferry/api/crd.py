@@ -131,13 +131,26 @@ def crd_for(kind: KindDef) -> dict[str, Any]:
                     "name": kind.version,
                     "served": True,
                     "storage": True,
-                    "subresources": {"status": {}},
+                    "subresources": subresources(kind),
                     "additionalPrinterColumns": [c.wire() for c in kind.printer_columns],
                     "schema": {"openAPIV3Schema": root},
                 }
             ],
         },
     }
+
+
+# Where the scale subresource reads and writes: the worker count asked for, the workers reporting, and the
+# selector of their pods (status fields the operator fills), so `kubectl scale` and an autoscaler work.
+SCALE = {
+    "specReplicasPath": ".spec.replicas",
+    "statusReplicasPath": ".status.replicas",
+    "labelSelectorPath": ".status.labelSelector",
+}
+
+
+def subresources(kind: KindDef) -> dict[str, Any]:
+    return {"status": {}, **({"scale": dict(SCALE)} if kind.scalable else {})}
 
 
 def render_crd_yaml(kind: KindDef) -> str:

@@ -26,6 +26,7 @@ class PrinterColumn:
         return column
 
 
+TASK_NAME_COLUMN = PrinterColumn("Task Name", ".spec.taskName", description="The task's display name (spec.taskName).")
 STATE_COLUMN = PrinterColumn(
     "State", ".status.state", description="Unassigned, Running, Paused, Failed or Terminating."
 )
@@ -48,6 +49,8 @@ class KindDef:
     # Spec fields a user may change after creation; None means every field may change.
     mutable_fields: frozenset[str] | None = None
     categories: tuple[str, ...] = field(default=("ferry",))
+    # A scale subresource (spec.replicas, status.replicas, status.labelSelector): `kubectl scale`, autoscalers.
+    scalable: bool = False
 
     @property
     def singular(self) -> str:

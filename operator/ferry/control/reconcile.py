@@ -12,10 +12,32 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ferry.api.base import ConditionStatus, Phase, TaskSpec, TaskState, normalise_bootstrap
+from ferry.control.accepted import (
+    ACCEPTED_SPEC_ANNOTATION,
+    accepted_doc,
+    check_secrets,
+    choose,
+    running_body,
+)
+from ferry.control.expiry import account_expired
 from ferry.control.identity import endpoints_of
+from ferry.control.names import check_task_name
+from ferry.control.operations import (
+    BY_ANNOTATION,
+    BY_RESUME_WINDOW,
+    RESET_ANNOTATION,
+    pending_reset,
+    reset_condition,
+    reset_record,
+    reset_target,
+    restart_notice,
+    restart_value,
+    take_reset,
+)
 from ferry.control.render import (
     Owner,
     deployed_spec,
+    label_selector,
     render_worker_access,
     render_worker_deployment,
     running_spec,
@@ -23,9 +45,7 @@ from ferry.control.render import (
 from ferry.errors import TaskError
 from ferry.reporting import MAX_REPORTED_PARTITIONS
 from ferry.settings import OperatorSettings
-from ferry.tasks import KindCondition, KindPlugin, parse_task
-
-ACCEPTED_SPEC_ANNOTATION = "ferry.dev/accepted-spec"
+from ferry.tasks import KindCondition, KindPlugin
 
 
 @dataclass(frozen=True)
@@ -52,10 +72,15 @@ class Event:
 class Outcome:
     deployment: dict[str, Any] | None
     status: dict[str, Any]
-    annotations: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str | None] = field(default_factory=dict)  # None: remove it
     events: list[Event] = field(default_factory=list)
     # The workers' ServiceAccount, Role and RoleBinding (with the Deployment).
     access: list[dict[str, Any]] = field(default_factory=list)
+
+
+def named(message: str, task_name: str | None) -> str:
+    """An Event's message, led by the task's display name (spec.taskName) when it has one: `[orders_dump] ...`."""
+    return f"[{task_name}] {message}" if task_name else message
 
 
 def rfc3339(moment: datetime) -> str:
@@ -77,45 +102,6 @@ def consumer_group(owner: Owner, epoch: int) -> str:
 def owner_of(body: dict[str, Any]) -> Owner:
     meta = body["metadata"]
     return Owner(body["kind"], meta["name"], meta.get("namespace") or "default", meta.get("uid") or "")
-
-
-def _immutable_part(spec: dict[str, Any], mutable: frozenset[str]) -> dict[str, Any]:
-    return {k: v for k, v in spec.items() if k not in mutable}
-
-
-def accepted_spec(plugin: KindPlugin, body: dict[str, Any]) -> tuple[dict[str, Any], TaskError | None]:
-    """The spec to run: the current one, or for kinds with immutable specs the one accepted at creation
-    (with the current state), plus an error naming the fields that changed."""
-    spec = dict(body.get("spec") or {})
-    mutable = plugin.definition.mutable_fields
-    saved = (body["metadata"].get("annotations") or {}).get(ACCEPTED_SPEC_ANNOTATION)
-    if mutable is None or saved is None:
-        return spec, None
-    accepted = json.loads(saved)
-    current = _immutable_part(spec, mutable)
-    if current == accepted:
-        return spec, None
-    changed = sorted(k for k in set(accepted) | set(current) if accepted.get(k) != current.get(k))
-    fields = ", ".join(f"spec.{k}" for k in changed)
-    error = TaskError(
-        "SpecImmutable",
-        f"{fields} changed after creation, but only spec.state may change: revert the change, or create a "
-        f"new {plugin.definition.kind}; the worker keeps running the accepted spec",
-    )
-    return {**accepted, **{k: spec[k] for k in mutable if k in spec}}, error
-
-
-def check_secrets(plugin: KindPlugin, spec: TaskSpec, observed: Observed) -> TaskError | None:
-    for role, ref in sorted(plugin.secret_refs(spec).items()):
-        keys = observed.secrets.get(ref.secret)
-        if keys is None:
-            return TaskError(
-                "SecretNotFound",
-                f"Secret {ref.secret!r} (for {role.lower()}) does not exist in this namespace: create it",
-            )
-        if ref.key not in keys:
-            return TaskError("SecretKeyNotFound", f"Secret {ref.secret!r} has no key {ref.key!r} (for {role.lower()})")
-    return None
 
 
 def crash_looping(pods: list[dict[str, Any]]) -> TaskError | None:
@@ -257,18 +243,19 @@ def decide(
     generation = body["metadata"].get("generation")
     now = observed.now
     events: list[Event] = []
-    annotations: dict[str, str] = {}
+    annotations: dict[str, str | None] = {}
     patch: dict[str, Any] = {"observedGeneration": generation}
 
-    spec_doc, immutable_error = accepted_spec(plugin, body)
-    try:
-        task = parse_task({**body, "spec": spec_doc}, {plugin.definition.kind: plugin})
-    except TaskError as err:
-        return _finish(body, status, patch, _Verdict(Phase.FAILED, err.reason, err.message, 0), None, events, {})
+    # The current spec, or the last accepted one while a change cannot be honoured (ferry.control.accepted).
+    choice = choose(plugin, body, observed.secrets)
+    if choice.task is None:
+        assert choice.held is not None
+        failed = _Verdict(Phase.FAILED, choice.held.reason, choice.held.message, 0)
+        return _finish(body, status, patch, failed, None, events, {})
+    task, held = choice.task, choice.held
     spec = task.spec
-    mutable = plugin.definition.mutable_fields
-    if mutable is not None and ACCEPTED_SPEC_ANNOTATION not in (body["metadata"].get("annotations") or {}):
-        annotations[ACCEPTED_SPEC_ANNOTATION] = json.dumps(_immutable_part(spec_doc, mutable), sort_keys=True)
+    if choice.record is not None:
+        annotations[ACCEPTED_SPEC_ANNOTATION] = json.dumps(choice.record, sort_keys=True)
 
     epoch = int(status.get("offsetEpoch") or 0)
     paused_at = parse_time(status.get("pausedAt"))
@@ -276,14 +263,22 @@ def decide(
     if stale:
         patch["workers"] = {w: None for w in stale}
     patch.update(summarize_workers(plugin, live))
+    expired, expired_message = account_expired(status, live)
+    patch.update(expired)
+    if expired_message is not None:
+        events.append(Event("Warning", "RecordsExpired", expired_message))
     ids = cluster_ids(plugin, spec, status, live, observed)
     patch.update(ids)
     # The task as it compares with its peers: with the cluster ids just learned (or cleared).
     me = {**body, "status": {k: v for k, v in {**status, **ids}.items() if v is not None}}
+    if held is not None:
+        me["spec"] = spec.wire()  # as it runs: the held-back change claims nothing yet
+    others = [running_body(plugin, p) for p in observed.peers]  # each as its workers run it
 
     # A refused task is Failed even while paused, so its owner learns it before resuming it.
-    admission = plugin.admission(task, _with_self(observed.peers, me)) if plugin.admission else None
-    blocking = None if spec.state == TaskState.PAUSED else check_secrets(plugin, spec, observed)
+    peers = _with_self(others, me)
+    admission = check_task_name(task, peers) or (plugin.admission(task, peers) if plugin.admission else None)
+    blocking = None if spec.state == TaskState.PAUSED else check_secrets(plugin, spec, observed.secrets)
     if admission is not None:
         verdict = _Verdict(Phase.FAILED, admission.reason, admission.message, 0)
     elif spec.state == TaskState.PAUSED:
@@ -302,10 +297,23 @@ def decide(
         verdict = _Verdict(Phase.FAILED, blocking.reason, blocking.message, 0)
     else:
         if paused_at is not None:
-            window = spec.resume_window_delta
-            if now - paused_at > window:
+            window = spec.resume_window_delta  # None: any pause resumes from the saved offsets
+            requested = pending_reset(status, epoch)
+            if requested is not None and requested.get("requestedBy") == BY_ANNOTATION:  # it wins over the window
+                events.append(
+                    Event(
+                        "Normal",
+                        "Resumed",
+                        f"resumed where {RESET_ANNOTATION} recorded during the pause moves consumer group "
+                        f"{requested.get('consumerGroup')}: {requested['to']}",
+                    )
+                )
+                patch["resumedFrom"] = "offsetReset"
+            elif window is not None and now - paused_at > window:
                 epoch += 1
                 start = getattr(spec, "start_from", None)
+                target = start.value if start else "latest"
+                patch["offsetReset"] = reset_record(target, epoch, rfc3339(now), BY_RESUME_WINDOW)
                 how = (
                     f"moving consumer group {plugin.fixed_group(spec)} to"
                     if plugin.fixed_group
@@ -316,24 +324,55 @@ def decide(
                         "Normal",
                         "ResumedFromStartFrom",
                         f"paused for {_human(now - paused_at)}, longer than the resume window {spec.resume_window}: "
-                        f"{how} startFrom={start.value if start else 'latest'}",
+                        f"{how} startFrom={target}",
                     )
                 )
                 patch["resumedFrom"] = "startFrom"
             else:
-                events.append(Event("Normal", "Resumed", "resumed within the resume window from saved offsets"))
+                within = "within the resume window" if window is not None else "(no resumeWindow set)"
+                events.append(Event("Normal", "Resumed", f"resumed {within} from the saved offsets"))
                 patch["resumedFrom"] = "savedOffsets"
             patch["pausedAt"] = None
         verdict = _running_verdict(spec, live, epoch, observed)
-    if immutable_error is not None and verdict.phase != Phase.PAUSED:
-        verdict = _Verdict(Phase.FAILED, immutable_error.reason, immutable_error.message, verdict.replicas)
+    if held is not None:
+        pending = spec_changes(accepted_doc(body), dict(body.get("spec") or {}))
+        verdict = _held_back(held, verdict, spec.state == TaskState.PAUSED, pending)
 
+    # ferry.dev/reset-offsets on a paused task whose workers have stopped: recorded under a new offset epoch.
+    stopped = spec.state == TaskState.PAUSED and _stopped(observed.deployment, observed.pods)
+    epoch, requested = take_reset(body, epoch, stopped, rfc3339(now))
+    if requested is not None:
+        patch["offsetReset"] = requested
+        annotations[RESET_ANNOTATION] = None  # taken: asking again is annotating again
     group = plugin.fixed_group(spec) if plugin.fixed_group else consumer_group(owner, epoch)
     patch["consumerGroup"] = group
     patch["offsetEpoch"] = epoch
+    if "offsetReset" in patch:
+        patch["offsetReset"]["consumerGroup"] = group  # the group of the new epoch: the one its workers use
+    restart = restart_value(body, status)
     deployment = render_worker_deployment(
-        plugin, owner, spec, group=group, epoch=epoch, replicas=verdict.replicas, settings=settings
+        plugin,
+        owner,
+        spec,
+        group=group,
+        epoch=epoch,
+        replicas=verdict.replicas,
+        settings=settings,
+        reset_to=reset_target(status, patch, epoch),
+        restart=restart,
     )
+    # Operations from kubectl (ferry.control.operations): restarts, offset resets, and the scale subresource.
+    if restart is not None:
+        patch["restartedFor"] = restart
+    restarting = restart_notice(body, status, observed.deployment, verdict.replicas > 0)
+    reset_state, reset_notice = reset_condition(
+        body, status, patch.get("offsetReset"), spec.state == TaskState.PAUSED, verdict.phase.value
+    )
+    for notice in (restarting, reset_notice):
+        if notice is not None:
+            events.append(Event(notice.type, notice.reason, notice.message))
+    patch["replicas"] = len(live)
+    patch["labelSelector"] = label_selector(owner)
     changed = spec_changes(deployed_spec(observed.deployment), spec.wire())
     if changed and verdict.replicas:
         events.append(
@@ -344,10 +383,30 @@ def decide(
                 f"consumer group {group} keeps its offsets",
             )
         )
-    extra = plugin.conditions(task, _with_self(observed.peers, me)) if plugin.conditions else []
+    extra = plugin.conditions(task, _with_self(others, me)) if plugin.conditions else []
     outcome = _finish(body, status, patch, verdict, deployment, events, annotations, now, extra)
+    if reset_state is not None:
+        value = ConditionStatus.TRUE if reset_state.active else ConditionStatus.FALSE
+        previous = status.get("conditions") or []
+        entry = _condition(previous, reset_state.type, value, reset_state.reason, reset_state.message, generation, now)
+        outcome.status["conditions"].append(entry)
+    outcome.events = [Event(e.type, e.reason, named(e.message, spec.task_name)) for e in outcome.events]
     outcome.access = render_worker_access(plugin, owner)
     return outcome
+
+
+def _held_back(held: TaskError, verdict: _Verdict, paused: bool, pending: list[str]) -> _Verdict:
+    """A change the operator cannot honour: Failed with its reason and what to fix, and what runs meanwhile.
+    While paused the pause is the state, and its message mentions the change."""
+    if paused:
+        message = f"{verdict.message}; a spec change is held back: {held.reason}: {held.message}"
+        return _Verdict(verdict.phase, verdict.reason, message, verdict.replicas)
+    if verdict.replicas:
+        not_applied = f" (not applied: {'; '.join(pending[:5])})" if pending else ""
+        meanwhile = f"; until then the workers keep running the last accepted spec{not_applied}"
+    else:
+        meanwhile = f"; the last accepted spec does not run either ({verdict.reason}: {verdict.message})"
+    return _Verdict(Phase.FAILED, held.reason, held.message + meanwhile, verdict.replicas)
 
 
 # Changes that do not roll the workers: pausing and scaling have their own events.
@@ -418,7 +477,7 @@ def _finish(
     verdict: _Verdict,
     deployment: dict[str, Any] | None,
     events: list[Event],
-    annotations: dict[str, str],
+    annotations: dict[str, str | None],
     now: datetime | None = None,
     extra: list[KindCondition] | None = None,
 ) -> Outcome:

@@ -9,6 +9,7 @@ from typing import Any
 
 from ferry.api import API_VERSION, GROUP
 from ferry.api.base import TaskSpec
+from ferry.control.operations import RESTART_ANNOTATION
 from ferry.credentials import env_name
 from ferry.settings import OperatorSettings
 from ferry.tasks import KindPlugin
@@ -43,6 +44,11 @@ def fit(name: str, limit: int = 63) -> str:
 
 def selector_labels(owner: Owner) -> dict[str, str]:
     return {"ferry.dev/kind": owner.kind.lower(), "ferry.dev/task": fit(owner.name)}
+
+
+def label_selector(owner: Owner) -> str:
+    """The worker pods' selector as a string (status.labelSelector, for the scale subresource)."""
+    return ",".join(f"{key}={value}" for key, value in selector_labels(owner).items())
 
 
 def worker_labels(owner: Owner) -> dict[str, str]:
@@ -99,12 +105,20 @@ def running_spec(pod: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def worker_env(
-    plugin: KindPlugin, owner: Owner, spec: TaskSpec, group: str, epoch: int, settings: OperatorSettings
+    plugin: KindPlugin,
+    owner: Owner,
+    spec: TaskSpec,
+    group: str,
+    epoch: int,
+    settings: OperatorSettings,
+    reset_to: str | None = None,
 ) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": "FERRY_TASK", "value": json.dumps(task_document(owner, spec), sort_keys=True)},
         {"name": "FERRY_CONSUMER_GROUP", "value": group},
         {"name": "FERRY_OFFSET_EPOCH", "value": str(epoch)},
+        # Where the first worker of the epoch moves the group before consuming (ferry.resets); absent: nowhere.
+        *([{"name": "FERRY_OFFSET_RESET", "value": reset_to}] if reset_to is not None else []),
         {"name": "FERRY_METRICS_PORT", "value": str(METRICS_PORT)},
         {"name": "FERRY_REPORT_INTERVAL", "value": str(settings.worker_report_interval)},
         {"name": "FERRY_TOPIC_REFRESH_INTERVAL", "value": str(settings.worker_topic_refresh_interval)},
@@ -148,9 +162,12 @@ def render_worker_deployment(
     epoch: int,
     replicas: int,
     settings: OperatorSettings,
+    reset_to: str | None = None,
+    restart: str | None = None,
 ) -> dict[str, Any]:
-    """The worker Deployment: pausing is replicas 0 of the same object, so offsets and pods stay tied."""
-    env = worker_env(plugin, owner, spec, group, epoch, settings)
+    """The worker Deployment: pausing is replicas 0 of the same object, so offsets and pods stay tied. `reset_to`
+    is the epoch's offset reset, `restart` the ferry.dev/restart value the pods carry (a new one rolls them)."""
+    env = worker_env(plugin, owner, spec, group, epoch, settings, reset_to)
     overrides = spec.pod_template
     pod_labels = {**(overrides.labels if overrides and overrides.labels else {}), **worker_labels(owner)}
     config_hash = short_hash(json.dumps(env, sort_keys=True), 16)
@@ -160,6 +177,7 @@ def render_worker_deployment(
         "prometheus.io/scrape": "true",
         "prometheus.io/port": str(METRICS_PORT),
         "prometheus.io/path": "/metrics",
+        **({RESTART_ANNOTATION: restart} if restart is not None else {}),
     }
     pod_spec: dict[str, Any] = {
         "serviceAccountName": worker_name(owner),  # its own, bound to a Role over this task only

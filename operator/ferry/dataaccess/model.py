@@ -9,14 +9,16 @@ field and a rule, without changing this one.
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Annotated
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, model_validator
 
 from ferry.api.base import (
     CLUSTER_ID_DESCRIPTION,
     KAFKA_TOPIC,
     SOURCE_CLUSTER_ID,
     TARGET_CLUSTER_ID,
+    TASK_NAME_DESCRIPTION,
     ApiModel,
     KafkaEndpoint,
     SaslMechanism,
@@ -24,6 +26,8 @@ from ferry.api.base import (
     StartFrom,
     TaskSpec,
     TaskStatus,
+    name_check,
+    name_rule,
     rule,
     validations,
 )
@@ -34,6 +38,7 @@ from ferry.api.kinds import (
     READY_COLUMN,
     REASON_COLUMN,
     STATE_COLUMN,
+    TASK_NAME_COLUMN,
     KindDef,
     PrinterColumn,
 )
@@ -41,6 +46,15 @@ from ferry.api.kinds import (
 # Kafka's own limit for group ids is the protocol's string length; these characters are safe everywhere.
 CONSUMER_GROUP = r"^[A-Za-z0-9._-]{1,255}$"
 DEFAULT_DTS_MECHANISM = SaslMechanism.SCRAM_SHA_512
+# DataHub's task names: letters, digits, '_', '-' and '.'. Ferry's sources give no length for them; 64 is the
+# other kinds' limit, and keeps the name short enough for a printer column and a metrics label.
+TASK_NAME = r"^[A-Za-z0-9_.-]{1,64}$"
+TASK_NAME_MESSAGE = "taskName must be 1-64 characters of letters, digits, '_', '-' and '.'"
+DataAccessTaskName = Annotated[
+    str,
+    Field(max_length=64, json_schema_extra=name_rule(TASK_NAME, TASK_NAME_MESSAGE)),
+    AfterValidator(name_check(TASK_NAME, TASK_NAME_MESSAGE)),
+]
 SAME_TOPIC_MESSAGE = (
     "spec.target names the source topic itself (same bootstrapServers and topic): records would be copied "
     "onto themselves; point spec.target at another topic or Kafka instance"
@@ -153,12 +167,15 @@ class DataAccessTaskSpec(TaskSpec):
         )
     }
 
+    task_name: DataAccessTaskName | None = Field(
+        None, description=TASK_NAME_DESCRIPTION.format(rule="1-64 letters, digits, '_', '-' and '.'")
+    )
     source: DataSource = Field(description="Where the records come from.")
     target: DataAccessTarget = Field(description="The Kafka instance and topic they go to.")
     start_from: StartFrom = Field(
         StartFrom.LATEST,
-        description="Where to start when the consumer group has no committed offset (and after a resume later "
-        "than resumeWindow): earliest or latest.",
+        description="Where to start when the consumer group has no committed offset (and, if resumeWindow is "
+        "set, after a longer pause): earliest or latest.",
     )
 
     @model_validator(mode="after")
@@ -191,6 +208,7 @@ DATA_ACCESS_TASK = KindDef(
     description="Pulls a source (a DTS data subscription) into a Kafka topic, partition N to partition N, "
     "committing the source offsets only after the target acknowledged the records.",
     printer_columns=(
+        TASK_NAME_COLUMN,
         STATE_COLUMN,
         READY_COLUMN,
         LAG_COLUMN,
@@ -200,4 +218,5 @@ DATA_ACCESS_TASK = KindDef(
         REASON_COLUMN,
         MESSAGE_COLUMN,
     ),
+    scalable=True,
 )

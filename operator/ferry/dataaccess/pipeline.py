@@ -11,24 +11,16 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaException, TopicPartition
-from confluent_kafka.admin import OffsetSpec  # type: ignore[attr-defined]
-
-from ferry.api.base import StartFrom
 from ferry.copying import CopyPipeline, refuse_copy_onto_itself
 from ferry.dataaccess.model import DataAccessTaskSpec
 from ferry.errors import TaskError
-from ferry.kafka import admin_client, describe_kafka_error, look_up
+from ferry.kafka import admin_client, look_up
 from ferry.metrics import WorkerMetrics
-from ferry.reporting import MemoryLedger, Reporter, ResetLedger
+from ferry.reporting import Reporter, ResetLedger
 from ferry.settings import WorkerSettings
+from ferry.throttle import Throttle
 
 log = logging.getLogger(__name__)
-
-ADMIN_TIMEOUT = 15.0  # seconds
-
-# The group has live members (another worker of the task already resumed): its offsets are theirs now.
-_GROUP_IN_USE = (KafkaError.UNKNOWN_MEMBER_ID, KafkaError.REBALANCE_IN_PROGRESS, KafkaError.ILLEGAL_GENERATION)
 
 
 class AccessPipeline(CopyPipeline):
@@ -45,13 +37,25 @@ class AccessPipeline(CopyPipeline):
         settings: WorkerSettings | None = None,
         epoch: int = 0,
         resets: ResetLedger | None = None,
+        reset_to: str | None = None,
     ) -> None:
         super().__init__(
-            source_config, target_config, consumer_group, spec.start_from, reporter, metrics, settings, epoch
+            source_config,
+            target_config,
+            consumer_group,
+            spec.start_from,
+            reporter,
+            metrics,
+            settings,
+            epoch,
+            Throttle.share_of(spec),
+            resets=resets,
+            # Without a target (a Deployment an operator rendered before it named one) an epoch resets the
+            # subscription's group to startFrom, as a resume after the window always did.
+            reset_to=reset_to if reset_to is not None else spec.start_from.value,
         )
         self.source_topic = spec.source.topic
         self.target_topic = spec.target.topic
-        self.resets = resets or MemoryLedger()
         self.source_partitions: int | None = None
         self.target_partitions: int | None = None
 
@@ -104,47 +108,9 @@ class AccessPipeline(CopyPipeline):
     def _route(self, topic: str, partition: int) -> str | None:
         return self.target_topic if self.matched else None
 
-    def _before_consuming(self) -> bool:
-        """After a resume later than the window, move the group to startFrom once for this epoch."""
-        try:
-            if self.epoch == 0 or self.epoch <= self.resets.applied_epoch():  # epoch 0 never resets: no read
-                return True
-            self._reset_offsets()
-            self.resets.record(self.epoch)
-        except TaskError as err:
-            self._fail(err)
-            return False
-        return True
-
-    def _reset_offsets(self) -> None:
+    def _reset_partitions(self) -> list[tuple[str, int]]:
         assert self.source_partitions is not None
-        admin = admin_client(self.source_config)
-        earliest = self.start_from == StartFrom.EARLIEST
-        where = OffsetSpec.earliest() if earliest else OffsetSpec.latest()  # type: ignore[no-untyped-call]
-        wanted = {TopicPartition(self.source_topic, p): where for p in range(self.source_partitions)}
-        try:
-            # request_timeout: every admin future resolves (as a timeout error at worst) within ADMIN_TIMEOUT
-            listed = admin.list_offsets(wanted, request_timeout=ADMIN_TIMEOUT)
-            found = {tp: future.result().offset for tp, future in listed.items()}
-            offsets = sorted(
-                (TopicPartition(tp.topic, tp.partition, offset) for tp, offset in found.items()),
-                key=lambda tp: tp.partition,
-            )
-            request = [ConsumerGroupTopicPartitions(self.group, offsets)]
-            for future in admin.alter_consumer_group_offsets(request, request_timeout=ADMIN_TIMEOUT).values():
-                future.result()
-        except KafkaException as err:
-            code = err.args[0].code() if err.args and isinstance(err.args[0], KafkaError) else None
-            if code in _GROUP_IN_USE:
-                log.info("consumer group %s is in use by another worker: it resumed the group already", self.group)
-                return
-            raise describe_kafka_error(err, self.source_bootstrap) from None
-        log.info(
-            "resumed after the resume window: consumer group %s moved to startFrom=%s (%s)",
-            self.group,
-            self.start_from.value,
-            ", ".join(f"{tp.partition}@{tp.offset}" for tp in offsets),
-        )
+        return [(self.source_topic, partition) for partition in range(self.source_partitions)]
 
     def _kind_fields(self) -> dict[str, Any]:
         return {

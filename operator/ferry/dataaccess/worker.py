@@ -9,7 +9,7 @@ from ferry.dataaccess.admission import check_group, check_onto_itself
 from ferry.dataaccess.model import DATA_ACCESS_TASK, DataAccessTaskSpec
 from ferry.dataaccess.pipeline import AccessPipeline
 from ferry.kafka import client_config, endpoint_secret_refs
-from ferry.reporting import latest, sum_rates
+from ferry.reporting import latest, sum_rates, sum_throttling
 from ferry.tasks import KindPlugin, Task, WorkerContext
 
 
@@ -30,6 +30,7 @@ def build_pipeline(task: Task, ctx: WorkerContext) -> AccessPipeline:
         ctx.settings,
         epoch=ctx.epoch,
         resets=ctx.resets,
+        reset_to=ctx.reset_to,
     )
 
 
@@ -39,7 +40,7 @@ def consumer_group(spec: DataAccessTaskSpec) -> str:
 
 
 def summarize(reports: list[dict[str, Any]]) -> dict[str, Any]:
-    """Partition counts as last seen by any worker; rates add up over the workers."""
+    """Partition counts as last seen by any worker; rates and caps add up over the workers."""
     last = latest(reports)
     if last is None:
         return {}
@@ -47,6 +48,7 @@ def summarize(reports: list[dict[str, Any]]) -> dict[str, Any]:
         "sourcePartitions": last.get("sourcePartitions"),
         "targetPartitions": last.get("targetPartitions"),
         **sum_rates(reports),
+        **sum_throttling(reports),
     }
 
 

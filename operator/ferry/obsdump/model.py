@@ -28,11 +28,11 @@ from ferry.api.kinds import (
     READY_COLUMN,
     REASON_COLUMN,
     STATE_COLUMN,
+    TASK_NAME_COLUMN,
     KindDef,
     PrinterColumn,
 )
 
-TASK_NAME = r"^[A-Za-z0-9_-]{4,64}$"
 MATCH_EVERYTHING = (".*", "^.*", ".*$", "^.*$", ".+", "^.+", ".+$", "^.+$", "(.*)", "^(.*)$")
 # Topic names that differ in every way Kafka allows (its characters, 1 to 249 of them): a pattern that fully
 # matches all of them matches every topic, however it is written ("(?s).*", "[\\s\\S]*", ".{0,}", ...).
@@ -125,17 +125,6 @@ class ObsDumpTaskSpec(TaskSpec):
         )
     }
 
-    task_name: str | None = Field(
-        None,
-        description="Name of the dump task, 4-64 letters, digits, '-' and '_'; defaults to metadata.name.",
-        max_length=64,
-        json_schema_extra=validations(
-            rule(
-                f"self.matches('{TASK_NAME}')",
-                "taskName must be 4-64 characters of letters, digits, '-' and '_'",
-            )
-        ),
-    )
     source: KafkaEndpoint = Field(description="The Kafka instance whose topics are dumped.")
     topics: list[Annotated[str, Field(pattern=KAFKA_TOPIC, max_length=249)]] | None = Field(
         None,
@@ -180,13 +169,6 @@ class ObsDumpTaskSpec(TaskSpec):
                 raise ValueError("topics lists a topic twice")
         return topics
 
-    @field_validator("task_name")
-    @classmethod
-    def _task_name_valid(cls, name: str | None) -> str | None:
-        if name is not None and not re.fullmatch(TASK_NAME, name):
-            raise ValueError("taskName must be 4-64 characters of letters, digits, '-' and '_'")
-        return name
-
     @field_validator("topic_regex")
     @classmethod
     def _regex_valid(cls, regex: str | None) -> str | None:
@@ -208,9 +190,6 @@ class ObsDumpTaskSpec(TaskSpec):
             raise ValueError("with storeKeys the recordSeparator must be made of control characters such as a newline")
         return self
 
-    def effective_task_name(self, metadata_name: str) -> str:
-        return self.task_name or metadata_name
-
     def cluster_endpoints(self) -> dict[str, KafkaEndpoint]:
         return {SOURCE_CLUSTER_ID: self.source}
 
@@ -229,6 +208,7 @@ OBS_DUMP_TASK = KindDef(
     status_model=ObsDumpStatus,
     description="Dumps Kafka topics into an S3-compatible bucket, one object per topic-partition and period.",
     printer_columns=(
+        TASK_NAME_COLUMN,
         STATE_COLUMN,
         READY_COLUMN,
         PrinterColumn("Last Dump", ".status.lastDumpTime", "date", "When the last object was written."),

@@ -6,6 +6,10 @@ the batch from the committed offset and overwrites the same object. Any failure 
 (upload, completion or commit) drops the batch and seeks back to its first offset, so the next attempt
 rebuilds the same object; nothing is skipped and nothing is written twice under two keys. The retry
 pace is set by the store client's own backoff and by the period (a failed cut is retried at the next).
+
+With throughput caps (spec.maxRecordsPerSecond, spec.maxBytesPerSecond) a batch is admitted against this
+worker's share of them when it is consumed, before any of it is written into objects (ferry.pipeline
+`_consume`); a wait on them only delays the next batch, so objects and commits are as without caps.
 """
 
 from __future__ import annotations
@@ -40,8 +44,9 @@ from ferry.obsdump.model import ObsDumpTaskSpec
 from ferry.obsdump.records import Record, dump_batch_key, encode_record, object_key_pattern
 from ferry.obsdump.storage import ObjectStore, ObjectUpload, unresponsive
 from ferry.pipeline import KAFKA, WorkerPipeline
-from ferry.reporting import Reporter, utc_now
+from ferry.reporting import Reporter, ResetLedger, utc_now
 from ferry.settings import WorkerSettings
+from ferry.throttle import Throttle
 
 log = logging.getLogger(__name__)
 
@@ -83,14 +88,28 @@ class DumpPipeline(WorkerPipeline):
         settings: WorkerSettings | None = None,
         epoch: int = 0,
         clock: Callable[[], float] = time.time,
+        *,
+        resets: ResetLedger | None = None,
+        reset_to: str | None = None,
     ) -> None:
-        super().__init__(str(kafka_config["bootstrap.servers"]), reporter, metrics, settings or WorkerSettings(), epoch)
+        super().__init__(
+            str(kafka_config["bootstrap.servers"]),
+            reporter,
+            metrics,
+            settings or WorkerSettings(),
+            epoch,
+            Throttle.share_of(spec),
+            resets=resets,
+            reset_to=reset_to,
+        )
         self.spec = spec
         self.target = spec.target
         self.kafka_config = kafka_config
         self.group = consumer_group
         self.store = store
         self.clock = clock
+        self.metrics.dump_period.labels(**self.metrics.labels).set(spec.dump_period_seconds)
+        self.metrics.last_dump.labels(**self.metrics.labels).set_to_current_time()
         self.separator = spec.target.record_separator.encode("utf-8")
         self.partitions: dict[TP, PartitionState] = {}
         self.subscribed: list[str] = []
@@ -100,6 +119,7 @@ class DumpPipeline(WorkerPipeline):
         # Kafka trouble clears when Kafka works again, store trouble when an object is written.
         self.consumer: Consumer | None = None
         self.source_cluster: str | None = None  # what the brokers answered to "which cluster are you"
+        self.topic_partitions: dict[str, int] = {}  # every topic of the source and its partitions, as looked up
         # Partitions sought back during the current consume() result: the rest of it is stale for them.
         self.sought_back: set[TP] = set()
 
@@ -111,7 +131,9 @@ class DumpPipeline(WorkerPipeline):
             self._run(stop)
 
     def _run(self, stop: threading.Event) -> None:
-        if not retry_until_stopped(stop, self._workable, self.metrics.tick):
+        if not retry_until_stopped(stop, self._workable, self.metrics.tick) or not retry_until_stopped(
+            stop, lambda: self._reset_once(self.kafka_config, self.group, self._reset_partitions), self.metrics.tick
+        ):
             return
         self.consumer = Consumer(self._consumer_config())
         try:
@@ -154,8 +176,19 @@ class DumpPipeline(WorkerPipeline):
         bootstrap = self.bootstrap
         view = look_up(admin_client(self.kafka_config), bootstrap)
         self.source_cluster = view.cluster_id
+        self.topic_partitions = dict(view.topics)
         if self.spec.topics is not None:
             require_topics(self.spec.topics, view.topics, bootstrap, "TopicNotFound")
+
+    def _reset_partitions(self) -> list[tuple[str, int]]:
+        """Every partition of the topics the task dumps, as last looked up: what an offset reset moves."""
+        if self.spec.topics is not None:
+            topics = sorted(set(self.spec.topics) & set(self.topic_partitions))
+        else:
+            assert self.spec.topic_regex is not None
+            pattern = re.compile(self.spec.topic_regex)
+            topics = sorted(t for t in self.topic_partitions if not t.startswith("__") and pattern.fullmatch(t))
+        return [(topic, p) for topic in topics for p in range(self.topic_partitions[topic])]
 
     def _loop(self, stop: threading.Event) -> None:
         assert self.consumer is not None
@@ -167,7 +200,7 @@ class DumpPipeline(WorkerPipeline):
             self.metrics.tick()
             wait = max(0.05, min(0.5, next_cut - self.clock()))
             self.sought_back.clear()
-            for message in self.consumer.consume(CONSUME_BATCH, timeout=wait):
+            for message in self._consume(self.consumer, CONSUME_BATCH, wait):
                 self._take(message)
             if self.clock() >= next_cut:
                 self._cut_all()
@@ -205,12 +238,13 @@ class DumpPipeline(WorkerPipeline):
 
     def _on_assign(self, consumer: Consumer, assigned: list[TopicPartition]) -> None:
         self.rebalancing = False
-        committed = consumer.committed(assigned, timeout=10)
-        for tp in committed:
+        # Where each partition starts: its committed offset, or the earliest one if the retention deleted that.
+        starts = self._start_past_expired(consumer, assigned, self.kafka_config)
+        for tp in assigned:
             key = (tp.topic, tp.partition)
             if key in self.partitions:
                 continue  # still ours (no revoke came): its open batch must not be lost
-            self.partitions[key] = PartitionState(committed=tp.offset if tp.offset >= 0 else None)
+            self.partitions[key] = PartitionState(committed=starts.get(key))
             self.store.abort_stale_uploads(object_key_pattern(tp.topic, tp.partition))
         log.info("assigned %s", ", ".join(f"{tp.topic}[{tp.partition}]" for tp in assigned))
 
@@ -303,6 +337,7 @@ class DumpPipeline(WorkerPipeline):
         self.totals.records += batch.records
         self.totals.bytes += batch.payload_bytes
         self.objects_written += 1
+        self.metrics.last_dump.labels(**self.metrics.labels).set_to_current_time()
         self.last_dump_time = utc_now()
         self.last_object_key = batch.upload.key
         state.committed = batch.last_offset + 1
@@ -380,4 +415,5 @@ class DumpPipeline(WorkerPipeline):
             "objectsWritten": self.objects_written,
             "lastObjectKey": self.last_object_key,
             "sourceClusterId": self.source_cluster,
+            **self._expired_fields(),
         }

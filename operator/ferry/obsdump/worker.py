@@ -10,6 +10,7 @@ from ferry.obsdump.admission import check_limit
 from ferry.obsdump.model import OBS_DUMP_TASK, ObsDumpTaskSpec
 from ferry.obsdump.pipeline import DumpPipeline
 from ferry.obsdump.storage import ACCESS_KEY_ROLE, SECRET_KEY_ROLE, ObjectStore, s3_client
+from ferry.reporting import sum_throttling
 from ferry.tasks import KindPlugin, Task, WorkerContext
 
 
@@ -35,16 +36,20 @@ def build_pipeline(task: Task, ctx: WorkerContext) -> DumpPipeline:
         ctx.metrics,
         ctx.settings,
         epoch=ctx.epoch,
+        resets=ctx.resets,
+        reset_to=ctx.reset_to,
     )
 
 
 def summarize(reports: list[dict[str, Any]]) -> dict[str, Any]:
-    """The latest object over all workers, and how many were written."""
+    """The latest object over all workers, and how many were written; the caps and waits on them add up."""
+    throttling = sum_throttling(reports)
     dumps = [r for r in reports if r.get("lastDumpTime")]
     if not dumps:
-        return {}
+        return throttling
     latest = max(dumps, key=lambda r: r["lastDumpTime"])
     return {
+        **throttling,
         "lastDumpTime": latest["lastDumpTime"],
         "lastObjectKey": latest.get("lastObjectKey"),
         "objectsWritten": sum(r.get("objectsWritten") or 0 for r in reports),

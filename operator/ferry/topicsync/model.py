@@ -17,6 +17,7 @@ from ferry.api.base import (
     StartFrom,
     TaskSpec,
     TaskStatus,
+    resume_window_field,
     rule,
     validations,
 )
@@ -27,6 +28,7 @@ from ferry.api.kinds import (
     READY_COLUMN,
     REASON_COLUMN,
     STATE_COLUMN,
+    TASK_NAME_COLUMN,
     KindDef,
     PrinterColumn,
 )
@@ -77,6 +79,11 @@ class TopicSyncSpec(TaskSpec):
         pattern=r"^[A-Za-z0-9._{}-]*\{topic\}[A-Za-z0-9._{}-]*$",
     )
     start_from: StartFrom = Field(StartFrom.LATEST, description="Where a new sync starts: earliest or latest.")
+    resume_window: str | None = resume_window_field(
+        "24h",
+        "After a pause shorter than this (default 24h) the sync resumes from its saved offsets; after a longer "
+        "one it starts from startFrom in a new consumer group.",
+    )
     create_topics: bool = Field(True, description="Create missing target topics like the source ones.")
     sync_topic_configs: bool = Field(True, description="Copy the source topics' non-default configs on creation.")
 
@@ -148,6 +155,7 @@ TOPIC_SYNC = KindDef(
     description="Replicates topics from one Kafka instance to another, keeping partitions, keys, headers "
     "and timestamps, and never copying a record back to the instance it came from.",
     printer_columns=(
+        TASK_NAME_COLUMN,
         STATE_COLUMN,
         READY_COLUMN,
         LAG_COLUMN,
@@ -156,4 +164,5 @@ TOPIC_SYNC = KindDef(
         REASON_COLUMN,
         MESSAGE_COLUMN,
     ),
+    scalable=True,
 )

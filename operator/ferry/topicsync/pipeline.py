@@ -17,8 +17,9 @@ from ferry.copying import CopyPipeline, Headers, refuse_copy_onto_itself
 from ferry.errors import TaskError
 from ferry.kafka import admin_client, describe_kafka_error, look_up, require_topics
 from ferry.metrics import WorkerMetrics
-from ferry.reporting import Reporter
+from ferry.reporting import Reporter, ResetLedger
 from ferry.settings import WorkerSettings
+from ferry.throttle import Throttle
 from ferry.topicsync.model import TopicState, TopicSyncSpec
 from ferry.topicsync.topics import broker_count, describe, ensure_target
 
@@ -47,9 +48,21 @@ class SyncPipeline(CopyPipeline):
         metrics: WorkerMetrics,
         settings: WorkerSettings | None = None,
         epoch: int = 0,
+        resets: ResetLedger | None = None,
+        reset_to: str | None = None,
     ) -> None:
         super().__init__(
-            source_config, target_config, consumer_group, spec.start_from, reporter, metrics, settings, epoch
+            source_config,
+            target_config,
+            consumer_group,
+            spec.start_from,
+            reporter,
+            metrics,
+            settings,
+            epoch,
+            Throttle.share_of(spec),
+            resets=resets,
+            reset_to=reset_to,
         )
         self.spec = spec
         # Until the brokers have said which clusters they are: the spelled identities.
@@ -97,6 +110,9 @@ class SyncPipeline(CopyPipeline):
 
     def _topics(self) -> list[str]:
         return sorted(self.topics)
+
+    def _reset_partitions(self) -> list[tuple[str, int]]:
+        return [(topic, p) for topic, state in sorted(self.topics.items()) for p in range(state.partitions)]
 
     def _shape(self) -> object:
         """New matching topics and partition growth need a new subscription."""

@@ -6,7 +6,7 @@ from typing import Any
 
 from ferry.credentials import SecretRef
 from ferry.kafka import client_config, endpoint_secret_refs
-from ferry.reporting import latest, sum_rates
+from ferry.reporting import latest, sum_rates, sum_throttling
 from ferry.tasks import KindPlugin, Task, WorkerContext
 from ferry.topicsync.admission import check_onto_itself
 from ferry.topicsync.loops import replication_loop
@@ -30,11 +30,13 @@ def build_pipeline(task: Task, ctx: WorkerContext) -> SyncPipeline:
         ctx.metrics,
         ctx.settings,
         epoch=ctx.epoch,
+        resets=ctx.resets,
+        reset_to=ctx.reset_to,
     )
 
 
 def summarize(reports: list[dict[str, Any]]) -> dict[str, Any]:
-    """Every worker sees the same topics: take the latest list; loop skips add up."""
+    """Every worker sees the same topics: take the latest list; loop skips, rates and caps add up."""
     last = latest(reports)
     if last is None:
         return {}
@@ -43,6 +45,7 @@ def summarize(reports: list[dict[str, Any]]) -> dict[str, Any]:
         "topicCount": last.get("topicCount"),
         "loopRecordsSkipped": sum(r.get("loopRecordsSkipped") or 0 for r in reports),
         **sum_rates(reports),
+        **sum_throttling(reports),
     }
 
 

@@ -1,0 +1,73 @@
+"""Task names (`spec.taskName`, the consoles' names of tasks) are unique per namespace and kind.
+
+The operator gives a name to the earliest created task that carries it (ties broken by name, as for the
+per-instance limits, so every evaluation agrees), and marks the others Failed with `TaskNameInUse`, without
+workers, until the name is theirs. The admission webhook refuses a name any other task of the kind in the
+namespace already carries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ferry.control.limits import slot_holders
+from ferry.errors import TaskError
+from ferry.tasks import Task
+
+
+def task_name_of(body: Mapping[str, Any]) -> str | None:
+    """The task's `spec.taskName`, or None when it has none."""
+    name = (body.get("spec") or {}).get("taskName")
+    return name if isinstance(name, str) and name else None
+
+
+def _key(namespace: str, name: str) -> str:
+    return f"{namespace}/{name}"
+
+
+def check_task_name(task: Task, peers: list[dict[str, Any]]) -> TaskError | None:
+    """The operator's rule: a TaskError for a task whose name an earlier task of the kind in its namespace holds.
+
+    `peers` are the kind's tasks, this one among them."""
+    name = task.spec.task_name
+    if name is None:
+        return None
+
+    def key_of(body: dict[str, Any]) -> str | None:
+        theirs = task_name_of(body)
+        return None if theirs is None else _key(body["metadata"].get("namespace") or "default", theirs)
+
+    [holder] = slot_holders(peers, _key(task.namespace, name), key_of, 1) or [(task.namespace, task.name)]
+    if holder == (task.namespace, task.name):
+        return None
+    kind = task.definition.kind
+    return TaskError(
+        "TaskNameInUse",
+        f"{kind} {holder[1]} in this namespace already has taskName {name} (task names are unique per namespace "
+        f"and kind; the earliest created keeps it): give this {kind} another spec.taskName, or delete "
+        f"{holder[1]}; this task starts by itself once the name is its own",
+    )
+
+
+def name_taken(task: Task, peers: list[dict[str, Any]]) -> str | None:
+    """The webhook's rule: why the task may not take its name (another live task of the kind in its namespace
+    carries it, whichever was created first), or None."""
+    name = task.spec.task_name
+    if name is None:
+        return None
+    users = sorted(
+        peer["metadata"]["name"]
+        for peer in peers
+        if (peer["metadata"].get("namespace") or "default") == task.namespace
+        and peer["metadata"]["name"] != task.name
+        and not peer["metadata"].get("deletionTimestamp")
+        and task_name_of(peer) == name
+    )
+    if not users:
+        return None
+    kind = task.definition.kind
+    return (
+        f"{kind} {users[0]} in this namespace already has taskName {name} (task names are unique per namespace "
+        f"and kind): give this {kind} another spec.taskName, or delete {users[0]} first"
+    )
