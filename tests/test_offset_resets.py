@@ -9,7 +9,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -28,8 +28,16 @@ from tests.support.dumps import Recorder, wait_for
 from tests.support.kafka import KafkaCluster
 from tests.test_dataaccess_worker import commit, delete_records
 
-T0 = datetime(2026, 1, 1, tzinfo=UTC)
+# Recent enough for the topics' retention (7 days by default) to keep what is stamped with it.
+T0 = (datetime.now(UTC) - timedelta(hours=2)).replace(microsecond=0)
 T0_MS = int(T0.timestamp() * 1000)
+
+
+def at(seconds: float, hours: int = 0) -> str:
+    """T0 + seconds as RFC 3339, written with a UTC offset of `hours` (0: Z)."""
+    moment = (T0 + timedelta(seconds=seconds)).astimezone(timezone(timedelta(hours=hours)))
+    text = moment.isoformat(timespec="milliseconds" if seconds % 1 else "seconds")
+    return text.replace("+00:00", "Z")
 
 
 def produce_timed(bootstrap: str, topic: str, partitions: int, count: int) -> None:
@@ -56,10 +64,10 @@ def group_offsets(broker: KafkaCluster, group: str, topic: str, partitions: int)
     [
         ("earliest", [3, 0]),  # partition 0's first three records are gone (deleted, as by retention)
         ("latest", [10, 10]),
-        ("2026-01-01T00:00:04.500Z", [5, 5]),  # the first record at or after the time
-        ("2026-01-01T01:00:05+01:00", [5, 5]),  # the same instant as T0 + 5 s, written with another offset
-        ("2025-12-31T23:00:00Z", [3, 0]),  # before every record: the first one still there
-        ("2026-01-02T00:00:00Z", [10, 10]),  # after every record: the end, as kafka-consumer-groups does
+        (at(4.5), [5, 5]),  # the first record at or after the time
+        (at(5, hours=8), [5, 5]),  # T0 + 5 s, written with another UTC offset
+        (at(-3600), [3, 0]),  # before every record: the first one still there
+        (at(3600), [10, 10]),  # after every record: the end, as kafka-consumer-groups does
     ],
 )
 def test_a_reset_sets_the_committed_offset_of_every_partition(
@@ -142,13 +150,13 @@ def test_a_worker_moves_its_group_once_per_epoch_before_it_consumes(
         "startFrom": "latest",
     }
     ledger = MemoryLedger(0)
-    with syncing(spec, group, 1, "2026-01-01T00:00:06Z", ledger) as recorder:
+    with syncing(spec, group, 1, at(6), ledger) as recorder:
         wait_for(lambda: recorder.reports and recorder.last.totals.records == 8, timeout=60, what="8 copied again")
         time.sleep(1)
         assert recorder.last.totals.records == 8
     assert ledger.epoch == 1 and ledger.applied is not None
     assert {k: ledger.applied[k] for k in ("to", "epoch", "consumerGroup", "partitions")} == {
-        "to": "2026-01-01T00:00:06Z",
+        "to": at(6),
         "epoch": 1,
         "consumerGroup": group,
         "partitions": 2,
@@ -159,7 +167,7 @@ def test_a_worker_moves_its_group_once_per_epoch_before_it_consumes(
     assert group_offsets(kafka, group, topic, 2) == [10, 10]
     # A restarted worker of the same epoch finds the reset made: it continues from the group's offsets.
     produce_timed(kafka.bootstrap, topic, 2, 1)  # one more per partition, offset 10
-    with syncing(spec, group, 1, "2026-01-01T00:00:06Z", ledger) as recorder:
+    with syncing(spec, group, 1, at(6), ledger) as recorder:
         wait_for(lambda: recorder.reports and recorder.last.totals.records == 2, timeout=60, what="the 2 new")
         time.sleep(1)
         assert recorder.last.totals.records == 2

@@ -247,8 +247,8 @@ def test_a_reset_on_a_paused_task_is_recorded_under_a_new_epoch_and_its_group_th
     assert resumed.status["offsetEpoch"] == 1 and resumed.status["resumedFrom"] == "offsetReset"
     [event] = [e for e in resumed.events if e.reason == "Resumed"]
     assert event.message == (
-        f"resumed where ferry.dev/reset-offsets recorded during the pause moves consumer group {GROUP}.e1: "
-        "2026-11-21T09:30:00+01:00"
+        f"resumed where ferry.dev/reset-offsets=2026-11-21T09:30:00+01:00 puts consumer group {GROUP}.e1: its first "
+        "worker moves the group there before it consumes"
     )
     assert env_of(resumed)["FERRY_OFFSET_RESET"] == "2026-11-21T09:30:00+01:00"
     # The first worker moved the group and noted it: the condition turns True, with one Normal Event.
@@ -304,6 +304,18 @@ def test_a_resume_after_the_window_records_a_reset_to_start_from_like_any_other(
     assert record["consumerGroup"] == f"{GROUP}.e1"
     assert env_of(outcome)["FERRY_OFFSET_RESET"] == "earliest"
     assert "ResumedFromStartFrom" in reasons(outcome) and "OffsetResetPending" not in reasons(outcome)
+
+
+def test_a_reset_not_made_yet_is_not_recorded_again_by_the_next_resume() -> None:
+    """Resumed after the window, paused again before any worker started, resumed late again: still the one reset."""
+    record = {"to": "latest", "epoch": 1, "requestedAt": "x", "requestedBy": "resumeWindow", "consumerGroup": "g"}
+    body = sync(status=paused(epoch=1, offsetReset=record), resumeWindow="1m")
+    body["status"]["pausedAt"] = rfc3339(NOW - timedelta(hours=2))
+    outcome = run(body)
+    assert outcome.status["offsetEpoch"] == 1 and "offsetReset" not in outcome.status
+    assert outcome.status["resumedFrom"] == "startFrom" and env_of(outcome)["FERRY_OFFSET_RESET"] == "latest"
+    [event] = [e for e in outcome.events if e.reason == "Resumed"]
+    assert event.message.startswith("resumed where startFrom=latest puts consumer group g: its first worker")
 
 
 def test_an_epoch_without_a_recorded_reset_moves_nothing() -> None:

@@ -23,7 +23,7 @@ from tests.support.dumps import list_objects, spec_for, wait_for
 from tests.support.kafka import KafkaCluster
 from tests.support.servers import ObjectStore as SeaweedFS
 from tests.test_dataaccess_worker import access_spec
-from tests.test_offset_resets import group_offsets, produce_timed
+from tests.test_offset_resets import at, group_offsets, produce_timed
 from tests.test_topicsync_worker import sync_spec
 
 WAIT = 90  # seconds: 2 cores, and other test runs may share them
@@ -203,7 +203,7 @@ def test_a_data_access_task_is_moved_to_a_time_in_the_subscriptions_own_group(
     spec = access_spec(kafka, source, kafka2, target)
     group = spec["source"]["dts"]["consumerGroup"]
     cluster.apply(task("DataAccessTask", ns, "pull", spec))
-    produce_timed(kafka.bootstrap, source, 2, 10)  # record i of each partition stamped 2026-01-01T00:00:0i
+    produce_timed(kafka.bootstrap, source, 2, 10)  # record i of each partition stamped T0 + i seconds
 
     def status() -> dict[str, Any]:
         return cluster.status(ns, "pull", "dataaccesstasks")
@@ -212,16 +212,16 @@ def test_a_data_access_task_is_moved_to_a_time_in_the_subscriptions_own_group(
     cluster.patch_spec(ns, "pull", {"state": "Paused"}, plural="dataaccesstasks")
     wait_for(lambda: status().get("state") == "Paused", WAIT, what="Paused")
     assert group_offsets(kafka, group, source, 2) == [10, 10]
-    at = "2026-01-01T01:00:06+01:00"  # T0 + 6 s, written in another offset
-    cluster.kubectl("annotate", "dataaccesstask", "pull", "-n", ns, f"ferry.dev/reset-offsets={at}")
-    wait_for(lambda: (status().get("offsetReset") or {}).get("to") == at, 30, what="recorded")
+    to = at(6, hours=8)  # T0 + 6 s, written with another UTC offset
+    cluster.kubectl("annotate", "dataaccesstask", "pull", "-n", ns, f"ferry.dev/reset-offsets={to}")
+    wait_for(lambda: (status().get("offsetReset") or {}).get("to") == to, 30, what="recorded")
     assert status()["consumerGroup"] == group and status()["offsetEpoch"] == 1
     assert group_offsets(kafka, group, source, 2) == [10, 10]  # moved by the first worker, not yet
 
     cluster.patch_spec(ns, "pull", {"state": "Running"}, plural="dataaccesstasks")
     wait_for(lambda: (status().get("lastOffsetReset") or {}).get("epoch") == 1, WAIT, what="the reset made")
     applied = status()["lastOffsetReset"]
-    assert (applied["to"], applied["consumerGroup"]) == (at, group)
+    assert (applied["to"], applied["consumerGroup"]) == (to, group)
     assert [(o["partition"], o["offset"]) for o in applied["offsets"]] == [(0, 6), (1, 6)]
     wait_for(lambda: (status().get("totals") or {}).get("records") == 8 and status().get("lag") == 0, WAIT)
     copied = Counter(m.value() for m in read_all(kafka2.bootstrap, target, 28, linger=1))
@@ -255,7 +255,7 @@ def test_an_obs_dump_task_dumps_again_from_the_time_it_is_moved_to(
     wait_for(lambda: (status().get("totals") or {}).get("records") == 10 and status().get("lag") == 0, WAIT)
     cluster.patch_spec(ns, "dump", {"state": "Paused"}, plural="obsdumptasks")
     wait_for(lambda: status().get("state") == "Paused", WAIT, what="Paused")
-    cluster.kubectl("annotate", "obsdumptask", "dump", "-n", ns, "ferry.dev/reset-offsets=2026-01-01T00:00:05Z")
+    cluster.kubectl("annotate", "obsdumptask", "dump", "-n", ns, f"ferry.dev/reset-offsets={at(5)}")
     wait_for(lambda: (status().get("offsetReset") or {}).get("epoch") == 1, 30, what="recorded")
     cluster.patch_spec(ns, "dump", {"state": "Running"}, plural="obsdumptasks")
     wait_for(lambda: (status().get("lastOffsetReset") or {}).get("epoch") == 1, WAIT, what="the reset made")
@@ -263,7 +263,7 @@ def test_an_obs_dump_task_dumps_again_from_the_time_it_is_moved_to(
     # The new workers dump the records from offset 5 again, into an object that starts there.
     wait_for(lambda: (status().get("totals") or {}).get("records") == 5 and status().get("lag") == 0, WAIT)
     key = status()["lastObjectKey"]
-    assert re.search(rf"/{re.escape(topic)}\+0\+5\.jsonl$", key), key
+    assert re.search(rf"/{re.escape(topic)}\+0\+0*5\.jsonl$", key), key  # the object's start offset: 5
     offsets = [json.loads(line)["offset"] for line in list_objects(store, bucket)[key].decode().splitlines()]
     assert offsets == [5, 6, 7, 8, 9]
 
@@ -314,8 +314,15 @@ def test_kubectl_scale_sets_the_replicas_of_the_copy_kinds_and_shows_the_workers
         "target": {"endpoint": "http://s3:8333", "bucket": "dumps", "credentialsSecretRef": {"name": "obs"}},
     }
     cluster.apply(task("ObsDumpTask", ns, "dump", dump))
-    no_scale = cluster.kubectl("scale", "obsdumptask", "dump", "-n", ns, "--replicas=2", check=False)
-    assert no_scale.returncode != 0 and "could not find the requested resource" in no_scale.stderr
+    assert cluster.kubectl("get", "obsdumptask", "dump", "-n", ns, "-o", "name").stdout.strip() == (
+        "obsdumptask.ferry.dev/dump"
+    )
+    for command in (
+        ("scale", "obsdumptask", "dump", "--replicas=2"),
+        ("get", "obsdumptask/dump", "--subresource=scale"),
+    ):
+        no_scale = cluster.kubectl(*command, "-n", ns, check=False)
+        assert no_scale.returncode != 0 and "(NotFound)" in no_scale.stderr, no_scale.stderr
 
     # Who may: the default edit role (the chart's ferry-edit is aggregated into it) scales, view only reads.
     rbac = client.RbacAuthorizationV1Api(cluster.api_client)

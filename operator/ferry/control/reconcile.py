@@ -298,17 +298,19 @@ def decide(
     else:
         if paused_at is not None:
             window = spec.resume_window_delta  # None: any pause resumes from the saved offsets
-            requested = pending_reset(status, epoch)
-            if requested is not None and requested.get("requestedBy") == BY_ANNOTATION:  # it wins over the window
+            recorded = pending_reset(status, epoch)  # a reset not made yet decides, whatever the window says
+            if recorded is not None:
+                by_annotation = recorded.get("requestedBy") == BY_ANNOTATION
+                asked = f"{RESET_ANNOTATION}={recorded['to']}" if by_annotation else f"startFrom={recorded['to']}"
                 events.append(
                     Event(
                         "Normal",
                         "Resumed",
-                        f"resumed where {RESET_ANNOTATION} recorded during the pause moves consumer group "
-                        f"{requested.get('consumerGroup')}: {requested['to']}",
+                        f"resumed where {asked} puts consumer group {recorded.get('consumerGroup')}: its first worker "
+                        "moves the group there before it consumes",
                     )
                 )
-                patch["resumedFrom"] = "offsetReset"
+                patch["resumedFrom"] = "offsetReset" if by_annotation else "startFrom"
             elif window is not None and now - paused_at > window:
                 epoch += 1
                 start = getattr(spec, "start_from", None)
