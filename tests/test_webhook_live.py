@@ -131,7 +131,14 @@ def test_a_copy_onto_one_cluster_spelled_two_ways_is_refused_once_a_worker_repor
 
 def test_only_state_may_change_on_a_live_obsdumptask(cluster: Cluster) -> None:
     ns = cluster.namespace()
-    code, output = apply(cluster, obsdump("orders", ns, unique_instance()))
+    # with its Secret, so the operator accepts the spec (a spec it cannot honour is never recorded as accepted)
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "obs", "namespace": ns},
+        "stringData": {"accessKey": "a", "secretKey": "s"},
+    }
+    code, output = apply(cluster, secret, obsdump("orders", ns, unique_instance()))
     assert code == 0, output
     wait_for(
         lambda: "ferry.dev/accepted-spec" in ((cluster.task(ns, "orders") or {})["metadata"].get("annotations") or {}),
