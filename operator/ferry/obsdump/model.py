@@ -101,7 +101,7 @@ class ObsDumpTarget(ApiModel):
     store_keys: bool = Field(
         False,
         description="false: each record is its value bytes. true: each record is one JSON object with "
-        "offset, timestamp, key and value (see docs/obsdump-format.md).",
+        "offset, timestamp, key, value and headers (the format: docs/obsdump.md, Objects).",
     )
     path_style: bool = Field(
         True, description="Address the bucket in the path (MinIO, SeaweedFS, Ceph) rather than the host name."
