@@ -4,29 +4,22 @@ per offset epoch before it consumes. The operator's side: tests/test_operations.
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, TopicPartition
 from ferry.errors import TaskError
-from ferry.metrics import WorkerMetrics
 from ferry.reporting import MemoryLedger
 from ferry.resets import move_group
-from ferry.settings import WorkerSettings
-from ferry.topicsync.model import TopicSyncSpec
-from ferry.topicsync.pipeline import SyncPipeline
 
 from tests.conftest import TopicFactory
 from tests.support.copies import read_all
-from tests.support.dumps import Recorder, wait_for
+from tests.support.dumps import wait_for
 from tests.support.kafka import KafkaCluster
 from tests.test_dataaccess_worker import commit, delete_records
+from tests.test_topicsync_worker import syncing
 
 # Recent enough for the topics' retention (7 days by default) to keep what is stamped with it.
 T0 = (datetime.now(UTC) - timedelta(hours=2)).replace(microsecond=0)
@@ -108,33 +101,6 @@ def test_a_reset_of_a_topic_that_does_not_exist_says_so(kafka: KafkaCluster) -> 
     assert failed.value.reason == "KafkaError" and "partition" in failed.value.message.lower()
 
 
-@contextmanager
-def syncing(spec: dict[str, Any], group: str, epoch: int, reset_to: str | None, ledger: MemoryLedger) -> Iterator[Any]:
-    parsed = TopicSyncSpec.model_validate(spec)
-    recorder = Recorder()
-    pipeline = SyncPipeline(
-        parsed,
-        {"bootstrap.servers": spec["source"]["bootstrapServers"]},
-        {"bootstrap.servers": spec["target"]["bootstrapServers"]},
-        group,
-        recorder,
-        WorkerMetrics("TopicSync", group),
-        WorkerSettings(report_interval=0.5, topic_refresh_interval=1.0, session_timeout_ms=6000),
-        epoch=epoch,
-        resets=ledger,
-        reset_to=reset_to,
-    )
-    stop = threading.Event()
-    thread = threading.Thread(target=pipeline.run, args=(stop,), daemon=True)
-    thread.start()
-    try:
-        yield recorder
-    finally:
-        stop.set()
-        thread.join(60)
-        assert not thread.is_alive()
-
-
 def test_a_worker_moves_its_group_once_per_epoch_before_it_consumes(
     kafka: KafkaCluster, kafka2: KafkaCluster, topic_factory: TopicFactory
 ) -> None:
@@ -150,7 +116,7 @@ def test_a_worker_moves_its_group_once_per_epoch_before_it_consumes(
         "startFrom": "latest",
     }
     ledger = MemoryLedger(0)
-    with syncing(spec, group, 1, at(6), ledger) as recorder:
+    with syncing(spec, group, epoch=1, resets=ledger, reset_to=at(6)) as recorder:
         wait_for(lambda: recorder.reports and recorder.last.totals.records == 8, timeout=60, what="8 copied again")
         time.sleep(1)
         assert recorder.last.totals.records == 8
@@ -167,7 +133,7 @@ def test_a_worker_moves_its_group_once_per_epoch_before_it_consumes(
     assert group_offsets(kafka, group, topic, 2) == [10, 10]
     # A restarted worker of the same epoch finds the reset made: it continues from the group's offsets.
     produce_timed(kafka.bootstrap, topic, 2, 1)  # one more per partition, offset 10
-    with syncing(spec, group, 1, at(6), ledger) as recorder:
+    with syncing(spec, group, epoch=1, resets=ledger, reset_to=at(6)) as recorder:
         wait_for(lambda: recorder.reports and recorder.last.totals.records == 2, timeout=60, what="the 2 new")
         time.sleep(1)
         assert recorder.last.totals.records == 2

@@ -33,7 +33,8 @@ def sync_spec(source: KafkaCluster, target: KafkaCluster, **fields: Any) -> dict
 
 
 @contextmanager
-def syncing(spec: dict[str, Any], group: str | None = None) -> Iterator[Recorder]:
+def syncing(spec: dict[str, Any], group: str | None = None, **pipeline: Any) -> Iterator[Recorder]:
+    """A TopicSync worker in a thread for the block; `pipeline` adds SyncPipeline arguments (epoch, resets...)."""
     parsed = TopicSyncSpec.model_validate({"startFrom": "earliest", **spec})
     recorder = Recorder()
     group = group or f"sync-{uuid.uuid4().hex[:8]}"
@@ -45,6 +46,7 @@ def syncing(spec: dict[str, Any], group: str | None = None) -> Iterator[Recorder
         recorder,
         WorkerMetrics("TopicSync", group),
         WorkerSettings(report_interval=0.5, topic_refresh_interval=1.0, session_timeout_ms=6000),
+        **pipeline,
     )
     stop = threading.Event()
     thread = threading.Thread(target=pipeline.run, args=(stop,), daemon=True)
