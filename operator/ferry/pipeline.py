@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any, ClassVar
 
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaException, Message, TopicPartition
@@ -115,18 +115,12 @@ class WorkerPipeline:
         if self.errors.pop(side, None) is not None:
             log.info("recovered: the %s side works again", side)
 
-    @contextmanager
-    def _waiting(self, side: str, problem: Callable[[float], TaskError], blinds_lag: bool = False) -> Iterator[None]:
-        """Around a call to `side` that may block: the heartbeat names `problem(seconds)` if it lasts."""
-        with self.blocking.call(side, problem, blinds_lag):
-            yield
-
     def _waiting_on_kafka(
         self, doing: str, bootstrap: str | None = None, source: bool = True
     ) -> AbstractContextManager[None]:
         """Around a call to the brokers (the source's unless `source` is False: then the lag stays known)."""
         where = bootstrap or self.bootstrap
-        return self._waiting(KAFKA, lambda seconds: unanswered(where, seconds, doing), blinds_lag=source)
+        return self.blocking.call(KAFKA, lambda seconds: unanswered(where, seconds, doing), blinds_lag=source)
 
     def _check_liveness(self) -> None:
         """KafkaUnreachable once the brokers have been out of reach for unreachable_after; cleared when back

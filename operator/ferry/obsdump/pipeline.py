@@ -401,7 +401,7 @@ class DumpPipeline(WorkerPipeline):
     # -- reporting -------------------------------------------------------------------------------
 
     def _waiting_on_store(self, doing: str) -> AbstractContextManager[None]:
-        return self._waiting(STORE, lambda seconds: unresponsive(self.target, doing, seconds))
+        return self.blocking.call(STORE, lambda seconds: unresponsive(self.target, doing, seconds))
 
     def _partition_progress(self, reachable: bool) -> list[PartitionProgress]:
         partitions = list(self.partitions.items())  # one copy: the heartbeat may report while the loop changes them
