@@ -26,13 +26,14 @@ COPY pyproject.toml constraints.txt ./
 # confluent-kafka ships librdkafka in its wheel: nothing is compiled here, so no compiler is installed.
 # Empty build args are unset: pip would read an empty PIP_CERT / PIP_INDEX_URL as a value.
 # The dependencies first, in a layer of their own (an empty package and README stand in for the real
-# ones), so that a change to the code or the README does not download them again.
+# ones), so that a change to the code or the README does not download them again. With the `parquet`
+# extra (pyarrow), for ObsDumpTask's Parquet objects.
 RUN set -eu; \
     [ -n "${PIP_CERT:-}" ] || unset PIP_CERT; \
     [ -n "${PIP_INDEX_URL:-}" ] || unset PIP_INDEX_URL; \
     python3 -m venv /opt/ferry; \
     mkdir -p operator/ferry; touch README.md operator/ferry/__init__.py; \
-    /opt/ferry/bin/python -m pip install --no-compile -c constraints.txt .; \
+    /opt/ferry/bin/python -m pip install --no-compile -c constraints.txt '.[parquet]'; \
     rm -rf README.md operator build
 COPY README.md ./
 COPY operator ./operator

@@ -1,7 +1,7 @@
 """Throughput of the TopicSync and DataAccessTask workers next to a `kcat -C | kcat -P` pipe and a raw consumer,
 in one run.
 
-    python -m bench.topicsync_throughput [--records-100b N] [--records-1k N]
+    python -m bench.topicsync_throughput [--records-100b N] [--records-1k N] [--exactly-once] [--skip-kcat]
 
 Starts two local Apache Kafka clusters (tests/support/kafka.py, full JIT). For 1 KB and 100 B records in a
 3-partition source topic it measures:
@@ -15,6 +15,11 @@ Starts two local Apache Kafka clusters (tests/support/kafka.py, full JIT). For 1
   access   the real AccessPipeline (DataAccessTask) on the same records into a pre-created 3-partition topic,
            timed like ferry.
 
+With --exactly-once each worker also runs --repeat times (default 3) with each delivery, atLeastOnce and
+`spec.delivery: exactlyOnce` (a transaction per batch, the positions in a target-side group: ferry.transactional),
+alternating which goes first, on the same records into topics of their own; a second table gives the medians
+and their ratio. --skip-kcat leaves the kcat pipe out (kcat not installed).
+
 kcat must be installed (Debian: `apt-get install kcat`). Debian links it to librdkafka 2.0.2; it is run
 against the librdkafka 2.16 inside the confluent-kafka wheel, the one Ferry uses, for a like-for-like pipe.
 """
@@ -25,6 +30,7 @@ import argparse
 import os
 import random
 import shutil
+import statistics
 import string
 import subprocess
 import sys
@@ -38,6 +44,7 @@ from typing import Any
 import confluent_kafka
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
+from ferry.api.base import Delivery
 from ferry.copying import CopyPipeline
 from ferry.dataaccess.model import DataAccessTaskSpec
 from ferry.dataaccess.pipeline import AccessPipeline
@@ -163,14 +170,22 @@ class Clock:
             self.event.set()
 
 
-def ferry_sync(source: KafkaCluster, target: KafkaCluster, topic: str, count: int) -> tuple[float, float]:
+def ferry_sync(
+    source: KafkaCluster,
+    target: KafkaCluster,
+    topic: str,
+    count: int,
+    delivery: Delivery = Delivery.AT_LEAST_ONCE,
+    suffix: str = "-ferry",
+) -> tuple[float, float]:
     spec = TopicSyncSpec.model_validate(
         {
             "source": {"bootstrapServers": source.bootstrap, "instanceId": "src"},
             "target": {"bootstrapServers": target.bootstrap, "instanceId": "dst"},
             "topics": [topic],
             "startFrom": "earliest",
-            "targetTopicName": "{topic}-ferry",
+            "targetTopicName": "{topic}" + suffix,
+            "delivery": delivery.value,
         }
     )
     clock = Clock(count)
@@ -184,12 +199,20 @@ def ferry_sync(source: KafkaCluster, target: KafkaCluster, topic: str, count: in
         WorkerMetrics("TopicSync", group),
         SETTINGS,
     )
-    return timed(pipeline, clock, target, f"{topic}-ferry")
+    return timed(pipeline, clock, target, f"{topic}{suffix}")
 
 
-def ferry_access(source: KafkaCluster, target: KafkaCluster, topic: str, count: int) -> tuple[float, float]:
+def ferry_access(
+    source: KafkaCluster,
+    target: KafkaCluster,
+    topic: str,
+    count: int,
+    delivery: Delivery = Delivery.AT_LEAST_ONCE,
+    suffix: str = "-access",
+) -> tuple[float, float]:
     """The DataAccessTask worker on the same records: the source plays the DTS subscription."""
-    create_topic(target, f"{topic}-access")  # a DataAccessTask never creates its target
+    target_topic = f"{topic}{suffix}"
+    create_topic(target, target_topic)  # a DataAccessTask never creates its target
     group = f"bench-dts-{uuid.uuid4().hex[:8]}"
     spec = DataAccessTaskSpec.model_validate(
         {
@@ -202,8 +225,9 @@ def ferry_access(source: KafkaCluster, target: KafkaCluster, topic: str, count: 
                     "consumerGroup": group,
                 },
             },
-            "target": {"bootstrapServers": target.bootstrap, "topic": f"{topic}-access"},
+            "target": {"bootstrapServers": target.bootstrap, "topic": target_topic},
             "startFrom": "earliest",
+            "delivery": delivery.value,
         }
     )
     clock = Clock(count)
@@ -216,7 +240,7 @@ def ferry_access(source: KafkaCluster, target: KafkaCluster, topic: str, count: 
         WorkerMetrics("DataAccessTask", group),
         SETTINGS,
     )
-    return timed(pipeline, clock, target, f"{topic}-access")
+    return timed(pipeline, clock, target, target_topic)
 
 
 SETTINGS = WorkerSettings(report_interval=0.05, session_timeout_ms=6000, topic_refresh_interval=3600)
@@ -243,6 +267,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records-100b", type=int, default=300_000)
     parser.add_argument("--records-1k", type=int, default=100_000)
+    parser.add_argument("--exactly-once", action="store_true", help="also measure delivery: exactlyOnce")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each delivery with --exactly-once")
+    parser.add_argument("--skip-kcat", action="store_true", help="leave the kcat pipe out")
     args = parser.parse_args(argv)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="ferry-bench-sync-") as work:
@@ -258,9 +285,10 @@ def main(argv: list[str] | None = None) -> None:
                 topic = f"sync-{size}-{uuid.uuid4().hex[:6]}"
                 produce(source, topic, count, size)
                 consume = raw_consume(source, topic, count)
-                kcat = kcat_pipe(source, target, topic, count, lib)
+                kcat = None if args.skip_kcat else kcat_pipe(source, target, topic, count, lib)
                 ferry, e2e = ferry_sync(source, target, topic, count)
                 access, _ = ferry_access(source, target, topic, count)
+                deliveries = compare(source, target, topic, count, args.repeat) if args.exactly_once else {}
                 rows.append(
                     {
                         "case": label,
@@ -270,11 +298,12 @@ def main(argv: list[str] | None = None) -> None:
                         "ferry": ferry,
                         "e2e": e2e,
                         "access": access,
+                        **deliveries,
                         "mb": ferry * (size + 6) / 1e6,
                     }
                 )
                 print(
-                    f"{label}: consume {consume:,.0f} rec/s, kcat pipe {kcat:,.0f}, ferry {ferry:,.0f} "
+                    f"{label}: consume {consume:,.0f} rec/s, kcat pipe {number(kcat)}, ferry {ferry:,.0f} "
                     f"(e2e {e2e:,.0f}), access {access:,.0f}",
                     flush=True,
                 )
@@ -286,10 +315,50 @@ def main(argv: list[str] | None = None) -> None:
     print("|:--|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
     for r in rows:
         print(
-            f"| {r['case']} | {r['records']:,} | {r['consume']:,.0f} | {r['kcat']:,.0f} | {r['ferry']:,.0f} | "
-            f"{r['mb']:.1f} | {r['ferry'] / r['kcat']:.2f} | {r['ferry'] / r['consume']:.2f} | "
-            f"{r['e2e']:,.0f} | {r['e2e'] / r['kcat']:.2f} | {r['access']:,.0f} | {r['access'] / r['kcat']:.2f} |"
+            f"| {r['case']} | {r['records']:,} | {r['consume']:,.0f} | {number(r['kcat'])} | {r['ferry']:,.0f} | "
+            f"{r['mb']:.1f} | {ratio(r['ferry'], r['kcat'])} | {r['ferry'] / r['consume']:.2f} | "
+            f"{r['e2e']:,.0f} | {ratio(r['e2e'], r['kcat'])} | {r['access']:,.0f} | {ratio(r['access'], r['kcat'])} |"
         )
+    if args.exactly_once:
+        print()
+        print(
+            "| case | records | TopicSync atLeastOnce rec/s | TopicSync exactlyOnce rec/s | exactlyOnce / "
+            "atLeastOnce | DataAccessTask atLeastOnce rec/s | DataAccessTask exactlyOnce rec/s | exactlyOnce / "
+            "atLeastOnce |"
+        )
+        print("|:--|--:|--:|--:|--:|--:|--:|--:|")
+        for r in rows:
+            print(
+                f"| {r['case']} | {r['records']:,} | {r['sync_alo']:,.0f} | {r['sync_eos']:,.0f} | "
+                f"{ratio(r['sync_eos'], r['sync_alo'])} | {r['access_alo']:,.0f} | {r['access_eos']:,.0f} | "
+                f"{ratio(r['access_eos'], r['access_alo'])} |"
+            )
+
+
+def compare(source: KafkaCluster, target: KafkaCluster, topic: str, count: int, repeat: int) -> dict[str, float]:
+    """Median records/s of each worker with each delivery over `repeat` runs, alternating which delivery goes
+    first (a run on a warmer broker is faster)."""
+    rates: dict[str, list[float]] = {"sync_alo": [], "sync_eos": [], "access_alo": [], "access_eos": []}
+    for run in range(repeat):
+        order = [Delivery.AT_LEAST_ONCE, Delivery.EXACTLY_ONCE]
+        for delivery in order if run % 2 == 0 else order[::-1]:
+            tag = "alo" if delivery == Delivery.AT_LEAST_ONCE else "eos"
+            rates[f"sync_{tag}"].append(ferry_sync(source, target, topic, count, delivery, f"-sync-{tag}{run}")[0])
+            rates[f"access_{tag}"].append(ferry_access(source, target, topic, count, delivery, f"-dat-{tag}{run}")[0])
+            print(
+                f"  run {run} {delivery.value}: TopicSync {rates[f'sync_{tag}'][-1]:,.0f} rec/s, "
+                f"DataAccessTask {rates[f'access_{tag}'][-1]:,.0f} rec/s",
+                flush=True,
+            )
+    return {name: statistics.median(values) for name, values in rates.items()}
+
+
+def number(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def ratio(value: float | None, base: float | None) -> str:
+    return "-" if value is None or not base else f"{value / base:.2f}"
 
 
 if __name__ == "__main__":

@@ -19,7 +19,14 @@ from tests.support import tools
 from tests.support.chart import Helm, documents
 from tests.support.gotools import PROMTOOL
 
-ALERTS = {"FerryTaskFailed", "FerryWorkerNotReporting", "FerryWorkerUnhealthy", "FerryLagGrowing", "FerryNoDump"}
+ALERTS = {
+    "FerryTaskFailed",
+    "FerryWorkerNotReporting",
+    "FerryWorkerUnhealthy",
+    "FerryLagGrowing",
+    "FerryNoDump",
+    "FerryConsumerGroupNotReadyForFailover",
+}
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +119,16 @@ def test_each_alert_fires_on_the_series_that_should_fire_it_and_no_others(
         ('ferry_last_dump_timestamp_seconds{kind="ObsDumpTask",task="c/idle",task_name=""}', "0x40"),
         ('ferry_dump_period_seconds{kind="ObsDumpTask",task="c/idle",task_name=""}', "60x40"),
         ('ferry_lag_records{kind="ObsDumpTask",task="c/idle",task_name="",topic="t",partition="0"}', "0x40"),
+        # FerryConsumerGroupNotReadyForFailover: two workers share a sync's partitions; group g1 is not ready on
+        # one of them throughout, g2 only for 5 minutes, g3 is ready on both
+        ('ferry_consumer_group_failover_ready{kind="TopicSync",task="d/dr",task_name="",group="g1",pod="w-1"}', "1x40"),
+        ('ferry_consumer_group_failover_ready{kind="TopicSync",task="d/dr",task_name="",group="g1",pod="w-2"}', "0x40"),
+        (
+            'ferry_consumer_group_failover_ready{kind="TopicSync",task="d/dr",task_name="",group="g2",pod="w-1"}',
+            "0x5 1x35",
+        ),
+        ('ferry_consumer_group_failover_ready{kind="TopicSync",task="d/dr",task_name="",group="g3",pod="w-1"}', "1x40"),
+        ('ferry_consumer_group_failover_ready{kind="TopicSync",task="d/dr",task_name="",group="g3",pod="w-2"}', "1x40"),
     ]
     tests = [
         ("FerryTaskFailed", "9m", []),  # not Failed long enough yet
@@ -134,6 +151,16 @@ def test_each_alert_fires_on_the_series_that_should_fire_it_and_no_others(
         ("FerryLagGrowing", "30m", [expected(rule, "FerryLagGrowing", {"kind": "TopicSync", "task": "a/slow"}, 100)]),
         ("FerryNoDump", "1m", []),  # within two periods
         ("FerryNoDump", "10m", [expected(rule, "FerryNoDump", {"kind": "ObsDumpTask", "task": "c/stuck"})]),
+        ("FerryConsumerGroupNotReadyForFailover", "14m", []),  # not long enough yet
+        (
+            "FerryConsumerGroupNotReadyForFailover",
+            "20m",
+            [
+                expected(
+                    rule, "FerryConsumerGroupNotReadyForFailover", {"kind": "TopicSync", "task": "d/dr", "group": "g1"}
+                )
+            ],
+        ),
     ]
     unit = {
         "rule_files": [str(rules_file)],

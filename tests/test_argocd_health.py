@@ -248,6 +248,23 @@ def test_failed_or_paused_for_an_older_generation_is_progressing(state: str) -> 
     )
 
 
+def test_a_succeeded_one_shot_task_is_healthy() -> None:
+    """ObsRestoreTask ends Succeeded (Ready False: nothing runs any more), which is its healthy end."""
+    status = {
+        "state": "Succeeded",
+        "reason": "RestoreComplete",
+        "message": "restored 600 records from 12 objects into orders",
+        "observedGeneration": 3,
+        "conditions": conditions("False", reason="RestoreComplete"),
+    }
+    restore = task(status, kind="ObsRestoreTask")
+    assert health(restore) == ("Healthy", "RestoreComplete: restored 600 records from 12 objects into orders")
+    assert health(task({"state": "Succeeded", "observedGeneration": 3}, kind="ObsRestoreTask")) == (
+        "Healthy",
+        "succeeded",
+    )
+
+
 def test_terminating_is_progressing() -> None:
     status = {
         "state": "Terminating",

@@ -62,7 +62,7 @@ KUBE_VERSIONS = ("1.27.0", "1.37.0")
 THIRD_PARTY = {f"{api}/{kind}" for api, kind in SCHEMAS}
 
 # The task kinds the operator's RBAC names: the repo's CRDs, and DataAccessTask, whose CRD is on its way.
-TASK_PLURALS = {"dataaccesstasks", "obsdumptasks", "topicsyncs"}
+TASK_PLURALS = {"dataaccesstasks", "obsdumptasks", "obsrestoretasks", "topicsyncs"}
 ALL_VERBS = ("get", "list", "watch", "create", "patch", "delete")
 
 # What the operator does, by the code that does it, as RBAC grants:
@@ -77,12 +77,15 @@ ALL_VERBS = ("get", "list", "watch", "create", "patch", "delete")
 #   Kopf itself: list/watch of the task kinds, patch of them (finalizer, progress and diff-base
 #     annotations), patch of /status (handler results), list/watch of CRDs and namespaces (cluster-wide);
 #   per task (the lead's worker RBAC): ServiceAccount, Role and RoleBinding get/create/patch/delete, and, as
-#     RBAC lets a subject grant only what it holds, get/patch on the task's status.
+#     RBAC lets a subject grant only what it holds, get/patch on the task's status;
+#   obsrestore/handlers.py: BatchV1Api.read_namespaced_job, server-side apply (patch) and delete_namespaced_job of
+#     an ObsRestoreTask's Job.
 NAMESPACED_NEEDS: set[Grant] = (
     {("ferry.dev", plural, verb) for plural in TASK_PLURALS for verb in ("get", "list", "watch", "patch", "update")}
     | {("ferry.dev", f"{plural}/status", verb) for plural in TASK_PLURALS for verb in ("get", "patch", "update")}
     | {(group, "events", verb) for group in ("", "events.k8s.io") for verb in ("create", "patch")}
     | {("apps", "deployments", verb) for verb in ALL_VERBS}
+    | {("batch", "jobs", verb) for verb in ALL_VERBS}
     | {("", "pods", verb) for verb in ("get", "list", "watch")}
     | {("", "secrets", "get")}
     | {("", "serviceaccounts", verb) for verb in ALL_VERBS}
@@ -639,7 +642,7 @@ def test_users_get_task_roles_aggregated_into_the_default_roles(
     assert view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
     assert "rbac.authorization.k8s.io/aggregate-to-view" not in edit["metadata"]["labels"]
     scalable = scalable_plurals()
-    assert scalable == {"dataaccesstasks", "topicsyncs"}  # the copy kinds: ObsDumpTask's replicas cannot change
+    assert scalable == {"dataaccesstasks", "topicsyncs"}  # the copy kinds: the dump kinds' replicas cannot change
     assert grants(view["rules"]) == {
         ("ferry.dev", resource, verb) for resource in TASK_PLURALS for verb in ("get", "list", "watch")
     } | {("ferry.dev", f"{resource}/status", "get") for resource in TASK_PLURALS} | {
@@ -664,7 +667,7 @@ def test_every_rbac_rule_is_commented() -> None:
     helpers = (CHART / "templates" / "_helpers.tpl").read_text()
     lines = helpers.splitlines()
     rules = [i for i, line in enumerate(lines) if line.startswith("- apiGroups:")]
-    assert len(rules) == 12
+    assert len(rules) == 13
     for i in rules:
         assert lines[i - 1].startswith("#"), f"_helpers.tpl line {i + 1}: the rule has no comment saying why"
 
@@ -881,7 +884,7 @@ def test_argocd_health_checks_snippet(rendered: dict[str, list[dict[str, Any]]])
     config_map = only(rendered["all-on"], "ConfigMap", "argocd-cm-ferry-health")
     assert config_map["metadata"]["namespace"] == "argocd"
     lua = (CHART / "files" / "argocd" / "health.lua").read_text()
-    kinds = ("DataAccessTask", "TopicSync", "ObsDumpTask")
+    kinds = ("DataAccessTask", "TopicSync", "ObsDumpTask", "ObsRestoreTask")
     assert set(config_map["data"]) == {f"resource.customizations.health.ferry.dev_{kind}" for kind in kinds}
     assert all(value == lua.rstrip("\n") for value in config_map["data"].values())
 

@@ -48,6 +48,8 @@ def test_a_valid_manifest_is_admitted_with_defaults(server: Admission) -> None:
     spec = result.object["spec"]
     assert spec["state"] == "Running" and spec["dumpPeriodSeconds"] == 300 and spec["startFrom"] == "latest"
     assert spec["target"]["recordSeparator"] == "\n" and spec["target"]["timeDirectoryFormat"] == "yyyy/MM/dd/HH"
+    # Fields added later have their defaults in the model only (ferry.obsdump.model._applied_by_the_model).
+    assert not {"compression", "timeZone", "timeDirectoryLayout", "createBucket"} & set(spec["target"])
 
 
 TASK_NAME = "taskName must be 4-64 characters of letters, digits, '-' and '_'"
@@ -139,6 +141,22 @@ CREATE_REFUSALS: list[tuple[str, dict[str, Any], list[str]]] = [
         ],
     ),
     (
+        "format jsonl with a comma separator",
+        manifest(target={**TARGET, "format": "jsonl", "recordSeparator": ","}),
+        [
+            "spec: Invalid value: "
+            "with format jsonl the recordSeparator must be made of control characters such as a newline"
+        ],
+    ),
+    (
+        "format raw with storeKeys",
+        manifest(target={**TARGET, "format": "raw", "storeKeys": True}),
+        [
+            "spec: Invalid value: "
+            "format raw writes the values only: leave storeKeys out, or choose format jsonl or parquet"
+        ],
+    ),
+    (
         "SASL without credentials",
         manifest(source={"bootstrapServers": "k:9092", "securityProtocol": "SASL_SSL"}),
         [
@@ -156,6 +174,40 @@ CREATE_REFUSALS: list[tuple[str, dict[str, Any], list[str]]] = [
         "no credentials Secret",
         manifest(target={"endpoint": "http://s3", "bucket": "dumps"}),
         ["spec.target.credentialsSecretRef: Required value", BLOCKED],
+    ),
+    (
+        "a records cap of 0",
+        manifest(maxRecordsPerObject=0),
+        [
+            "spec.maxRecordsPerObject: Invalid value: 0: "
+            "spec.maxRecordsPerObject in body should be greater than or equal to 1"
+        ],
+    ),
+    (
+        "a bytes cap of 0",
+        manifest(maxBytesPerObject=0),
+        [
+            "spec.maxBytesPerObject: Invalid value: 0: "
+            "spec.maxBytesPerObject in body should be greater than or equal to 1"
+        ],
+    ),
+    (
+        "unknown compression",
+        manifest(target={**TARGET, "compression": "brotli"}),
+        ['spec.target.compression: Unsupported value: "brotli": supported values: "none", "gzip", "zstd"', BLOCKED],
+    ),
+    (
+        "unknown time directory layout",
+        manifest(target={**TARGET, "timeDirectoryLayout": "dots"}),
+        ['spec.target.timeDirectoryLayout: Unsupported value: "dots": supported values: "slashes", "hive"', BLOCKED],
+    ),
+    (
+        "time zone that is a path",
+        manifest(target={**TARGET, "timeZone": "../etc/localtime"}),
+        [
+            'spec.target.timeZone: Invalid value: "../etc/localtime": '
+            "spec.target.timeZone in body should match '^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*$'"
+        ],
     ),
     (
         "resume window not a duration",
@@ -198,6 +250,10 @@ UPDATE_REFUSALS = [
     ("source changed", changed(["source", "bootstrapServers"], "other:9092"), "source"),
     ("taskName added", changed(["taskName"], "added_later"), "taskName"),
     ("storeKeys switched", changed(["target", "storeKeys"], True), "target"),
+    ("compression added", changed(["target", "compression"], "gzip"), "target"),
+    ("time zone added", changed(["target", "timeZone"], "Asia/Shanghai"), "target"),
+    ("records cap added", changed(["maxRecordsPerObject"], 1000), "maxRecordsPerObject"),
+    ("bytes cap added", changed(["maxBytesPerObject"], 1 << 20), "maxBytesPerObject"),
 ]
 
 

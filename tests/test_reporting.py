@@ -64,7 +64,12 @@ def test_secrets_resolve_from_the_environment_in_a_pod() -> None:
 def test_ferry_crds_writes_the_generated_crds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     main(["crds", "--out", str(tmp_path)])
     written = sorted(p.name for p in tmp_path.iterdir())
-    assert written == ["ferry.dev_dataaccesstasks.yaml", "ferry.dev_obsdumptasks.yaml", "ferry.dev_topicsyncs.yaml"]
+    assert written == [
+        "ferry.dev_dataaccesstasks.yaml",
+        "ferry.dev_obsdumptasks.yaml",
+        "ferry.dev_obsrestoretasks.yaml",
+        "ferry.dev_topicsyncs.yaml",
+    ]
     assert "ferry.dev_obsdumptasks.yaml" in capsys.readouterr().out
 
 

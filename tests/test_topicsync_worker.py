@@ -14,6 +14,7 @@ import pytest
 import yaml
 from ferry.metrics import WorkerMetrics
 from ferry.settings import WorkerSettings
+from ferry.topicsync.groups import OFFSET_HEADER
 from ferry.topicsync.model import TopicSyncSpec
 from ferry.topicsync.pipeline import ORIGIN_HEADER, SyncPipeline
 
@@ -77,7 +78,7 @@ def test_records_keep_key_value_headers_timestamp_and_partition_in_a_created_tar
         i = int(m.value().decode().split("v")[1])
         assert m.key() == f"a-k{i}".encode() and m.partition() == i % 3
         assert m.timestamp()[1] == 1_700_000_000_000 + i
-        assert m.headers() == [("app", f"h{i}".encode()), (ORIGIN_HEADER, b"a")]
+        assert m.headers() == [("app", f"h{i}".encode()), (ORIGIN_HEADER, b"a"), (OFFSET_HEADER, str(i // 3).encode())]
 
 
 def test_prefix_naming_and_topics_created_later_are_picked_up(

@@ -66,7 +66,12 @@ def test_the_chart_registers_one_webhook_per_kind_with_its_ca(cluster: Cluster) 
     config = json.loads(cluster.kubectl("get", "validatingwebhookconfigurations", "-o", "json").stdout)
     [ours] = [c for c in config["items"] if c["metadata"]["name"].startswith("ferry")]
     paths = sorted(w["clientConfig"]["service"]["path"] for w in ours["webhooks"])
-    assert paths == ["/validate-dataaccesstasks", "/validate-obsdumptasks", "/validate-topicsyncs"]
+    assert paths == [
+        "/validate-dataaccesstasks",
+        "/validate-obsdumptasks",
+        "/validate-obsrestoretasks",
+        "/validate-topicsyncs",
+    ]
     assert all(w["clientConfig"]["service"]["namespace"] == cluster.release_namespace for w in ours["webhooks"])
     assert all(w["clientConfig"].get("caBundle") for w in ours["webhooks"])
 

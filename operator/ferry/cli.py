@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import socket
 import sys
 import threading
 from pathlib import Path
@@ -17,7 +18,7 @@ from ferry import credentials
 from ferry.api import API_VERSION
 from ferry.errors import TaskError
 from ferry.registry import KINDS, PLUGINS
-from ferry.reporting import ConsoleReporter, KubernetesReporter
+from ferry.reporting import ConsoleReporter, KubernetesReporter, ResumeStore
 from ferry.runtime import run_task, stop_on_signals
 from ferry.settings import WorkerSettings
 from ferry.tasks import parse_task
@@ -58,6 +59,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     run.add_argument("--duration", type=float, help="stop (flushing and committing) after this many seconds")
     run.add_argument("--metrics-port", type=int, default=-1, help="serve /metrics and /healthz on this port")
+    run.add_argument(
+        "--state-file",
+        type=Path,
+        help="one-shot tasks (ObsRestoreTask): where the resume point is kept, so that running again continues "
+        "(default: the first manifest's path + .state.json; delete it to start over)",
+    )
 
     crds = sub.add_parser("crds", help="write the CRDs generated from the models")
     crds.add_argument("--out", type=Path, default=Path("crds"), help="directory (default ./crds)")
@@ -117,6 +124,11 @@ def _worker(settings: WorkerSettings) -> None:
     )
     stop = threading.Event()
     stop_on_signals(stop)
+    resume: ResumeStore | None = None
+    if plugin.one_shot:  # its resume point, in the task's status (the worker's Role allows get/patch on it)
+        from ferry.obsrestore.resume import StatusResume
+
+        resume = StatusResume(client.CustomObjectsApi(), task.definition.plural, task.namespace, task.name)
     run_task(
         plugin,
         task,
@@ -128,6 +140,8 @@ def _worker(settings: WorkerSettings) -> None:
         epoch=int(os.environ.get("FERRY_OFFSET_EPOCH", "0")),
         resets=reporter,
         reset_to=os.environ.get("FERRY_OFFSET_RESET") or None,
+        worker_id=worker_id,
+        resume=resume,
     )
 
 
@@ -194,12 +208,35 @@ def _run(args: argparse.Namespace, settings: WorkerSettings) -> None:
     stop = threading.Event()
     stop_on_signals(stop)
     if args.duration:
-        threading.Timer(args.duration, stop.set).start()
+        timer = threading.Timer(args.duration, stop.set)
+        timer.daemon = True  # a task that ends first (an ObsRestoreTask) does not wait for it
+        timer.start()
     group = args.group or (
         plugin.fixed_group(task.spec) if plugin.fixed_group else f"ferry-run.{task.namespace}.{task.name}"
     )
-    print(f"running {task.definition.kind} {task.namespace}/{task.name} as consumer group {group}", flush=True)
-    run_task(plugin, task, secrets, group, ConsoleReporter(), settings_with_port(settings, args.metrics_port), stop)
+    how = "to completion" if plugin.one_shot else f"as consumer group {group}"
+    print(f"running {task.definition.kind} {task.namespace}/{task.name} {how}", flush=True)
+    # Stable across restarts on this host, as a pod's name is across its container's: exactlyOnce names its
+    # transactional id after it. Two `ferry run` of one task on one host need FERRY_WORKER_ID each.
+    worker_id = os.environ.get("FERRY_WORKER_ID") or socket.gethostname()
+    resume: ResumeStore | None = None
+    if plugin.one_shot:  # runs to completion; the resume point lets an interrupted run continue
+        from ferry.obsrestore.resume import FileResume
+
+        state_file = args.state_file or args.file[0].with_name(args.file[0].name + ".state.json")
+        print(f"resume point kept in {state_file} (delete it to start over)", flush=True)
+        resume = FileResume(state_file)
+    run_task(
+        plugin,
+        task,
+        secrets,
+        group,
+        ConsoleReporter(),
+        settings_with_port(settings, args.metrics_port),
+        stop,
+        worker_id=worker_id,
+        resume=resume,
+    )
 
 
 def settings_with_port(settings: WorkerSettings, port: int) -> WorkerSettings:

@@ -3,7 +3,10 @@
 Consume the source topics in a consumer group, produce each record to the same partition number of its
 target topic (key, value, headers and timestamp kept), wait for the target's acknowledgements, and only
 then commit the source offsets. Delivery is at least once: a worker killed after the target acknowledged
-and before the commit re-copies that batch on restart; nothing is ever skipped.
+and before the commit re-copies that batch on restart; nothing is ever skipped. With `spec.delivery: exactlyOnce`
+the same loop makes each batch one transaction on the target instead, records and source position together, and
+a consumer group on the target decides who copies which partition (ferry.transactional): only how a batch is
+made durable, and where the partitions and their positions come from, differ.
 
 A subclass says which topics to read (`_prepare`, `_topics`), where a partition's records go (`_route`:
 None holds the partition, paused and uncommitted, until it has somewhere to go), and what it reports.
@@ -18,11 +21,12 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from ferry.api.base import PartitionProgress, StartFrom
+from ferry.api.base import Delivery, PartitionProgress, StartFrom
 from ferry.errors import TaskError, retry_until_stopped
 from ferry.kafka import (
     describe_kafka_error,
@@ -37,6 +41,7 @@ from ferry.pipeline import WorkerPipeline
 from ferry.reporting import Reporter, ResetLedger
 from ferry.settings import WorkerSettings
 from ferry.throttle import Throttle
+from ferry.transactional import TransactionalCopy
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +51,19 @@ CONSUME_BATCH = 5000
 DELIVERY_TIMEOUT = 60.0
 TP = tuple[str, int]
 Headers = list[tuple[str, str | bytes | None]]
+
+
+@dataclass
+class Batch:
+    """A consumed batch once written to the producer: per source partition, the first offset read (where a redo
+    reads again from), the last one (its successor is the position a commit stores), and the records and bytes
+    written; `failed` is the error that stopped the writing, if any."""
+
+    records: int
+    first: dict[TP, int] = field(default_factory=dict)
+    last: dict[TP, int] = field(default_factory=dict)
+    copied: dict[TP, tuple[int, int]] = field(default_factory=dict)
+    failed: KafkaException | None = None
 
 
 def refuse_copy_onto_itself(
@@ -83,6 +101,8 @@ class CopyPipeline(WorkerPipeline):
         *,
         resets: ResetLedger | None = None,
         reset_to: str | None = None,
+        delivery: Delivery = Delivery.AT_LEAST_ONCE,
+        worker_id: str = "worker",
     ) -> None:
         self.source_bootstrap = str(source_config["bootstrap.servers"])
         self.target_bootstrap = str(target_config["bootstrap.servers"])
@@ -109,6 +129,8 @@ class CopyPipeline(WorkerPipeline):
         # What the brokers answered to "which cluster are you" (set by _prepare), shown in status.
         self.source_cluster: str | None = None
         self.target_cluster: str | None = None
+        # exactlyOnce: the transactions and the target-side group that assigns the partitions; None: at least once.
+        self.transactions = TransactionalCopy(self, worker_id) if delivery == Delivery.EXACTLY_ONCE else None
 
     # -- what a kind decides ---------------------------------------------------------------------
 
@@ -128,8 +150,8 @@ class CopyPipeline(WorkerPipeline):
         """What, when it changes on a refresh, needs a new subscription."""
         return tuple(self._topics())
 
-    def _outgoing_headers(self, headers: Headers) -> Headers | None:
-        """The headers to write, or None to skip the record (it is still committed)."""
+    def _outgoing_headers(self, headers: Headers, offset: int) -> Headers | None:
+        """The headers to write for the source record at `offset`, or None to skip it (it is still committed)."""
         return headers
 
     def _reset_partitions(self) -> list[tuple[str, int]]:
@@ -137,8 +159,10 @@ class CopyPipeline(WorkerPipeline):
         raise NotImplementedError
 
     def _before_consuming(self) -> bool:
-        """A last step once the topics are ready: this offset epoch's reset, once (ferry.resets); False to retry
-        later."""
+        """A last step once the topics are ready: exactlyOnce's transactions initialised (which fences this worker's
+        predecessor), then this offset epoch's reset, once (ferry.resets); False to retry later."""
+        if self.transactions is not None and not self.transactions.start():
+            return False
         return self._reset_once(self.source_config, self.group, self._reset_partitions)
 
     def _kind_fields(self) -> dict[str, Any]:
@@ -157,14 +181,18 @@ class CopyPipeline(WorkerPipeline):
             stop, self._before_consuming, alive
         ):
             self._report("Stopped")
+            self.producer = None  # exactlyOnce may have made its producer: not kept past the worker
             return
         self.consumer = Consumer(self._consumer_config())
-        self.producer = Producer(self._producer_config())
+        if self.producer is None:  # exactlyOnce made its transactional one before consuming
+            self.producer = Producer(self._producer_config())
         try:
             self._subscribe()
             self._loop(stop)
         finally:
             self._report("Stopped")
+            if self.transactions is not None:
+                self.transactions.close()
             self.consumer.close()
             self.producer.flush(30)
 
@@ -186,6 +214,9 @@ class CopyPipeline(WorkerPipeline):
             f"{self.client_name}-{self.group}",
             self.settings.topic_refresh_interval,
         )
+        # librdkafka's default, said here: the records of the source's aborted transactions are never copied, and
+        # those of its open ones only once they commit.
+        config["isolation.level"] = "read_committed"
         return watched(config, self.liveness, self.settings.report_interval)
 
     def _producer_config(self) -> dict[str, Any]:
@@ -200,6 +231,9 @@ class CopyPipeline(WorkerPipeline):
 
     def _subscribe(self) -> None:
         assert self.consumer is not None
+        if self.transactions is not None:  # the target-side group assigns the partitions
+            self.transactions.subscribe()
+            return
         self.consumer.subscribe(self._topics(), on_assign=self._on_assign, on_revoke=self._on_revoke)
 
     def _loop(self, stop: threading.Event) -> None:
@@ -208,6 +242,8 @@ class CopyPipeline(WorkerPipeline):
         next_refresh = time.monotonic() + self.settings.topic_refresh_interval
         while not stop.is_set():
             self.metrics.tick()
+            if self.transactions is not None:  # its rebalances, and the positions of partitions it was given
+                self.transactions.serve()
             messages = self._consume(self.consumer, CONSUME_BATCH, 0.5)
             if messages:
                 self._copy(messages)
@@ -231,7 +267,10 @@ class CopyPipeline(WorkerPipeline):
             # a new one sees the target's added partitions now. Nothing is in flight (each batch is acked).
             assert self.producer is not None
             self.producer.flush(30)
-            self.producer = Producer(self._producer_config())
+            if self.transactions is not None:
+                self.transactions.renew_producer()
+            else:
+                self.producer = Producer(self._producer_config())
             self._subscribe()
 
     # -- assignment ------------------------------------------------------------------------------
@@ -242,6 +281,9 @@ class CopyPipeline(WorkerPipeline):
         held = [tp for tp in assigned if self._route(tp.topic, tp.partition) is None]
         if held:  # nowhere to write them yet: hold them, never skip them
             consumer.pause(held)
+        routed = [tp for tp in assigned if self._route(tp.topic, tp.partition) is not None]
+        if routed:  # a partition held before (paused) keeps librdkafka's pause across a resubscribe: go on with it
+            consumer.resume(routed)
         self.assigned = {(tp.topic, tp.partition) for tp in assigned}
         log.info("assigned %d partitions (%d held)", len(assigned), len(held))
 
@@ -259,14 +301,24 @@ class CopyPipeline(WorkerPipeline):
     # -- copying ---------------------------------------------------------------------------------
 
     def _copy(self, messages: list[Message]) -> None:
-        """Produce a consumed batch, wait for the target's acknowledgements, then commit."""
-        assert self.consumer is not None and self.producer is not None
-        first: dict[TP, int] = {}
-        last: dict[TP, int] = {}
-        copied: dict[TP, tuple[int, int]] = {}
+        """Write a consumed batch to the target and make it durable: at least once, wait for the target's
+        acknowledgements, then commit; exactly once, one transaction holding the records and their positions."""
+        if self.transactions is not None and not self.transactions.begin():
+            return  # no transaction to write in: the partitions start again from their stored positions
+        batch = self._write(messages)
+        if self.transactions is not None:
+            durable = self.transactions.commit(batch)
+        else:
+            durable = self._acknowledge_and_commit(batch)
+        if durable:
+            self._count(batch)
+
+    def _write(self, messages: list[Message]) -> Batch:
+        """Produce each record to its target (the part both deliveries share); hold the partitions that have
+        nowhere to go yet."""
+        batch = Batch(len(messages))
         held: dict[TP, int] = {}
         read: dict[TP, tuple[int, int]] = {}
-        failed: KafkaException | None = None
         for message in messages:
             err = message.error()
             if err is not None:
@@ -283,47 +335,57 @@ class CopyPipeline(WorkerPipeline):
             size = len(message.value() or b"") + len(message.key() or b"")
             records, nbytes = read.get(key, (0, 0))
             read[key] = (records + 1, nbytes + size)
-            first.setdefault(key, offset)
-            last[key] = offset
-            headers = self._outgoing_headers(list(message_headers(message)))
+            batch.first.setdefault(key, offset)
+            batch.last[key] = offset
+            headers = self._outgoing_headers(list(message_headers(message)), offset)
             if headers is None:
                 continue
             try:
                 self._produce(target, partition, message, headers)
             except KafkaException as err:
-                failed = err
+                batch.failed = err
                 break
-            records, nbytes = copied.get(key, (0, 0))
-            copied[key] = (records + 1, nbytes + size)
+            records, nbytes = batch.copied.get(key, (0, 0))
+            batch.copied[key] = (records + 1, nbytes + size)
         self._hold(held)
         for (topic, partition), (records, nbytes) in read.items():  # per batch: metric look-ups are not free
             self.metrics.partition(self.metrics.records_read, topic, partition).inc(records)
             self.metrics.partition(self.metrics.bytes_read, topic, partition).inc(nbytes)
+        return batch
+
+    def _acknowledge_and_commit(self, batch: Batch) -> bool:
+        """At least once: wait for the target's acknowledgement of every record, then commit the source offsets.
+        False when the batch is to be read again, or there was nothing to commit."""
+        assert self.consumer is not None and self.producer is not None
         with self._waiting_on_kafka(
-            f"waiting for the target to acknowledge {len(messages)} records", self.target_bootstrap, source=False
+            f"waiting for the target to acknowledge {batch.records} records", self.target_bootstrap, source=False
         ):
             remaining = self.producer.flush(DELIVERY_TIMEOUT + 15)
-        if failed is not None or remaining or self.delivery_errors:
-            self._redo(first, failed, remaining)
-            return
-        if not last:
-            return
-        offsets = [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
+        if batch.failed is not None or remaining or self.delivery_errors:
+            self._redo(batch.first, batch.failed, remaining)
+            return False
+        if not batch.last:
+            return False
+        offsets = [TopicPartition(t, p, o + 1) for (t, p), o in batch.last.items()]
         try:
             with self._waiting_on_kafka("committing the copied offsets"):
                 self.consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as err:
             if group_moved_on(err):  # their new owner copies them again from the last commit: duplicates, no loss
                 log.info(
-                    "commit refused, the group rebalanced (%s): %d records will be copied again", err, len(messages)
+                    "commit refused, the group rebalanced (%s): %d records will be copied again", err, batch.records
                 )
                 self.rebalancing = True
             else:
                 self._fail(describe_kafka_error(err, self.source_bootstrap))
-            return
-        for (topic, partition), offset in last.items():
+            return False
+        for (topic, partition), offset in batch.last.items():
             self.committed[(topic, partition)] = offset + 1
-        for (topic, partition), (records, nbytes) in copied.items():
+        return True
+
+    def _count(self, batch: Batch) -> None:
+        """A durable batch: into the totals and the metrics."""
+        for (topic, partition), (records, nbytes) in batch.copied.items():
             self.metrics.partition(self.metrics.records, topic, partition).inc(records)
             self.metrics.partition(self.metrics.bytes, topic, partition).inc(nbytes)
             self.totals.records += records
@@ -401,4 +463,5 @@ class CopyPipeline(WorkerPipeline):
             "sourceClusterId": self.source_cluster,
             "targetClusterId": self.target_cluster,
             **self._expired_fields(),
+            **(self.transactions.fields() if self.transactions is not None else {}),
         }

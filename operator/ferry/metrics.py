@@ -68,6 +68,13 @@ class WorkerMetrics:
             [*base, "topic"],
             registry=self.registry,
         )
+        self.separator_records = Counter(
+            "ferry_dump_separator_records_total",
+            "Records written in the values-only format (storeKeys false) whose value contains the record "
+            "separator, so that they read back as more than one record.",
+            [*base, "topic"],
+            registry=self.registry,
+        )
         self.up = Gauge("ferry_worker_healthy", "1 while the worker makes progress.", base, registry=self.registry)
         # For the FerryNoDump alert: no object for two periods (ObsDumpTask only; set at start, then per object).
         self.last_dump = Gauge(
@@ -84,6 +91,28 @@ class WorkerMetrics:
             "Seconds the worker waited to stay within its share of the task's maxRecordsPerSecond and "
             "maxBytesPerSecond (only for tasks with a cap).",
             base,
+            registry=self.registry,
+        )
+        # TopicSync with spec.consumerGroups: each worker for the partitions the copy gave it (ferry.topicsync.groups).
+        group = [*base, "group"]
+        self.group_ready = Gauge(
+            "ferry_consumer_group_failover_ready",
+            "1 while the consumer group's offsets of this worker's partitions are translated and committed on the "
+            "target (min over the workers: the group's), 0 otherwise.",
+            group,
+            registry=self.registry,
+        )
+        self.group_lag = Gauge(
+            "ferry_consumer_group_translated_lag",
+            "Records the consumer group would still read on the target from its translated offsets, over this "
+            "worker's partitions (sum over the workers: the group's).",
+            group,
+            registry=self.registry,
+        )
+        self.group_commits = Counter(
+            "ferry_consumer_group_offsets_translated_total",
+            "Partition offsets of the consumer group translated and committed on the target.",
+            group,
             registry=self.registry,
         )
         self.last_progress = time.monotonic()

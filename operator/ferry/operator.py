@@ -245,6 +245,8 @@ def _register(plugin: KindPlugin) -> None:
 
 
 for _plugin in PLUGINS.values():
-    _register(_plugin)
+    if not _plugin.one_shot:  # those run as Jobs: ferry.obsrestore.handlers
+        _register(_plugin)
 
+import ferry.obsrestore.handlers  # noqa: E402  (registers the one-shot kinds' handlers: their Jobs)
 import ferry.webhook  # noqa: E402,F401  (registers the admission webhook when FERRY_OPERATOR_WEBHOOK_PORT is set)

@@ -172,12 +172,29 @@ class WorkerPipeline:
         try:
             committed = consumer.committed(assigned, timeout=OFFSETS_TIMEOUT)
             saved = {(tp.topic, tp.partition): tp.offset for tp in committed if tp.offset >= 0}
-            earliest = earliest_offsets(kafka_config, saved)
+            moved = self._past_retention(saved, kafka_config)
         except KafkaException as err:
             log.warning("could not compare the committed offsets with the earliest ones: %s", err)
             return {}
         starts: dict[tuple[str, int], int | None] = {(tp.topic, tp.partition): tp.offset for tp in committed}
-        moved = []
+        starts.update(moved)
+        if moved:
+            consumer.assign(
+                [
+                    TopicPartition(tp.topic, tp.partition, moved.get((tp.topic, tp.partition), OFFSET_INVALID))
+                    for tp in assigned
+                ]
+            )
+        return {key: (offset if offset is not None and offset >= 0 else None) for key, offset in starts.items()}
+
+    def _past_retention(
+        self, saved: dict[tuple[str, int], int], kafka_config: dict[str, Any]
+    ) -> dict[tuple[str, int], int]:
+        """Of the saved offsets (the next to read per partition), those the topic's retention already deleted,
+        each mapped to its partition's earliest offset, where reading goes on; each is reported in `expired` with
+        the records skipped. Raises KafkaException when the earliest offsets cannot be looked up."""
+        earliest = earliest_offsets(kafka_config, saved)
+        moved = {}
         for key, offset in saved.items():
             first = earliest.get(key)
             if first is None or first <= offset:
@@ -191,8 +208,7 @@ class WorkerPipeline:
                 records=first - offset,
                 time=utc_now(),
             )
-            starts[key] = first
-            moved.append(TopicPartition(topic, partition, first))
+            moved[key] = first
             log.warning(
                 "%s[%d]: saved offset %d was deleted by the topic's retention (earliest offset %d): %d records "
                 "skipped, reading on from %d",
@@ -203,15 +219,7 @@ class WorkerPipeline:
                 first - offset,
                 first,
             )
-        if moved:
-            start = {(tp.topic, tp.partition): tp.offset for tp in moved}
-            consumer.assign(
-                [
-                    TopicPartition(tp.topic, tp.partition, start.get((tp.topic, tp.partition), OFFSET_INVALID))
-                    for tp in assigned
-                ]
-            )
-        return {key: (offset if offset is not None and offset >= 0 else None) for key, offset in starts.items()}
+        return moved
 
     def _expired_fields(self) -> dict[str, Any]:
         """The report's `expired`: the latest finding per partition (the operator counts each once)."""

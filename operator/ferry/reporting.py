@@ -293,6 +293,16 @@ class ResetLedger(Protocol):
     def record(self, epoch: int, applied: dict[str, Any] | None = None) -> None: ...
 
 
+class ResumeStore(Protocol):
+    """Where a one-shot task (ObsRestoreTask) keeps how far it got, so that a restarted worker continues instead of
+    starting over: the task's status.resumePoint under the operator, a state file under `ferry run`
+    (ferry.obsrestore.resume). `save` takes a JSON merge patch of the point."""
+
+    def load(self) -> dict[str, Any] | None: ...
+
+    def save(self, patch: dict[str, Any]) -> None: ...
+
+
 class MemoryLedger:
     """`ferry run` and tests: the epoch lives as long as the process."""
 

@@ -10,7 +10,7 @@ from types import FrameType
 
 from ferry.credentials import Sensitive
 from ferry.metrics import MetricsServer, WorkerMetrics
-from ferry.reporting import Reporter, ResetLedger
+from ferry.reporting import Reporter, ResetLedger, ResumeStore
 from ferry.settings import WorkerSettings
 from ferry.tasks import KindPlugin, Task, WorkerContext
 
@@ -39,13 +39,25 @@ def run_task(
     epoch: int = 0,
     resets: ResetLedger | None = None,
     reset_to: str | None = None,
+    worker_id: str = "worker",
+    resume: ResumeStore | None = None,
 ) -> None:
     metrics = WorkerMetrics(task.definition.kind, f"{task.namespace}/{task.name}", task.spec.task_name or "")
     server = None
     if settings.metrics_port >= 0:
         server = MetricsServer(metrics, settings.metrics_port, stall_seconds=settings.stall_seconds).start()
         log.info("metrics and health on port %d", server.port)
-    context = WorkerContext(secrets, consumer_group, reporter, metrics, settings, epoch, reset_to=reset_to)
+    context = WorkerContext(
+        secrets,
+        consumer_group,
+        reporter,
+        metrics,
+        settings,
+        epoch,
+        reset_to=reset_to,
+        worker_id=worker_id,
+        resume=resume,
+    )
     if resets is not None:
         context = replace(context, resets=resets)
     try:

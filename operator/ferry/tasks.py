@@ -15,7 +15,7 @@ from ferry.api.kinds import KindDef
 from ferry.credentials import SecretRef, Sensitive
 from ferry.errors import TaskError
 from ferry.metrics import WorkerMetrics
-from ferry.reporting import MemoryLedger, Reporter, ResetLedger
+from ferry.reporting import MemoryLedger, Reporter, ResetLedger, ResumeStore
 from ferry.settings import WorkerSettings
 
 
@@ -45,14 +45,35 @@ class WorkerContext:
     resets: ResetLedger = field(default_factory=MemoryLedger)
     # The target of this offset epoch's reset (ferry.resets), None for none.
     reset_to: str | None = None
+    # This worker's stable name (its pod's; FERRY_WORKER_ID or the host's under `ferry run`): a restarted worker
+    # takes its predecessor's transactional id by it (ferry.transactional).
+    worker_id: str = "worker"
+    # One-shot kinds (ObsRestoreTask): where the resume point is kept (the task's status, or `ferry run`'s state
+    # file); None for the other kinds.
+    resume: ResumeStore | None = None
 
 
 @dataclass(frozen=True)
 class KindCondition:
-    """A condition only some kinds have; True ones are also announced by a Warning Event."""
+    """A condition only some kinds have; by default True ones are also announced by a Warning Event (a finding such
+    as a replication loop). `on_true`/`on_false`: the Event type announcing a turn to True, and a turn from True to
+    False (None: none), e.g. Normal and Warning for a condition where True is the good state. `active` None is
+    Unknown, nothing to judge by now (e.g. no worker has reported): the condition stays as last known, or Unknown
+    if it never was known; a turn from Unknown to False is announced like one from True."""
 
     type: str
-    active: bool
+    active: bool | None
+    reason: str
+    message: str
+    on_true: str | None = "Warning"
+    on_false: str | None = None
+
+
+@dataclass(frozen=True)
+class KindEvent:
+    """An Event a kind asks the operator to post about the task."""
+
+    type: str  # Normal or Warning
     reason: str
     message: str
 
@@ -68,11 +89,20 @@ class KindPlugin:
     summarize: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None
     # Kind-specific conditions from the other tasks of the kind (e.g. replication loops).
     conditions: Callable[[Task, list[dict[str, Any]]], list[KindCondition]] | None = None
+    # Kind-specific conditions from the task and its status as the operator is about to write it (with the live
+    # workers' reports summed up), e.g. TopicSync's FailoverReady.
+    status_conditions: Callable[[Task, dict[str, Any]], list[KindCondition]] | None = None
     # The consumer group named by the spec (the user's own), instead of one Ferry names per task.
     fixed_group: Callable[[Any], str] | None = None
     # Webhook only: a copy onto itself that the cluster ids reported by the kind's tasks reveal, given a way to
     # list them (called only when a topic could be its own target). The worker checks against the brokers.
     onto_itself: Callable[[Task, Callable[[], list[dict[str, Any]]]], TaskError | None] | None = None
+    # Kind-specific findings of the live workers' reports, counted into the status once (like expired records):
+    # given the status and the live reports, the status patch and the Events announcing what is new.
+    findings: Callable[[dict[str, Any], dict[str, Any]], tuple[dict[str, Any], list[KindEvent]]] | None = None
+    # A task that runs once to completion, as a Job (ObsRestoreTask): the operator serves it with its own reconcile
+    # (ferry.obsrestore.control), not the worker Deployment of the others; its workers get a ResumeStore.
+    one_shot: bool = False
 
 
 def validation_message(err: ValidationError) -> str:

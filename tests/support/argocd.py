@@ -20,7 +20,7 @@ ARGOCD_CM = ROOT / "examples" / "argocd" / "argocd-cm-health.yaml"
 REGENERATE = ".venv/bin/python -m tests.support.argocd"
 
 # Every kind the script is installed for; tests check that each served kind is here.
-KINDS = ("DataAccessTask", "TopicSync", "ObsDumpTask")
+KINDS = ("DataAccessTask", "TopicSync", "ObsDumpTask", "ObsRestoreTask")
 
 _HEADER = f"""\
 # Argo CD health checks for Ferry's kinds, as a patch for the argocd-cm ConfigMap:

@@ -242,7 +242,7 @@ def _delete_test_namespaces(cluster: Cluster) -> None:
     # better, but the release is gone; drop the finalizers so the namespaces can go.
     core, custom = client.CoreV1Api(cluster.api_client), client.CustomObjectsApi(cluster.api_client)
     for ns in core.list_namespace(label_selector="ferry.dev/test=true").items:
-        for plural in ("obsdumptasks", "topicsyncs", "dataaccesstasks"):
+        for plural in ("obsdumptasks", "obsrestoretasks", "topicsyncs", "dataaccesstasks"):
             with contextlib.suppress(client.ApiException):
                 items = custom.list_namespaced_custom_object("ferry.dev", "v1alpha1", ns.metadata.name, plural)
                 for item in items["items"]:

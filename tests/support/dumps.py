@@ -14,6 +14,7 @@ import yaml
 from confluent_kafka import Producer
 from ferry.credentials import Sensitive
 from ferry.metrics import WorkerMetrics
+from ferry.obsdump.compression import compression_of, decompress
 from ferry.obsdump.model import ObsDumpTaskSpec
 from ferry.obsdump.pipeline import DumpPipeline
 from ferry.obsdump.records import Record, decode_records
@@ -24,7 +25,7 @@ from ferry.settings import WorkerSettings
 from tests.support.kafka import KafkaCluster
 from tests.support.servers import ObjectStore as SeaweedFS
 
-KEY_RE = re.compile(r"(?P<topic>[^/]+)\+(?P<partition>[0-9]+)\+(?P<start>[0-9]{19})\.(bin|jsonl)$")
+KEY_RE = re.compile(r"(?P<topic>[^/]+)\+(?P<partition>[0-9]+)\+(?P<start>[0-9]{19})\.(bin|jsonl|parquet)(\.gz|\.zst)?$")
 
 
 def produce(bootstrap: str, topic: str, count: int, partitions: int, start: int = 0) -> None:
@@ -147,12 +148,13 @@ def list_objects(client: Any, bucket: str, prefix: str = "") -> dict[str, bytes]
 
 
 def dumped_records(client: Any, bucket: str, separator: bytes = b"\n") -> dict[tuple[str, int], list[Record]]:
-    """Every record in the bucket (storeKeys objects), per topic-partition, in key order, checking that
-    each object starts at the offset its key names."""
+    """Every record in the bucket (storeKeys objects, decompressed as their names say), per topic-partition,
+    in key order, checking that each object starts at the offset its key names."""
     result: dict[tuple[str, int], list[Record]] = {}
     for key, data in sorted(list_objects(client, bucket).items(), key=lambda kv: KEY_RE.search(kv[0]).group("start")):  # type: ignore[union-attr]
         match = KEY_RE.search(key)
         assert match, f"unexpected object key {key}"
+        data = decompress(data, compression_of(key))
         records = [r for r in decode_records(data, True, separator) if isinstance(r, Record)]
         assert records and records[0].offset == int(match["start"]), f"{key} does not start at its offset"
         result.setdefault((match["topic"], int(match["partition"])), []).extend(records)

@@ -348,6 +348,7 @@ def start_kafka(
     timeout: float = KAFKA_STARTUP_TIMEOUT,
     jvm_flags: Sequence[str] = JVM_FLAGS,
     advertise: Mapping[str, str] | None = None,
+    properties: Mapping[str, str | int] | None = None,
 ) -> KafkaCluster:
     """Format a KRaft log directory under workdir and start a broker+controller JVM on free loopback ports.
 
@@ -356,6 +357,8 @@ def start_kafka(
     (e.g. a proxy's, whose upstream is then ``cluster.listeners[listener]``); the cluster's *_bootstrap
     fields are those addresses. The broker is ready when its own listeners are, whether or not anything
     serves the advertised addresses yet; its inter-broker traffic goes to an INTERNAL listener.
+    properties are broker settings written over the defaults of ``_server_properties`` (e.g. a
+    ``transaction.state.log.replication.factor`` above the one broker, so transactions never work).
     The JVM's output goes to workdir/kafka.log, the format step's to workdir/kafka-format.log.
     The first call in a fresh cache fetches the jars (kafka_classpath) and records which classes the
     JVMs load at start (_class_data_archives); neither is counted in startup_seconds. Use the result
@@ -372,7 +375,7 @@ def start_kafka(
     libs = kafka_classpath()
     java = _java()
     archives = _class_data_archives(java, libs)
-    return _launch(java, libs, workdir, name, timeout, jvm_flags, _use_archives(archives), advertise)
+    return _launch(java, libs, workdir, name, timeout, jvm_flags, _use_archives(archives), advertise, properties)
 
 
 def _launch(
@@ -384,6 +387,7 @@ def _launch(
     jvm_flags: Sequence[str],
     cds_flags: Mapping[str, Sequence[str]],
     advertise: Mapping[str, str] | None = None,
+    properties: Mapping[str, str | int] | None = None,
 ) -> KafkaCluster:
     advertise = dict(advertise or {})
     workdir = workdir.resolve()
@@ -404,7 +408,9 @@ def _launch(
     def attempt() -> KafkaCluster:
         internal = (_INTERNAL,) if advertise else ()
         ports = {listener: free_port() for listener in (*LISTENERS, *internal, _CONTROLLER)}
-        config_path.write_text(_server_properties(name, ports, data_dir, ca_path, keystore, creds, advertise))
+        config_path.write_text(
+            _server_properties(name, ports, data_dir, ca_path, keystore, creds, advertise, properties or {})
+        )
         shutil.rmtree(data_dir, ignore_errors=True)  # formatting records the controller's port
         _format(java, libs, workdir, config_path, cluster_id, creds, cds_flags.get("format", ()))
         argv = [java, *jvm_flags, *cds_flags.get("broker", ()), *_common_props(name)]
@@ -536,8 +542,10 @@ def _server_properties(
     keystore: Path,
     creds: _Secrets,
     advertise: Mapping[str, str],
+    properties: Mapping[str, str | int] | None = None,
 ) -> str:
-    """advertise: listener -> host:port to advertise instead of its own; then ports must have an INTERNAL one."""
+    """advertise: listener -> host:port to advertise instead of its own; then ports must have an INTERNAL one.
+    properties: settings over the defaults below."""
     clients = [listener for listener in (*LISTENERS, _INTERNAL) if listener in ports]
     listeners = ",".join(f"{listener}://{LOOPBACK}:{port}" for listener, port in ports.items())
     advertised = ",".join(
@@ -592,6 +600,7 @@ def _server_properties(
             "org.apache.kafka.common.security.plain.PlainLoginModule required "
             f'user_{creds.plain_user}="{creds.plain_password}";'
         )
+    props.update(properties or {})
     lines = [f"# Kafka {KAFKA_VERSION} broker+controller {name!r}, written by tests/support/kafka.py"]
     lines += [f"{key}={value}" for key, value in props.items()]
     return "\n".join(lines) + "\n"

@@ -62,11 +62,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 
 {{/* The task kinds the operator serves (plural resource names of group ferry.dev). */}}
 {{- define "ferry.taskResources" -}}
-["dataaccesstasks", "obsdumptasks", "topicsyncs"]
+["dataaccesstasks", "obsdumptasks", "obsrestoretasks", "topicsyncs"]
 {{- end }}
 
 {{- define "ferry.taskStatusResources" -}}
-["dataaccesstasks/status", "obsdumptasks/status", "topicsyncs/status"]
+["dataaccesstasks/status", "obsdumptasks/status", "obsrestoretasks/status", "topicsyncs/status"]
 {{- end }}
 
 {{- define "ferry.taskScaleResources" -}}
@@ -102,6 +102,10 @@ creates grant only what these rules hold (get/patch on one task's status), which
 # when the task is deleted.
 - apiGroups: ["apps"]
   resources: ["deployments"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# One Job per one-shot task (ObsRestoreTask): read, created, and deleted when the task is paused or deleted.
+- apiGroups: ["batch"]
+  resources: ["jobs"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # The worker pods, listed by the task's labels to report whether workers run.
 - apiGroups: [""]

@@ -267,6 +267,10 @@ def decide(
     patch.update(expired)
     if expired_message is not None:
         events.append(Event("Warning", "RecordsExpired", expired_message))
+    if plugin.findings is not None:  # the kind's own findings, counted once (e.g. changes to target topics)
+        found, notices = plugin.findings(status, live)
+        patch.update(found)
+        events.extend(Event(n.type, n.reason, n.message) for n in notices)
     ids = cluster_ids(plugin, spec, status, live, observed)
     patch.update(ids)
     # The task as it compares with its peers: with the cluster ids just learned (or cleared).
@@ -386,6 +390,8 @@ def decide(
             )
         )
     extra = plugin.conditions(task, _with_self(others, me)) if plugin.conditions else []
+    if plugin.status_conditions is not None:
+        extra = [*extra, *plugin.status_conditions(task, {**status, **patch})]
     outcome = _finish(body, status, patch, verdict, deployment, events, annotations, now, extra)
     if reset_state is not None:
         value = ConditionStatus.TRUE if reset_state.active else ConditionStatus.FALSE
@@ -514,12 +520,19 @@ def _finish(
         ],
     )
     for condition in extra or []:
-        value = ConditionStatus.TRUE if condition.active else ConditionStatus.FALSE
+        was: dict[str, Any] = next((c for c in previous if c.get("type") == condition.type), {})
+        if condition.active is None and was.get("status") in ("True", "False"):
+            patch["conditions"].append(was)  # Unknown: nothing to judge by now, so as last known
+            continue
+        value = {None: ConditionStatus.UNKNOWN, True: ConditionStatus.TRUE, False: ConditionStatus.FALSE}[
+            condition.active
+        ]
         entry = _condition(previous, condition.type, value, condition.reason, condition.message, generation, now)
         patch["conditions"].append(entry)
-        was: dict[str, Any] = next((c for c in previous if c.get("type") == condition.type), {})
-        if condition.active and was.get("status") != "True":
-            events.append(Event("Warning", condition.reason, condition.message))
+        if condition.active and was.get("status") != "True" and condition.on_true:
+            events.append(Event(condition.on_true, condition.reason, condition.message))
+        elif condition.active is False and was.get("status") in ("True", "Unknown") and condition.on_false:
+            events.append(Event(condition.on_false, condition.reason, condition.message))
     if status.get("state") != verdict.phase.value or status.get("reason") != verdict.reason:
         warning = verdict.phase == Phase.FAILED
         events.append(

@@ -20,12 +20,14 @@ from ferry.api.base import (
     TARGET_CLUSTER_ID,
     TASK_NAME_DESCRIPTION,
     ApiModel,
+    Delivery,
     KafkaEndpoint,
     SaslMechanism,
     SecurityProtocol,
     StartFrom,
     TaskSpec,
     TaskStatus,
+    delivery_field,
     name_check,
     name_rule,
     rule,
@@ -177,6 +179,7 @@ class DataAccessTaskSpec(TaskSpec):
         description="Where to start when the consumer group has no committed offset (and, if resumeWindow is "
         "set, after a longer pause): earliest or latest.",
     )
+    delivery: Delivery = delivery_field()
 
     @model_validator(mode="after")
     def _not_onto_itself(self) -> DataAccessTaskSpec:

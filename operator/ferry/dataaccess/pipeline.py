@@ -38,6 +38,7 @@ class AccessPipeline(CopyPipeline):
         epoch: int = 0,
         resets: ResetLedger | None = None,
         reset_to: str | None = None,
+        worker_id: str = "worker",
     ) -> None:
         super().__init__(
             source_config,
@@ -53,6 +54,8 @@ class AccessPipeline(CopyPipeline):
             # Without a target (a Deployment an operator rendered before it named one) an epoch resets the
             # subscription's group to startFrom, as a resume after the window always did.
             reset_to=reset_to if reset_to is not None else spec.start_from.value,
+            delivery=spec.delivery,
+            worker_id=worker_id,
         )
         self.source_topic = spec.source.topic
         self.target_topic = spec.target.topic

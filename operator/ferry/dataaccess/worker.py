@@ -31,6 +31,7 @@ def build_pipeline(task: Task, ctx: WorkerContext) -> AccessPipeline:
         epoch=ctx.epoch,
         resets=ctx.resets,
         reset_to=ctx.reset_to,
+        worker_id=ctx.worker_id,
     )
 
 

@@ -2,10 +2,16 @@
 
 Exactly once in the bucket: a batch's object key depends only on its first record, and the offset after
 the batch is committed only once the object is complete. A worker that dies between the two re-reads
-the batch from the committed offset and overwrites the same object. Any failure while writing a batch
-(upload, completion or commit) drops the batch and seeks back to its first offset, so the next attempt
-rebuilds the same object; nothing is skipped and nothing is written twice under two keys. The retry
-pace is set by the store client's own backoff and by the period (a failed cut is retried at the next).
+the batch from the committed offset and overwrites the same object. An object closed early by
+maxRecordsPerObject or maxBytesPerObject is closed at a record that depends only on the records from its
+first one (their count, their encoded size before compression, for Parquet their plain-encoded size), so a
+rerun closes it at the same record, or later if the first run cut it by the period, and the next object
+starts where it did.
+
+Any failure while writing a batch (upload, completion or commit) drops the batch and seeks back to its
+first offset, so the next attempt rebuilds the same object; nothing is skipped and nothing is written twice
+under two keys. The retry pace is set by the store client's own backoff and by the period (a failed cut is
+retried at the next).
 
 With throughput caps (spec.maxRecordsPerSecond, spec.maxBytesPerSecond) a batch is admitted against this
 worker's share of them when it is consumed, before any of it is written into objects (ferry.pipeline
@@ -40,8 +46,9 @@ from ferry.kafka import (
     watched,
 )
 from ferry.metrics import WorkerMetrics
-from ferry.obsdump.model import ObsDumpTaskSpec
-from ferry.obsdump.records import Record, dump_batch_key, encode_record, object_key_pattern
+from ferry.obsdump.model import ObjectFormat, ObsDumpTaskSpec
+from ferry.obsdump.parquet import ParquetObject, record_size, require_pyarrow
+from ferry.obsdump.records import Record, contains_separator, dump_batch_key, encode_record, object_key_pattern
 from ferry.obsdump.storage import ObjectStore, ObjectUpload, unresponsive
 from ferry.pipeline import KAFKA, WorkerPipeline
 from ferry.reporting import Reporter, ResetLedger, utc_now
@@ -66,6 +73,27 @@ class Batch:
     last_offset: int
     records: int = 0
     payload_bytes: int = 0
+    encoded_bytes: int = 0  # the records and separators as written before compression (Parquet: record_size)
+    separator_records: int = 0  # values-only records whose value contains the separator
+    parquet: ParquetObject | None = None  # the Parquet writer in front of the upload, for format parquet
+
+    def add(self, item: bytes | Record, size: int) -> None:
+        """Write one encoded record (raw, jsonl), or hand one record to the Parquet writer."""
+        if isinstance(item, Record):
+            assert self.parquet is not None
+            self.parquet.add(item, size)
+        else:
+            self.upload.write(item)
+
+    def finish(self) -> None:
+        if self.parquet is not None:
+            self.parquet.close()
+        self.upload.finish()
+
+    def drop(self) -> None:
+        if self.parquet is not None:
+            self.parquet.discard()
+        self.upload.abort()
 
 
 @dataclass
@@ -110,10 +138,15 @@ class DumpPipeline(WorkerPipeline):
         self.clock = clock
         self.metrics.dump_period.labels(**self.metrics.labels).set(spec.dump_period_seconds)
         self.metrics.last_dump.labels(**self.metrics.labels).set_to_current_time()
+        self.format = spec.target.object_format
         self.separator = spec.target.record_separator.encode("utf-8")
+        self.max_records = spec.max_records_per_object
+        self.max_bytes = spec.max_bytes_per_object
         self.partitions: dict[TP, PartitionState] = {}
         self.subscribed: list[str] = []
         self.objects_written = 0
+        self.separator_records = 0  # since the start, in objects written
+        self.warned_separator = False
         self.last_dump_time: str | None = None
         self.last_object_key: str | None = None
         # Kafka trouble clears when Kafka works again, store trouble when an object is written.
@@ -160,6 +193,8 @@ class DumpPipeline(WorkerPipeline):
         return self._works(STORE, self._check_store) and self._works(KAFKA, self._check_topics)
 
     def _check_store(self) -> None:
+        if self.format is ObjectFormat.PARQUET:
+            require_pyarrow()
         with self._waiting_on_store("checking the bucket"):
             self.store.check()
 
@@ -260,7 +295,7 @@ class DumpPipeline(WorkerPipeline):
         for tp in lost:  # another member owns them now: drop, never commit
             state = self.partitions.pop((tp.topic, tp.partition), None)
             if state and state.batch:
-                state.batch.upload.abort()
+                state.batch.drop()
 
     # -- records ---------------------------------------------------------------------------------
 
@@ -286,24 +321,66 @@ class DumpPipeline(WorkerPipeline):
             state = self.partitions[key] = PartitionState()
         _, timestamp = message.timestamp()
         value, record_key = as_bytes(message.value()), as_bytes(message.key())
+        ambiguous = False
+        item: bytes | Record
+        if self.format is ObjectFormat.RAW:  # the hot path: value bytes and the separator, nothing else to build
+            item = (value or b"") + self.separator
+            size = len(item)
+            ambiguous = value is not None and contains_separator(value, self.separator)
+        else:
+            item = Record(offset, timestamp, record_key, value, message_headers(message))
+            if self.format is ObjectFormat.JSONL:
+                item = encode_record(item, True, self.separator)
+                size = len(item)
+            else:
+                size = record_size(topic, item)
+        if (
+            state.batch is not None
+            and self.max_bytes is not None
+            and state.batch.encoded_bytes + size > self.max_bytes
+            and not self._cut(key)  # the record would take the object over the cap: it starts the next one
+        ):
+            return  # the batch was dropped and sought back to its first record: this one comes again
         if state.batch is None:
-            name = dump_batch_key(self.target, topic, partition, offset, timestamp)
-            state.batch = Batch(topic, partition, offset, self.store.open(name), offset)
+            state.batch = self._open_batch(topic, partition, offset, timestamp)
         batch = state.batch
-        if self.target.store_keys:
-            record = Record(offset, timestamp, record_key, value, message_headers(message))
-            encoded = encode_record(record, True, self.separator)
-        else:  # the hot path: value bytes and the separator, nothing else to build
-            encoded = (value or b"") + self.separator
         try:
             with self._waiting_on_store(f"uploading a part of {batch.upload.key}"):
-                batch.upload.write(encoded)
+                batch.add(item, size)
         except Exception as failure:
             self._redo(state, failure)
             return
         batch.last_offset = offset
         batch.records += 1
         batch.payload_bytes += len(value or b"") + len(record_key or b"")
+        batch.encoded_bytes += size
+        if ambiguous:
+            self._ambiguous_record(batch, offset)
+        if (self.max_records is not None and batch.records >= self.max_records) or (
+            self.max_bytes is not None and batch.encoded_bytes >= self.max_bytes
+        ):
+            self._cut(key)
+
+    def _open_batch(self, topic: str, partition: int, offset: int, timestamp: int) -> Batch:
+        upload = self.store.open(dump_batch_key(self.target, topic, partition, offset, timestamp))
+        parquet = None
+        if self.format is ObjectFormat.PARQUET:
+            parquet = ParquetObject(upload, topic, partition, self.target.compression)
+        return Batch(topic, partition, offset, upload, offset, parquet=parquet)
+
+    def _ambiguous_record(self, batch: Batch, offset: int) -> None:
+        batch.separator_records += 1
+        if not self.warned_separator:
+            self.warned_separator = True
+            log.warning(
+                "the value of %s[%d] at offset %d contains the record separator %r: in the values-only format it "
+                "reads back as more than one record (counted in recordsContainingSeparator; this is said once; "
+                "format jsonl or parquet writes records that cannot be confused)",
+                batch.topic,
+                batch.partition,
+                offset,
+                self.target.record_separator,
+            )
 
     # -- cutting objects -------------------------------------------------------------------------
 
@@ -325,7 +402,7 @@ class DumpPipeline(WorkerPipeline):
         started = time.monotonic()
         try:
             with self._waiting_on_store(f"writing {batch.upload.key}"):
-                batch.upload.finish()
+                batch.finish()
             self._commit(batch.topic, batch.partition, batch.last_offset + 1)
         except Exception as err:
             self._redo(state, err)
@@ -334,6 +411,9 @@ class DumpPipeline(WorkerPipeline):
         self.metrics.partition(self.metrics.records, *key).inc(batch.records)
         self.metrics.partition(self.metrics.bytes, *key).inc(batch.payload_bytes)
         self.metrics.objects.labels(**self.metrics.labels, topic=batch.topic).inc()
+        if batch.separator_records:
+            self.metrics.separator_records.labels(**self.metrics.labels, topic=batch.topic).inc(batch.separator_records)
+            self.separator_records += batch.separator_records
         self.totals.records += batch.records
         self.totals.bytes += batch.payload_bytes
         self.objects_written += 1
@@ -377,7 +457,7 @@ class DumpPipeline(WorkerPipeline):
         assert self.consumer is not None and state.batch is not None
         batch = state.batch
         with self._waiting_on_store(f"aborting the upload of {batch.upload.key}"):
-            batch.upload.abort()
+            batch.drop()
         state.batch = None
         if isinstance(err, KafkaException) and group_moved_on(err):
             # the object is complete but the commit came too late: the new owner rewrites the same object
@@ -387,6 +467,9 @@ class DumpPipeline(WorkerPipeline):
             self.rebalancing = True
         elif isinstance(err, KafkaException):
             self._fail(describe_kafka_error(err, self.bootstrap), KAFKA)
+        elif isinstance(err, TaskError) and err.reason == "BucketNotFound" and self.target.create_bucket:
+            log.info("bucket %s is gone: creating it again (target.createBucket)", self.target.bucket)
+            self._works(STORE, self._check_store)  # the batch is redone from Kafka, into the new bucket
         elif isinstance(err, TaskError):
             self._fail(err, STORE)
         else:
@@ -414,6 +497,7 @@ class DumpPipeline(WorkerPipeline):
             "lastDumpTime": self.last_dump_time,
             "objectsWritten": self.objects_written,
             "lastObjectKey": self.last_object_key,
+            "recordsContainingSeparator": self.separator_records if self.format is ObjectFormat.RAW else None,
             "sourceClusterId": self.source_cluster,
             **self._expired_fields(),
         }

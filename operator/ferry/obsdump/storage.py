@@ -1,5 +1,5 @@
 """Writing dump objects to an S3-compatible store: single PUT for small batches, multipart for large ones,
-with memory bounded by one part per open object."""
+with memory bounded by one part (and a compressor's state) per open object."""
 
 from __future__ import annotations
 
@@ -19,7 +19,9 @@ from botocore.exceptions import (
 
 from ferry.credentials import Sensitive
 from ferry.errors import TaskError
-from ferry.obsdump.model import ObsDumpTarget
+from ferry.obsdump.compression import CONTENT_TYPES, Compressor, compressor
+from ferry.obsdump.model import ObjectFormat, ObsDumpTarget
+from ferry.obsdump.parquet import CONTENT_TYPE as PARQUET_CONTENT_TYPE
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,8 @@ CONNECT_TIMEOUT = 5
 READ_TIMEOUT = 20  # per socket read or write; a slow but moving upload does not hit it
 ATTEMPTS = 3
 _AUTH_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken", "403"}
+# What CreateBucket answers when the bucket appeared meanwhile (another worker of the task, or a person).
+_BUCKET_EXISTS_CODES = {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}
 
 
 def s3_client(target: ObsDumpTarget, secrets: dict[str, Sensitive]) -> Any:
@@ -64,6 +68,10 @@ def unresponsive(target: ObsDumpTarget, doing: str, seconds: float | None = None
     )
 
 
+def _code(err: ClientError) -> str:
+    return str(err.response.get("Error", {}).get("Code", ""))
+
+
 def describe_store_error(err: Exception, target: ObsDumpTarget) -> TaskError:
     """A reason and an actionable message; never the credentials."""
     where = f"bucket {target.bucket!r} at {target.endpoint}"
@@ -72,9 +80,13 @@ def describe_store_error(err: Exception, target: ObsDumpTarget) -> TaskError:
     if isinstance(err, EndpointConnectionError):
         return TaskError("ObjectStoreUnreachable", f"cannot connect to {target.endpoint}: check target.endpoint")
     if isinstance(err, ClientError):
-        code = str(err.response.get("Error", {}).get("Code", ""))
+        code = _code(err)
         if code in ("NoSuchBucket", "404"):
-            return TaskError("BucketNotFound", f"{where} does not exist: create it or fix target.bucket")
+            return TaskError(
+                "BucketNotFound",
+                f"{where} does not exist: create it, fix target.bucket, or create the task again with "
+                "target.createBucket: true",
+            )
         if code in _AUTH_CODES:
             return TaskError(
                 "ObjectStoreAuthFailed",
@@ -91,21 +103,58 @@ class ObjectStore:
         self.target = target
         self.part_bytes = max(part_bytes, MIN_PART_BYTES)
 
-    def check(self) -> None:
-        """Fail early, with a reason, when the bucket is missing or the keys are wrong."""
+    def check(self, create: bool | None = None) -> None:
+        """Fail early, with a reason, when the bucket is missing or the keys are wrong; with
+        target.createBucket (unless `create` says otherwise), create a missing bucket."""
         try:
             self.client.list_objects_v2(Bucket=self.target.bucket, Prefix=self.target.directory, MaxKeys=1)
         except ClientError as err:
-            if err.response.get("Error", {}).get("Code") == "AccessDenied":
+            if _code(err) == "AccessDenied":
                 # Write-only keys are a sound policy: the first upload will tell if writing is denied too.
                 log.warning("the keys may not list bucket %s; checking by writing instead", self.target.bucket)
+                return
+            if _code(err) == "NoSuchBucket" and (self.target.create_bucket if create is None else create):
+                self._create_bucket()
                 return
             raise describe_store_error(err, self.target) from None
         except BotoCoreError as err:
             raise describe_store_error(err, self.target) from None
 
+    def _create_bucket(self) -> None:
+        target = self.target
+        # AWS refuses a LocationConstraint of us-east-1 (its default); other regions and OBS need one.
+        region = {"LocationConstraint": target.region}
+        where = {} if target.region == "us-east-1" else {"CreateBucketConfiguration": region}
+        try:
+            self.client.create_bucket(Bucket=target.bucket, **where)
+        except ClientError as err:
+            code = _code(err)
+            if code in _BUCKET_EXISTS_CODES:
+                log.info("bucket %s appeared while it was being created (%s): using it", target.bucket, code)
+                self.check(create=False)
+                return
+            if code in _AUTH_CODES:
+                raise TaskError(
+                    "BucketCreationDenied",
+                    f"bucket {target.bucket!r} does not exist at {target.endpoint} and the credentials may not "
+                    f"create it ({code}): create the bucket, or allow the key in target.credentialsSecretRef to "
+                    "create buckets",
+                ) from None
+            raise TaskError(
+                "ObjectStoreError",
+                f"creating bucket {target.bucket!r} at {target.endpoint} failed ({code or type(err).__name__}): "
+                "check target.bucket and target.region",
+            ) from None
+        except BotoCoreError as err:
+            raise describe_store_error(err, target) from None
+        log.info("created bucket %s at %s (target.createBucket)", target.bucket, target.endpoint)
+
     def open(self, key: str) -> ObjectUpload:
-        return ObjectUpload(self, key)
+        """A new object: raw and jsonl ones compressed whole as the target says, Parquet ones inside (by the writer)."""
+        if self.target.object_format is ObjectFormat.PARQUET:
+            return ObjectUpload(self, key, None, PARQUET_CONTENT_TYPE)
+        compression = self.target.compression
+        return ObjectUpload(self, key, compressor(compression), CONTENT_TYPES.get(compression))
 
     def abort_stale_uploads(self, key_pattern: str) -> int:
         """Abort unfinished multipart uploads a killed worker left for keys matching the pattern."""
@@ -124,17 +173,24 @@ class ObjectStore:
 
 
 class ObjectUpload:
-    """One object being written: bytes are buffered until a part is full, then sent as a multipart part."""
+    """One object being written: bytes are buffered (compressed, if the target says so) until a part is full,
+    then sent as a multipart part."""
 
-    def __init__(self, store: ObjectStore, key: str) -> None:
+    def __init__(
+        self, store: ObjectStore, key: str, compressor: Compressor | None = None, content_type: str | None = None
+    ) -> None:
         self.store = store
         self.key = key
+        self.compressor = compressor
+        self.headers = {"ContentType": content_type} if content_type else {}
         self.buffer = bytearray()
         self.upload_id: str | None = None
         self.parts: list[dict[str, Any]] = []
-        self.size = 0
+        self.size = 0  # bytes as stored, after compression
 
     def write(self, data: bytes) -> None:
+        if self.compressor is not None:
+            data = self.compressor.compress(data)
         self.buffer += data
         self.size += len(data)
         if len(self.buffer) >= self.store.part_bytes:
@@ -146,7 +202,7 @@ class ObjectUpload:
     def _send_part(self) -> None:
         client, bucket = self.store.client, self.store.target.bucket
         if self.upload_id is None:
-            self.upload_id = client.create_multipart_upload(Bucket=bucket, Key=self.key)["UploadId"]
+            self.upload_id = client.create_multipart_upload(Bucket=bucket, Key=self.key, **self.headers)["UploadId"]
         number = len(self.parts) + 1
         response = client.upload_part(
             Bucket=bucket, Key=self.key, UploadId=self.upload_id, PartNumber=number, Body=bytes(self.buffer)
@@ -157,9 +213,13 @@ class ObjectUpload:
     def finish(self) -> None:
         """Make the object visible; raises on failure (the caller re-reads the batch from Kafka)."""
         client, bucket = self.store.client, self.store.target.bucket
+        if self.compressor is not None:
+            tail = self.compressor.flush()
+            self.buffer += tail
+            self.size += len(tail)
         try:
             if self.upload_id is None:
-                client.put_object(Bucket=bucket, Key=self.key, Body=bytes(self.buffer))
+                client.put_object(Bucket=bucket, Key=self.key, Body=bytes(self.buffer), **self.headers)
             else:
                 if self.buffer:
                     self._send_part()

@@ -42,14 +42,18 @@ def build_pipeline(task: Task, ctx: WorkerContext) -> DumpPipeline:
 
 
 def summarize(reports: list[dict[str, Any]]) -> dict[str, Any]:
-    """The latest object over all workers, and how many were written; the caps and waits on them add up."""
-    throttling = sum_throttling(reports)
+    """The latest object over all workers, and how many were written; the caps and waits on them, and the
+    values-only records containing the separator, add up."""
+    summary = sum_throttling(reports)
+    ambiguous = [r["recordsContainingSeparator"] for r in reports if r.get("recordsContainingSeparator") is not None]
+    if ambiguous:
+        summary["recordsContainingSeparator"] = sum(ambiguous)
     dumps = [r for r in reports if r.get("lastDumpTime")]
     if not dumps:
-        return throttling
+        return summary
     latest = max(dumps, key=lambda r: r["lastDumpTime"])
     return {
-        **throttling,
+        **summary,
         "lastDumpTime": latest["lastDumpTime"],
         "lastObjectKey": latest.get("lastObjectKey"),
         "objectsWritten": sum(r.get("objectsWritten") or 0 for r in reports),

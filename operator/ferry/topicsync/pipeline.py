@@ -4,24 +4,32 @@ target topic, shaped like the source.
 Loops: every copied record carries the header `ferry.origin` naming the instance where it was first
 written (the source's, unless the record already has one). A record whose origin is the target instance
 is never written back there, so two syncs A->B and B->A of the same topic converge.
+
+Offsets: every copied record also carries `ferry.offset`, its offset in the source partition, by which consumer
+groups' committed offsets are translated exactly to the target (spec.consumerGroups, ferry.topicsync.groups).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Iterable
 from typing import Any
 
-from confluent_kafka import KafkaException
+from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from ferry.copying import CopyPipeline, Headers, refuse_copy_onto_itself
 from ferry.errors import TaskError
 from ferry.kafka import admin_client, describe_kafka_error, look_up, require_topics
 from ferry.metrics import WorkerMetrics
 from ferry.reporting import Reporter, ResetLedger
+from ferry.resets import ADMIN_TIMEOUT
 from ferry.settings import WorkerSettings
 from ferry.throttle import Throttle
+from ferry.topicsync.groups import PROBE_TIMEOUT, TP, GroupSync, stamp
 from ferry.topicsync.model import TopicState, TopicSyncSpec
-from ferry.topicsync.topics import broker_count, describe, ensure_target
+from ferry.topicsync.topics import TargetTopics, broker_count, describe, listed
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +58,7 @@ class SyncPipeline(CopyPipeline):
         epoch: int = 0,
         resets: ResetLedger | None = None,
         reset_to: str | None = None,
+        worker_id: str = "worker",
     ) -> None:
         super().__init__(
             source_config,
@@ -63,6 +72,8 @@ class SyncPipeline(CopyPipeline):
             Throttle.share_of(spec),
             resets=resets,
             reset_to=reset_to,
+            delivery=spec.delivery,
+            worker_id=worker_id,
         )
         self.spec = spec
         # Until the brokers have said which clusters they are: the spelled identities.
@@ -70,6 +81,9 @@ class SyncPipeline(CopyPipeline):
         self.target_identities = {spec.target.instance}
         self.topics: dict[str, TopicState] = {}
         self.loop_skipped = 0
+        self.group_sync = GroupSync(self, spec.consumer_groups, metrics) if spec.consumer_groups else None
+        self.positions_admin: AdminClient | None = None
+        self.target_topics = TargetTopics(spec)  # keeps the target topics like the source ones
 
     def _prepare(self) -> None:
         """Find the source topics and give each a target topic shaped like it."""
@@ -101,10 +115,7 @@ class SyncPipeline(CopyPipeline):
             )
         brokers = broker_count(target_admin, self.target_bootstrap)
         try:
-            self.topics = {
-                t: ensure_target(target_admin, t, targets[t], shapes[t], existing.get(targets[t]), brokers)
-                for t in selected
-            }
+            self.topics = self.target_topics.ensure(target_admin, targets, shapes, existing, brokers)
         except KafkaException as err:
             raise describe_kafka_error(err, self.target_bootstrap) from None
 
@@ -122,18 +133,61 @@ class SyncPipeline(CopyPipeline):
         state = self.topics[topic]
         return state.target if partition < state.target_partitions else None
 
-    def _outgoing_headers(self, headers: Headers) -> Headers | None:
-        origin = origin_of(headers)
-        if origin in self.target_identities:
+    def _outgoing_headers(self, headers: Headers, offset: int) -> Headers | None:
+        if not self.copies(headers):
             self.loop_skipped += 1
             return None
-        if origin is None:
+        if origin_of(headers) is None:
             headers.append((ORIGIN_HEADER, self.source_instance.encode()))
-        return headers
+        return stamp(headers, offset)  # ferry.offset: what consumer group offsets are translated by
+
+    def copies(self, headers: Headers) -> bool:
+        """Whether a source record with these headers is copied: not when it was first written to the target."""
+        return origin_of(headers) not in self.target_identities
+
+    # -- consumer group offset sync (ferry.topicsync.groups) -------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        if self.group_sync is None:
+            super().run(stop)
+            return
+        done = threading.Event()
+        thread = threading.Thread(target=self.group_sync.run, args=(done,), name="consumer-groups", daemon=True)
+        thread.start()
+        try:
+            super().run(stop)
+        finally:
+            done.set()
+            thread.join(PROBE_TIMEOUT + ADMIN_TIMEOUT + 10)
+
+    def copied_up_to(self, partitions: Iterable[TP]) -> dict[TP, int]:
+        """Where the copy has reached in each source partition: the next offset it reads, every record before it
+        being on the target (acknowledged); partitions it has not started are left out. The sync's own consumer
+        group's committed offsets (any worker's), or what this worker committed since, if that is further."""
+        wanted = sorted(set(partitions))
+        if not wanted:
+            return {}
+        if self.positions_admin is None:
+            self.positions_admin = admin_client(self.source_config)
+        request = [ConsumerGroupTopicPartitions(self.group, [TopicPartition(t, p) for t, p in wanted])]
+        future = self.positions_admin.list_consumer_group_offsets(request, request_timeout=ADMIN_TIMEOUT)[self.group]
+        result = future.result(timeout=ADMIN_TIMEOUT + 5)
+        found = {
+            (tp.topic, tp.partition): int(tp.offset)
+            for tp in result.topic_partitions or []
+            if tp.error is None and tp.offset is not None and tp.offset >= 0
+        }
+        asked = set(wanted)
+        for key, offset in dict(self.committed).items():
+            if key in asked:
+                found[key] = max(found.get(key, offset), offset)
+        return found
 
     def _kind_fields(self) -> dict[str, Any]:
         return {
-            "topics": [t.wire() for t in list(self.topics.values())[:200]],
+            "topics": listed(self.topics.values()),
+            "topicChanges": [c.wire() for c in list(self.target_topics.changes)],
             "topicCount": len(self.topics),
             "loopRecordsSkipped": self.loop_skipped,
+            **(self.group_sync.fields() if self.group_sync is not None else {}),
         }

@@ -7,8 +7,10 @@ from typing import Any
 from ferry.credentials import SecretRef
 from ferry.kafka import client_config, endpoint_secret_refs
 from ferry.reporting import latest, sum_rates, sum_throttling
-from ferry.tasks import KindPlugin, Task, WorkerContext
+from ferry.tasks import KindCondition, KindPlugin, Task, WorkerContext
 from ferry.topicsync.admission import check_onto_itself
+from ferry.topicsync.attributes import account_changes, topics_in_sync
+from ferry.topicsync.groups import failover_ready, merge_groups
 from ferry.topicsync.loops import replication_loop
 from ferry.topicsync.model import TOPIC_SYNC, TopicSyncSpec
 from ferry.topicsync.pipeline import SyncPipeline
@@ -32,6 +34,7 @@ def build_pipeline(task: Task, ctx: WorkerContext) -> SyncPipeline:
         epoch=ctx.epoch,
         resets=ctx.resets,
         reset_to=ctx.reset_to,
+        worker_id=ctx.worker_id,
     )
 
 
@@ -46,7 +49,12 @@ def summarize(reports: list[dict[str, Any]]) -> dict[str, Any]:
         "loopRecordsSkipped": sum(r.get("loopRecordsSkipped") or 0 for r in reports),
         **sum_rates(reports),
         **sum_throttling(reports),
+        **merge_groups(reports),
     }
+
+
+def status_conditions(task: Task, status: dict[str, Any]) -> list[KindCondition]:
+    return [*failover_ready(task, status), *topics_in_sync(task, status)]
 
 
 PLUGIN = KindPlugin(
@@ -56,4 +64,6 @@ PLUGIN = KindPlugin(
     summarize=summarize,
     conditions=replication_loop,
     onto_itself=check_onto_itself,
+    status_conditions=status_conditions,
+    findings=account_changes,
 )

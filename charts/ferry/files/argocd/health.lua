@@ -1,10 +1,12 @@
--- Argo CD health check for Ferry's kinds (ferry.dev/v1alpha1 DataAccessTask, TopicSync, ObsDumpTask).
+-- Argo CD health check for Ferry's kinds (ferry.dev/v1alpha1 DataAccessTask, TopicSync, ObsDumpTask,
+-- ObsRestoreTask).
 --
 -- Install it as resource.customizations.health.ferry.dev_<Kind> in argocd-cm (see docs/argocd.md).
 -- Lua 5.1 as Argo CD runs it (gopher-lua): custom health checks get the base library only (no string or
 -- math tables, no string methods) unless useOpenLibs is set, so this script uses nothing else.
 --
 --   status.state Running, Ready=True, generation observed -> Healthy
+--   status.state Succeeded (a one-shot task, done)       -> Healthy
 --   status.state Paused                                   -> Suspended
 --   status.state Failed                                   -> Degraded
 --   anything else, or a spec the operator has not seen   -> Progressing
@@ -92,6 +94,9 @@ elseif state == "Running" then
       hs.message = hs.message .. ": " .. why
     end
   end
+elseif state == "Succeeded" then
+  hs.status = "Healthy"
+  hs.message = detail or "succeeded"
 elseif state == "Paused" then
   hs.status = "Suspended"
   hs.message = detail or "paused"
