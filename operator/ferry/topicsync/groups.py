@@ -9,8 +9,8 @@ group has not read. Records without the header (the target's own older records, 
 The record is found by binary search over the target partition with a consumer that belongs to no group,
 remembering each answer so the next search for the group starts there (`translate`).
 
-A partition is translated only once the copy has reached c (`SyncPipeline.copied_up_to`; for a partition it has
-read nothing of yet, an empty one say, the source's end), and only when every record the source holds from c up to
+A partition is translated only once the copy has reached c (`SyncPipeline.copied_up_to`; for an empty partition,
+the source's end), and only when every record the source holds from c up to
 the record found was copied: the sync started after them (startFrom latest), or the target lost them, would
 otherwise make the group skip them (`place`). The translated offset is committed on
 the target with the admin API while the group has no active members there, and only forward. Each worker does
@@ -493,10 +493,12 @@ class GroupSync:
         active = self._active_on_target(target, sorted(committed), views)
         wanted = sorted({k for g, offsets in committed.items() if g not in active for k in offsets if k in mine})
         positions = self.pipeline.copied_up_to(wanted) if wanted else {}
-        # Partitions the copy has read nothing of yet (empty ones, or none new since startFrom latest): its end,
-        # which is safe because `place` checks that no record the source holds from c to there is missing.
+        # Partitions the copy has committed nothing of yet: where it has reached is known only for an empty one (its
+        # end: nothing to copy). Any other stays unknown, so not ready: a group that read such a partition to its end
+        # would otherwise be placed at the target's end before the copy wrote anything there, and that placement
+        # would stand once the records were copied (it was made when the check below it had nothing to compare).
         unstarted = [k for k in wanted if k not in positions]
-        positions.update({k: high for k, (_, high) in _ends(source, unstarted).items()})
+        positions.update({k: high for k, (low, high) in _ends(source, unstarted).items() if low == high})
         ends = _ends(target, {(routes[t][0], p) for t, p in wanted})
         for group, offsets in sorted(committed.items()):
             if group in views:
