@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any
+from typing import Any, Protocol
 
 import boto3
 from botocore.config import Config
@@ -38,7 +38,21 @@ _AUTH_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "I
 _BUCKET_EXISTS_CODES = {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}
 
 
-def s3_client(target: ObsDumpTarget, secrets: dict[str, Sensitive]) -> Any:
+class StoreEndpoint(Protocol):
+    """Where an object store is: a dump's target, or a restore's source."""
+
+    endpoint: str
+    region: str
+    path_style: bool
+
+
+def s3_client(
+    target: StoreEndpoint,
+    secrets: dict[str, Sensitive],
+    access_key_role: str = ACCESS_KEY_ROLE,
+    secret_key_role: str = SECRET_KEY_ROLE,
+) -> Any:
+    """A boto3 client with deadlines on every request; the keys from `secrets` by their roles."""
     config = Config(
         s3={"addressing_style": "path" if target.path_style else "virtual"},
         retries={"mode": "standard", "max_attempts": ATTEMPTS},
@@ -52,8 +66,8 @@ def s3_client(target: ObsDumpTarget, secrets: dict[str, Sensitive]) -> Any:
         "s3",
         endpoint_url=target.endpoint,
         region_name=target.region,
-        aws_access_key_id=secrets[ACCESS_KEY_ROLE].reveal(),
-        aws_secret_access_key=secrets[SECRET_KEY_ROLE].reveal(),
+        aws_access_key_id=secrets[access_key_role].reveal(),
+        aws_secret_access_key=secrets[secret_key_role].reveal(),
         config=config,
     )
 

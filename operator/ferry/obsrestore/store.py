@@ -6,8 +6,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -18,7 +16,8 @@ from botocore.exceptions import (
 
 from ferry.credentials import Sensitive
 from ferry.errors import TaskError
-from ferry.obsdump.storage import ATTEMPTS, CONNECT_TIMEOUT, READ_TIMEOUT
+from ferry.obsdump.storage import ATTEMPTS
+from ferry.obsdump.storage import s3_client as dump_s3_client
 from ferry.obsrestore.model import ObsRestoreSource
 
 ACCESS_KEY_ROLE = "SOURCE_ACCESS_KEY"
@@ -28,22 +27,8 @@ _AUTH_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "I
 
 
 def s3_client(source: ObsRestoreSource, secrets: dict[str, Sensitive]) -> Any:
-    config = Config(
-        s3={"addressing_style": "path" if source.path_style else "virtual"},
-        retries={"mode": "standard", "max_attempts": ATTEMPTS},
-        connect_timeout=CONNECT_TIMEOUT,
-        read_timeout=READ_TIMEOUT,
-        request_checksum_calculation="when_required",
-        response_checksum_validation="when_required",
-    )
-    return boto3.client(
-        "s3",
-        endpoint_url=source.endpoint,
-        region_name=source.region,
-        aws_access_key_id=secrets[ACCESS_KEY_ROLE].reveal(),
-        aws_secret_access_key=secrets[SECRET_KEY_ROLE].reveal(),
-        config=config,
-    )
+    """The dump store's client, as the dump's own workers make it, with the restore's keys."""
+    return dump_s3_client(source, secrets, ACCESS_KEY_ROLE, SECRET_KEY_ROLE)
 
 
 def unresponsive(source: ObsRestoreSource, doing: str, seconds: float | None = None) -> TaskError:
