@@ -5,8 +5,9 @@ Apache Kafka clusters ("eu" and "dr") and a SeaweedFS object store start side by
 charts/ferry on the control plane; sample records go into the source topics; the three examples
 (examples/obsdumptask.yaml, topicsync.yaml, dataaccesstask.yaml) are applied with `kubectl apply`, their
 placeholder endpoints and credentials replaced by the local ones; `kubectl get ferry` is shown until every
-task is Running; then the objects in the bucket and records copied to the "dr" cluster are shown, the tasks
-are deleted, the release is uninstalled and every process is stopped.
+task is Running; then the objects in the bucket are shown and restored into "dr" by examples/obsrestoretask.yaml
+(a Job, until Succeeded), the records copied to the "dr" cluster are shown, the tasks are deleted, the release is
+uninstalled and every process is stopped.
 
 The first run builds the control plane from Go modules and fetches the Kafka jars and helm (each step says
 so, with its size and time); later runs start from those caches.
@@ -502,6 +503,40 @@ def show_bucket(clock: Clock, store: ObjectStore, bucket: str) -> None:
         print(f"    {line}", flush=True)
 
 
+def restore_dump(
+    clock: Clock, kube: KubeEnv, cluster: Cluster, servers: Servers, examples: Examples, pids: dict[int, bytes]
+) -> str:
+    """examples/obsrestoretask.yaml pointed at the local store and 'dr', over every day: applied, watched to
+    Succeeded (a Job), its records counted on 'dr'. Returns the manifest, for the deletion at the end."""
+    [task] = [
+        d for d in yaml.safe_load_all((EXAMPLES / "obsrestoretask.yaml").read_text()) if d and d["kind"] != "Secret"
+    ]
+    spec = task["spec"]
+    spec["source"]["endpoint"] = servers.store.endpoint
+    spec["target"]["bootstrapServers"] = servers.dr.bootstrap
+    spec.pop("from", None), spec.pop("to", None)  # the example restores one day; the demo's dump is minutes old
+    manifest = yaml.safe_dump(task, sort_keys=False)
+    clock.say(
+        f"$ kubectl apply -n {NAMESPACE} -f -   # examples/obsrestoretask.yaml: S3 {servers.store.endpoint}, target"
+        f" 'dr' {servers.dr.bootstrap}, every day of the dump (the Secret is the dump's)"
+    )
+    print(indented(kube.kubectl("apply", "-n", NAMESPACE, "-f", "-", stdin=manifest).stdout), flush=True)
+    name, plural = task["metadata"]["name"], "obsrestoretasks"
+    deadline = time.monotonic() + RUNNING_TIMEOUT
+    while (state := cluster.status(NAMESPACE, name, plural).get("state")) != "Succeeded":
+        remember_pods(cluster, pids)
+        if state == "Failed" or time.monotonic() > deadline:
+            status = cluster.status(NAMESPACE, name, plural)
+            raise DemoError(f"ObsRestoreTask {name}: {state} {status.get('reason')}: {status.get('message')}")
+        time.sleep(1)
+    status = cluster.status(NAMESPACE, name, plural)
+    clock.say(f"$ kubectl get ort -n {NAMESPACE}   # Succeeded: {status.get('message')}")
+    print(indented(kube.kubectl("get", "ort", "-n", NAMESPACE, check=False).stdout), flush=True)
+    target = spec["target"]["topic"]
+    clock.say(f"'dr' topic {target} holds {record_count(servers.dr, target)} records, restored from the objects")
+    return manifest
+
+
 def show_copies(
     clock: Clock, label: str, source: KafkaCluster, source_topic: str, target: KafkaCluster, topic: str
 ) -> None:
@@ -669,6 +704,8 @@ def demo(clock: Clock, stack: contextlib.ExitStack, work: Path, pids: dict[int, 
         print(indented(pods.stdout), flush=True)
 
         show_bucket(clock, servers.store, examples.bucket)
+        restored = restore_dump(clock, kube, cluster, servers, examples, pids)
+        timings["restore Succeeded"] = clock.elapsed()
         show_copies(clock, "TopicSync", servers.eu, SYNC_TOPICS[0], servers.dr, SYNC_TOPICS[0])
         show_copies(clock, "DataAccessTask", servers.eu, examples.dts_topic, servers.dr, examples.access_target_topic)
         if record_count(servers.dr, SYNC_EXCLUDED) == 0:
@@ -683,7 +720,15 @@ def demo(clock: Clock, stack: contextlib.ExitStack, work: Path, pids: dict[int, 
     )
     began = time.monotonic()
     deleted = kube.kubectl(
-        "delete", "-n", NAMESPACE, "-f", "-", "--wait", "--timeout=60s", stdin=manifests, check=False
+        "delete",
+        "-n",
+        NAMESPACE,
+        "-f",
+        "-",
+        "--wait",
+        "--timeout=60s",
+        stdin=f"{restored}---\n{manifests}",
+        check=False,
     )
     print(indented(deleted.stdout + deleted.stderr), flush=True)
     clock.say(f"tasks deleted in {time.monotonic() - began:.1f}s; stopping everything")
