@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+import io
 import os
 import random
 import signal
@@ -10,11 +12,16 @@ import sys
 import threading
 import time
 import uuid
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
+import pytest
 from confluent_kafka import Consumer, TopicPartition
-from ferry.obsdump.records import decode_records
+from ferry.obsdump.reader import read_object
+from ferry.obsdump.records import DumpedRecord, decode_records, parse_object_key
 
 from tests.conftest import BucketFactory, TopicFactory
 from tests.support.dumps import (
@@ -243,6 +250,66 @@ def test_unreachable_broker_is_reported(object_store: SeaweedFS, bucket_factory:
         running.finish()
 
 
+def dump_while_killing(
+    kafka: KafkaCluster,
+    object_store: SeaweedFS,
+    spec: dict[str, Any],
+    tmp_path: Path,
+    before_kill: Callable[[], None],
+    *,
+    partitions: int,
+    kills: int,
+    chunk: int,
+    total: int | None = None,
+) -> int:
+    """Produces records in chunks (`total` of them, or until the last kill) while `kills` `ferry run` workers
+    each run until `before_kill()` returns and are SIGKILLed; then runs one until every offset is committed and
+    stops it with SIGTERM. Returns how many records were produced."""
+    topic = spec["topics"][0]
+    manifest = write_manifest(tmp_path / f"kill-{uuid.uuid4().hex[:6]}.yaml", "killed", spec, object_store)
+    killed = threading.Event()
+    produced = 0
+
+    def produce_slowly() -> None:  # records keep arriving while workers die
+        nonlocal produced
+        while not killed.is_set() if total is None else produced < total:
+            count = chunk if total is None else min(chunk, total - produced)
+            produce(kafka.bootstrap, topic, count, partitions, start=produced)
+            produced += count
+            time.sleep(0.4)
+
+    producer = threading.Thread(target=produce_slowly)
+    producer.start()
+    try:
+        for _ in range(kills):
+            worker = run_worker_process(manifest)
+            try:
+                before_kill()
+            finally:
+                os.killpg(worker.pid, signal.SIGKILL)
+                worker.wait()
+    finally:
+        killed.set()
+        producer.join()
+    worker = run_worker_process(manifest)
+    try:
+        wait_for(
+            lambda: (
+                committed(kafka.bootstrap, manifest.stem, topic, partitions)
+                == [produced // partitions + (p < produced % partitions) for p in range(partitions)]
+            ),
+            timeout=120,
+            interval=1,
+            what="all offsets committed",
+        )
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=30)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    return produced
+
+
 def test_every_record_lands_exactly_once_although_the_worker_is_killed_at_random(
     kafka: KafkaCluster,
     object_store: SeaweedFS,
@@ -255,37 +322,17 @@ def test_every_record_lands_exactly_once_although_the_worker_is_killed_at_random
     rng = random.Random(seed)
     topic, bucket = topic_factory(partitions=partitions), bucket_factory()
     spec = spec_for(kafka, object_store, bucket, topics=[topic], target={"storeKeys": True})
-    manifest = write_manifest(tmp_path / f"kill-{uuid.uuid4().hex[:6]}.yaml", "killed", spec, object_store)
-
-    def produce_slowly() -> None:  # records keep arriving while workers die
-        for start in range(0, total, 2500):
-            produce(kafka.bootstrap, topic, 2500, partitions, start=start)
-            time.sleep(0.4)
-
-    producer = threading.Thread(target=produce_slowly)
-    producer.start()
-    for _ in range(kills):
-        worker = run_worker_process(manifest)
-        time.sleep(rng.uniform(1.0, 4.0))
-        os.killpg(worker.pid, signal.SIGKILL)
-        worker.wait()
-    producer.join()
-    worker = run_worker_process(manifest)
-    try:
-        wait_for(
-            lambda: (
-                committed(kafka.bootstrap, manifest.stem, topic, partitions)
-                == [total // partitions + (p < total % partitions) for p in range(partitions)]
-            ),
-            timeout=120,
-            interval=1,
-            what="all offsets committed",
-        )
-        worker.send_signal(signal.SIGTERM)
-        worker.wait(timeout=30)
-    finally:
-        if worker.poll() is None:
-            worker.kill()
+    dump_while_killing(
+        kafka,
+        object_store,
+        spec,
+        tmp_path,
+        lambda: time.sleep(rng.uniform(1.0, 4.0)),
+        partitions=partitions,
+        kills=kills,
+        chunk=2500,
+        total=total,
+    )
     records = dumped_records(object_store.client(), bucket)
     values = []
     for partition in range(partitions):
@@ -296,6 +343,88 @@ def test_every_record_lands_exactly_once_although_the_worker_is_killed_at_random
         )
         values += [r.value for r in got]
     assert sorted(values) == sorted(f"value-{i}".encode() for i in range(total)), f"seed {seed}"
+
+
+MAX_RECORDS, MAX_BYTES = 40, 3000
+
+
+@pytest.mark.parametrize(
+    ("target", "caps", "suffix"),
+    [
+        ({"format": "parquet", "compression": "zstd"}, {"maxRecordsPerObject": MAX_RECORDS}, ".parquet"),
+        ({"format": "jsonl", "compression": "gzip"}, {"maxBytesPerObject": MAX_BYTES}, ".jsonl.gz"),
+    ],
+    ids=["parquet-zstd-max-records", "jsonl-gzip-max-bytes"],
+)
+def test_capped_compressed_objects_hold_every_record_once_although_the_worker_is_killed(
+    kafka: KafkaCluster,
+    object_store: SeaweedFS,
+    topic_factory: TopicFactory,
+    bucket_factory: BucketFactory,
+    tmp_path: Path,
+    target: dict[str, Any],
+    caps: dict[str, int],
+    suffix: str,
+) -> None:
+    partitions, kills = 3, 3
+    seed = int(os.environ.get("FERRY_TEST_SEED", time.time()))
+    rng = random.Random(seed)
+    topic, bucket = topic_factory(partitions=partitions), bucket_factory()
+    spec = spec_for(kafka, object_store, bucket, topics=[topic], target=target, **caps)
+    client = object_store.client()
+
+    def object_count() -> int:
+        return int(client.list_objects_v2(Bucket=bucket).get("KeyCount", 0))
+
+    def until_it_dumps_then_a_little() -> None:  # each kill falls while the worker is writing objects
+        before = object_count()
+        wait_for(lambda: object_count() > before, timeout=30, interval=0.1, what="the worker writing an object")
+        time.sleep(rng.uniform(0.0, 0.5))
+
+    total = dump_while_killing(
+        kafka, object_store, spec, tmp_path, until_it_dumps_then_a_little, partitions=partitions, kills=kills, chunk=100
+    )
+    # Every object read back with the product's reader, by what its key names.
+    objects: dict[int, list[tuple[int, str, int, list[DumpedRecord]]]] = {p: [] for p in range(partitions)}
+    for key, body in list_objects(client, bucket).items():
+        assert key.endswith(suffix), key
+        name = parse_object_key(key)
+        assert name.topic == topic and name.partition < partitions, key
+        records = list(read_object(key, body))
+        offsets = [r.offset for r in records]
+        assert offsets and offsets[0] == name.start_offset, f"{key} starts at offset {offsets[:1]} (seed {seed})"
+        assert offsets == list(range(name.start_offset, name.start_offset + len(records))), f"{key} (seed {seed})"
+        if target["format"] == "parquet":
+            metadata = pq.ParquetFile(io.BytesIO(body)).metadata
+            codecs = {
+                metadata.row_group(g).column(c).compression
+                for g in range(metadata.num_row_groups)
+                for c in range(metadata.num_columns)
+            }
+            assert codecs == {"ZSTD"}, f"{key}: {codecs}"
+            size = len(records)
+        else:
+            assert body[:2] == b"\x1f\x8b", f"{key} is not gzip"
+            size = len(gzip.decompress(body))  # the encoded bytes maxBytesPerObject counts
+        objects[name.partition].append((name.start_offset, key, size, records))
+    cap = caps.get("maxRecordsPerObject") or caps["maxBytesPerObject"]
+    values = []
+    for partition, found in objects.items():
+        found.sort()
+        expected = total // partitions + (partition < total % partitions)
+        offsets = [r.offset for *_, records in found for r in records]
+        counts = Counter(offsets)
+        assert offsets == list(range(expected)), (
+            f"partition {partition}: lost {sorted(set(range(expected)) - set(counts))[:20]}, duplicated "
+            f"{sorted(o for o, n in counts.items() if n > 1)[:20]}, objects {[(k, n) for _, k, n, _ in found]} "
+            f"(seed {seed})"
+        )
+        values += [(r.key, r.value) for *_, records in found for r in records]
+        assert all(size <= cap for _, _, size, _ in found), [(k, n) for _, k, n, _ in found]
+        # Cut by the cap during the run, not only at period ends: most objects are (nearly) full.
+        full = [k for _, k, size, _ in found if size > cap * 0.9]
+        assert len(full) >= max(3, len(found) // 3), [(k, n) for _, k, n, _ in found]
+    assert sorted(values) == sorted((f"key-{i}".encode(), f"value-{i}".encode()) for i in range(total)), seed
 
 
 def test_metrics_and_health_are_served(
