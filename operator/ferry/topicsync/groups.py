@@ -196,8 +196,11 @@ class Probe:
     """A consumer in no group (its group.id is never joined nor committed to): assign at an offset, read a few
     records, read committed. One per cluster, used by the group sync's thread only."""
 
-    def __init__(self, config: dict[str, Any], group: str) -> None:
+    def __init__(self, config: dict[str, Any], group: str, stop: threading.Event | None = None) -> None:
         self.bootstrap = str(config.get("bootstrap.servers"))
+        # The worker stopping: a probe gives up at once rather than waiting out its timeout against a lost broker
+        # (a round of them would keep the worker from stopping for minutes).
+        self.stop = stop
         self.consumer = Consumer(
             {
                 **config,
@@ -231,6 +234,8 @@ class Probe:
     def _first(self, topic: str, partition: int, start: int, end: int, wanted: Callable[[Message], bool]) -> Any:
         deadline = time.monotonic() + PROBE_TIMEOUT
         while time.monotonic() < deadline:
+            if self.stop is not None and self.stop.is_set():
+                raise ProbeStopped(f"{topic}[{partition}]")
             # One at a time: a batch call waits out its timeout when fewer records than asked for remain.
             message = self.consumer.poll(timeout=min(1.0, PROBE_TIMEOUT))
             if message is None:
@@ -325,6 +330,10 @@ def _ends(admin: AdminClient, partitions: Iterable[TP]) -> dict[TP, tuple[int, i
     return {key: (low, high) for key, (low, high) in found.items()}
 
 
+class ProbeStopped(Exception):
+    """A probe given up because the worker stops."""
+
+
 @dataclass
 class GroupView:
     """One group as one worker found it in a round: what it reports for the group."""
@@ -395,6 +404,8 @@ class GroupSync:
     def _round_reporting_errors(self) -> None:
         try:
             views = self.round()
+        except ProbeStopped:  # the worker stops: nothing to report
+            return
         except TaskError as err:
             self._failed(err.message)
         except KafkaException as err:
@@ -448,7 +459,7 @@ class GroupSync:
     def _probe(self, side: str) -> Probe:
         if side not in self.probes:
             config = self.pipeline.source_config if side == "source" else self.pipeline.target_config
-            self.probes[side] = Probe(config, f"{self.pipeline.group}.probe")
+            self.probes[side] = Probe(config, f"{self.pipeline.group}.probe", self.stop)
         return self.probes[side]
 
     def _selected(self, source: AdminClient) -> list[str]:
