@@ -115,6 +115,16 @@ class WorkerPipeline:
         if self.errors.pop(side, None) is not None:
             log.info("recovered: the %s side works again", side)
 
+    def _works(self, side: str, check: Callable[[], None]) -> bool:
+        """Run a check of one side: its error reported (False), or the side's error cleared (True)."""
+        try:
+            check()
+        except TaskError as err:
+            self._fail(err, side)
+            return False
+        self._clear(side)
+        return True
+
     def _waiting_on_kafka(
         self, doing: str, bootstrap: str | None = None, source: bool = True
     ) -> AbstractContextManager[None]:

@@ -198,15 +198,6 @@ class DumpPipeline(WorkerPipeline):
         with self._waiting_on_store("checking the bucket"):
             self.store.check()
 
-    def _works(self, side: str, check: Callable[[], None]) -> bool:
-        try:
-            check()
-        except TaskError as err:
-            self._fail(err, side)
-            return False
-        self._clear(side)
-        return True
-
     def _check_topics(self) -> None:
         bootstrap = self.bootstrap
         view = look_up(admin_client(self.kafka_config), bootstrap)

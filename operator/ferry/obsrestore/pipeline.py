@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from functools import partial
@@ -147,15 +147,6 @@ class RestorePipeline(WorkerPipeline):
             and self._works(KAFKA, self._check_target)
             and self._works(STATUS, self._load)
         )
-
-    def _works(self, side: str, check: Callable[[], None]) -> bool:
-        try:
-            check()
-        except TaskError as err:
-            self._fail(err, side)
-            return False
-        self._clear(side)
-        return True
 
     # -- what to restore -------------------------------------------------------------------------
 
