@@ -42,6 +42,7 @@ from tests.support.cluster import KubeEnv
 from tests.support.copies import produce_on, read_all
 from tests.support.dumps import Recorder, wait_for
 from tests.support.kafka import KafkaCluster
+from tests.support.threads import join_or_explain
 from tests.test_topicsync_worker import sync_spec
 
 # -- the translation over a fake target partition -----------------------------------------------------
@@ -322,8 +323,7 @@ def running(spec: dict[str, Any]) -> Iterator[tuple[Recorder, SyncPipeline]]:
         yield recorder, pipeline
     finally:
         stop.set()
-        thread.join(60)
-        assert not thread.is_alive()
+        join_or_explain(thread)
 
 
 def groups_spec(source: KafkaCluster, target: KafkaCluster, topic: str, **groups: Any) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from tests.support.copies import copy_while_killing, produce_on, read_all
 from tests.support.dumps import Recorder, produce, wait_for
 from tests.support.kafka import KafkaCluster
 from tests.support.servers import free_port
+from tests.support.threads import join_or_explain
 
 
 def access_spec(
@@ -77,8 +78,7 @@ def accessing(
         yield recorder, pipeline
     finally:
         stop.set()
-        thread.join(60)
-        assert not thread.is_alive()
+        join_or_explain(thread)
 
 
 def committed(bootstrap: str, group: str, topic: str, partitions: int) -> list[int]:
@@ -239,7 +239,7 @@ def test_a_sasl_source_against_a_broker_without_sasl_fails_clearly_and_keeps_try
         assert thread.is_alive()  # waiting for a fix, not crashing
     finally:
         stop.set()
-        thread.join(60)
+        join_or_explain(thread)
 
 
 def dts_manifest(

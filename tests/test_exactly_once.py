@@ -35,6 +35,7 @@ from tests.conftest import TopicFactory
 from tests.support.copies import copy_while_killing, read_all, worker_log
 from tests.support.dumps import Recorder, produce, wait_for
 from tests.support.kafka import KafkaCluster, start_kafka
+from tests.support.threads import join_or_explain
 from tests.test_dataaccess_worker import access_spec, committed
 from tests.test_topicsync_worker import sync_spec
 
@@ -67,8 +68,7 @@ def running(pipeline: CopyPipeline) -> Iterator[CopyPipeline]:
         yield pipeline
     finally:
         stop.set()
-        thread.join(60)
-        assert not thread.is_alive()
+        join_or_explain(thread)
 
 
 def sync_pipeline(spec: dict[str, Any], group: str, worker_id: str) -> tuple[SyncPipeline, Recorder]:

@@ -40,6 +40,7 @@ from tests.support.copies import read_all
 from tests.support.dumps import dumped_records, spec_for, start_pipeline, wait_for
 from tests.support.kafka import KafkaCluster
 from tests.support.servers import ObjectStore as SeaweedFS
+from tests.support.threads import join_or_explain
 
 RATE_WINDOW = 5.0  # seconds: the shortest window a rate is judged over
 OVER = 1.15  # the cap holds: at most this much of it over a window
@@ -273,8 +274,7 @@ def running(pipeline: Any) -> Iterator[None]:
         yield
     finally:
         stop.set()
-        thread.join(60)
-        assert not thread.is_alive()
+        join_or_explain(thread)
 
 
 def produce_sized(bootstrap: str, topic: str, count: int, partitions: int, value_bytes: int = 20) -> int:

@@ -22,6 +22,7 @@ from tests.conftest import TopicFactory
 from tests.support.copies import copy_while_killing, produce_on, read_all
 from tests.support.dumps import Recorder, wait_for
 from tests.support.kafka import KafkaCluster
+from tests.support.threads import join_or_explain
 
 
 def sync_spec(source: KafkaCluster, target: KafkaCluster, **fields: Any) -> dict[str, Any]:
@@ -56,8 +57,7 @@ def syncing(spec: dict[str, Any], group: str | None = None, **pipeline: Any) -> 
         yield recorder
     finally:
         stop.set()
-        thread.join(60)
-        assert not thread.is_alive()
+        join_or_explain(thread)
 
 
 def test_records_keep_key_value_headers_timestamp_and_partition_in_a_created_target_topic(

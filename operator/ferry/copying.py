@@ -29,6 +29,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from ferry.api.base import Delivery, PartitionProgress, StartFrom
 from ferry.errors import TaskError, retry_until_stopped
 from ferry.kafka import (
+    close_within,
     describe_kafka_error,
     group_consumer_config,
     group_moved_on,
@@ -193,7 +194,7 @@ class CopyPipeline(WorkerPipeline):
             self._report("Stopped")
             if self.transactions is not None:
                 self.transactions.close()
-            self.consumer.close()
+            close_within(self.consumer, "the source consumer")
             self.producer.flush(30)
 
     def _ready(self) -> bool:

@@ -479,3 +479,20 @@ def partition_progress(
             PartitionProgress(topic=topic, partition=partition, committed_offset=offset, end_offset=high, lag=lag)
         )
     return progress
+
+
+CLOSE_TIMEOUT = 15.0  # seconds a stopping worker waits for a consumer to leave its group
+
+
+def close_within(consumer: Consumer, what: str, seconds: float = CLOSE_TIMEOUT) -> bool:
+    """Close `consumer`, waiting at most `seconds`: librdkafka's close waits for the commits it has sent, and with
+    the group coordinator out of reach it retries finding one forever (confluentinc/librdkafka#3740), so a worker
+    whose source went down would never stop. Past the wait the consumer is left to its thread (the worker's
+    process exits soon after) and False is returned; its offsets were committed, or will be read again."""
+    closing = threading.Thread(target=consumer.close, name=f"closing {what}", daemon=True)
+    closing.start()
+    closing.join(seconds)
+    if closing.is_alive():
+        log.warning("%s did not close within %.0fs (its brokers cannot be reached): left behind", what, seconds)
+        return False
+    return True

@@ -36,6 +36,7 @@ from ferry.errors import TaskError, retry_until_stopped
 from ferry.kafka import (
     admin_client,
     as_bytes,
+    close_within,
     describe_kafka_error,
     group_consumer_config,
     group_moved_on,
@@ -175,7 +176,7 @@ class DumpPipeline(WorkerPipeline):
             self._cut_all()
         finally:
             self._report("Stopped")
-            self.consumer.close()
+            close_within(self.consumer, "the consumer")
 
     def _consumer_config(self) -> dict[str, Any]:
         config = group_consumer_config(

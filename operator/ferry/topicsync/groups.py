@@ -25,7 +25,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -43,7 +43,7 @@ from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-d
 
 from ferry.api.base import TaskState
 from ferry.errors import TaskError
-from ferry.kafka import admin_client, describe_kafka_error, message_headers
+from ferry.kafka import admin_client, close_within, describe_kafka_error, message_headers
 from ferry.metrics import WorkerMetrics
 from ferry.reporting import MAX_REPORTED_PARTITIONS
 from ferry.resets import ADMIN_TIMEOUT
@@ -245,8 +245,11 @@ class Probe:
             err = message.error()
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
+                    at = message.offset()
+                    if at is not None and at < start:
+                        continue  # the end of an earlier probe of this partition
                     return None
-                raise KafkaException(err)
+                raise describe_kafka_error(err, self.bootstrap)
             offset = message.offset()
             if offset is None or offset < start:  # fetched before this assignment
                 continue
@@ -261,7 +264,7 @@ class Probe:
         )
 
     def close(self) -> None:
-        self.consumer.close()
+        close_within(self.consumer, f"the probe of {self.bootstrap}")
 
 
 @dataclass
@@ -299,6 +302,21 @@ class SourcePartition:
 
 def _result(future: Future[Any]) -> Any:
     return future.result(timeout=ADMIN_TIMEOUT + 5)
+
+
+@contextlib.contextmanager
+def _asking(bootstrap: str) -> Iterator[None]:
+    """The errors of the calls in the block said of the cluster they were made to: with the source gone, a round
+    fails on the source's calls, and its message must name the source, not the target."""
+    try:
+        yield
+    except KafkaException as err:
+        raise describe_kafka_error(err, bootstrap) from None
+    except TimeoutError:
+        raise TaskError(
+            "KafkaUnreachable",
+            f"the Kafka brokers at {bootstrap} did not answer the admin requests within {ADMIN_TIMEOUT + 5:.0f}s",
+        ) from None
 
 
 def _offsets(admin: AdminClient, group: str, partitions: list[TP] | None = None) -> dict[TP, int]:
@@ -474,18 +492,22 @@ class GroupSync:
         mine = frozenset(self.pipeline.assigned)
         routes = {t: (s.target, s.target_partitions) for t, s in topics.items()}
         source, target = self._admins()
-        groups = self._selected(source)
-        listed = {
-            g: source.list_consumer_group_offsets([ConsumerGroupTopicPartitions(g)], request_timeout=ADMIN_TIMEOUT)[g]
-            for g in groups
-        }
+        source_bootstrap, target_bootstrap = self.pipeline.source_bootstrap, self.pipeline.target_bootstrap
+        with _asking(source_bootstrap):
+            groups = self._selected(source)
+            listed = {
+                g: source.list_consumer_group_offsets([ConsumerGroupTopicPartitions(g)], request_timeout=ADMIN_TIMEOUT)[
+                    g
+                ]
+                for g in groups
+            }
         committed: dict[str, dict[TP, int]] = {}
         views: dict[str, GroupView] = {}
         for group, future in listed.items():
             try:
                 result = _result(future)
             except KafkaException as err:
-                problem = describe_kafka_error(err, self.pipeline.source_bootstrap).message
+                problem = describe_kafka_error(err, source_bootstrap).message
                 views[group] = GroupView(group, FAILED, problems=[problem])
                 continue
             offsets = {
@@ -501,16 +523,20 @@ class GroupSync:
                 committed[group] = offsets
             elif self.spec.names is not None:
                 views[group] = GroupView(group, NO_OFFSETS, problems=[NO_OFFSETS_MESSAGE])
-        active = self._active_on_target(target, sorted(committed), views)
+        with _asking(target_bootstrap):
+            active = self._active_on_target(target, sorted(committed), views)
         wanted = sorted({k for g, offsets in committed.items() if g not in active for k in offsets if k in mine})
-        positions = self.pipeline.copied_up_to(wanted) if wanted else {}
+        with _asking(source_bootstrap):
+            positions = self.pipeline.copied_up_to(wanted) if wanted else {}
         # Partitions the copy has committed nothing of yet: where it has reached is known only for an empty one (its
         # end: nothing to copy). Any other stays unknown, so not ready: a group that read such a partition to its end
         # would otherwise be placed at the target's end before the copy wrote anything there, and that placement
         # would stand once the records were copied (it was made when the check below it had nothing to compare).
         unstarted = [k for k in wanted if k not in positions]
-        positions.update({k: high for k, (low, high) in _ends(source, unstarted).items() if low == high})
-        ends = _ends(target, {(routes[t][0], p) for t, p in wanted})
+        with _asking(source_bootstrap):
+            positions.update({k: high for k, (low, high) in _ends(source, unstarted).items() if low == high})
+        with _asking(target_bootstrap):
+            ends = _ends(target, {(routes[t][0], p) for t, p in wanted})
         for group, offsets in sorted(committed.items()):
             if group in views:
                 continue
@@ -559,7 +585,8 @@ class GroupSync:
         view = GroupView(group, NOT_READY, partitions=len(offsets))
         keys = sorted(k for k in offsets if k in mine)
         view.assigned = len(keys)
-        on_target = _offsets(target, group, [(routes[t][0], p) for t, p in keys]) if keys else {}
+        with _asking(self.pipeline.target_bootstrap):
+            on_target = _offsets(target, group, [(routes[t][0], p) for t, p in keys]) if keys else {}
         moves: list[TopicPartition] = []
         lag = 0
         translated = 0
@@ -606,7 +633,8 @@ class GroupSync:
             view.ready_partitions += 1
         view.lag = lag if translated else None
         if moves:
-            refused = self._commit(target, group, moves)
+            with _asking(self.pipeline.target_bootstrap):
+                refused = self._commit(target, group, moves)
             if refused is not None:
                 view.state, view.problems, view.ready_partitions = ACTIVE, [refused], 0
                 return view
