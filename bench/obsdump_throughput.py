@@ -1,17 +1,22 @@
 """Throughput of the ObsDumpTask worker next to what the broker and the store manage on their own.
 
     python -m bench.obsdump_throughput [--records-100b N] [--records-1k N] [--repeat N] [--dump-period S]
+                                       [--partitions 3,30] [--upload-threads N] [--upload-budget-mb N]
                                        [--kafka-config KEY=VALUE ...] [--cprofile]
 
 Starts a local Apache Kafka (tests/support/kafka.py, full JIT) and a SeaweedFS store
-(tests/support/servers.py) and, for 1 KB and 100 B records in a 3-partition topic, measures in the same run:
+(tests/support/servers.py) and, for 1 KB and 100 B records in a topic of each partition count (3 and 30 by
+default), measures in the same run:
 
   consume  a plain confluent_kafka Consumer subscribing in a new group and reading the whole topic from
            earliest, timed from the partitions' assignment to the last record;
   worker   Ferry's real DumpPipeline (ObjectStore over s3_client, WorkerMetrics, WorkerSettings) in a
-           thread, timed from its partitions' assignment until the group's committed offsets reach the
-           end of every partition (the same window as consume), and from the thread's start ("e2e",
-           which adds the bucket and topic checks and the group join);
+           thread of a process of its own (spawned for each run), timed from its partitions' assignment
+           until the group's committed offsets reach the end of every partition (the same window as
+           consume), and from the thread's start ("e2e", which adds the bucket and topic checks and the
+           group join); that process's peak RSS from the worker's start (VmHWM, reset then through
+           /proc/self/clear_refs) to its stop, next to its RSS at the start, and the most bytes the
+           upload pool held;
   upload   sequential boto3 put_object calls to the same store, with the client Ferry builds, of the
            sizes the worker wrote in that row (objects above the part size sent as part-size puts,
            as the worker sends them as multipart parts).
@@ -28,11 +33,13 @@ import cProfile
 import io
 import json
 import logging
+import multiprocessing
 import os
 import platform
 import pstats
 import random
 import re
+import resource
 import shutil
 import string
 import subprocess
@@ -42,11 +49,12 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 from statistics import median
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import confluent_kafka
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
@@ -63,7 +71,10 @@ from ferry.settings import WorkerSettings
 from tests.support import servers
 from tests.support.kafka import BENCHMARK_JVM_FLAGS, KAFKA_VERSION, KafkaCluster, start_kafka
 
-PARTITIONS = 3
+if TYPE_CHECKING:  # not imported: the benchmark also runs the code from before the pool, to compare
+    from ferry.obsdump.storage import UploadPool
+
+PARTITIONS = (3, 30)  # topics measured, by partition count (--partitions)
 KEY_BYTES = 8  # every record has an ASCII key f"{i:08d}"
 VALUE_POOL = 997  # distinct values per size, cycled (prime, so values do not line up with partitions)
 BUCKET = "ferry-bench"
@@ -75,7 +86,7 @@ log = logging.getLogger("bench")
 
 
 # ---------------------------------------------------------------------------------------------
-# Records: record i goes to partition i % PARTITIONS, so (partition, offset) gives i back.
+# Records: record i goes to partition i % partitions, so (partition, offset) gives i back.
 
 
 @dataclass(frozen=True)
@@ -84,10 +95,11 @@ class Dataset:
     value_bytes: int
     records: int
     values: list[bytes]
+    partitions: int
     ends: list[int] = field(default_factory=list)  # next offset per partition after producing
 
     def index(self, partition: int, offset: int) -> int:
-        return offset * PARTITIONS + partition
+        return offset * self.partitions + partition
 
     def key(self, i: int) -> bytes:
         return f"{i:0{KEY_BYTES}d}".encode()
@@ -107,14 +119,14 @@ def make_values(size: int) -> list[bytes]:
     return ["".join(rng.choices(alphabet, k=size)).encode() for _ in range(VALUE_POOL)]
 
 
-def create_topic(broker: KafkaCluster, name: str) -> None:
+def create_topic(broker: KafkaCluster, name: str, partitions: int) -> None:
     admin = broker.admin()
-    admin.create_topics([NewTopic(name, num_partitions=PARTITIONS, replication_factor=1)])[name].result(timeout=15)
+    admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])[name].result(timeout=15)
 
 
 def produce(bootstrap: str, data: Dataset) -> float:
     """Write the dataset; returns seconds taken. Fills data.ends from the delivery reports."""
-    ends = [0] * PARTITIONS
+    ends = [0] * data.partitions
     errors: list[KafkaError] = []
 
     def delivered(err: KafkaError | None, msg: Message) -> None:
@@ -139,7 +151,7 @@ def produce(bootstrap: str, data: Dataset) -> float:
     for i in range(data.records):
         while True:
             try:
-                producer.produce(data.topic, data.value(i), data.key(i), partition=i % PARTITIONS)
+                producer.produce(data.topic, data.value(i), data.key(i), partition=i % data.partitions)
                 break
             except BufferError:
                 producer.poll(0.05)
@@ -150,7 +162,7 @@ def produce(bootstrap: str, data: Dataset) -> float:
     elapsed = time.monotonic() - started
     if errors:
         raise RuntimeError(f"{data.topic}: {len(errors)} delivery errors, first: {errors[0]}")
-    expected = [len(range(p, data.records, PARTITIONS)) for p in range(PARTITIONS)]
+    expected = [len(range(p, data.records, data.partitions)) for p in range(data.partitions)]
     if ends != expected:
         raise RuntimeError(f"{data.topic}: end offsets {ends}, expected {expected} (topic not fresh?)")
     data.ends[:] = ends
@@ -261,10 +273,10 @@ class TimedObjectStore(ObjectStore):
             self.first_assign = time.monotonic()
         return super().abort_stale_uploads(key_pattern)
 
-    def open(self, key: str) -> ObjectUpload:
+    def open(self, key: str, pool: UploadPool | None = None) -> ObjectUpload:
         if self.first_open is None:
             self.first_open = time.monotonic()
-        return super().open(key)
+        return super().open(key) if pool is None else super().open(key, pool)  # (also the code before the pool)
 
 
 @dataclass
@@ -276,8 +288,11 @@ class WorkerResult:
     startup_s: float  # thread start to partitions assigned
     taken_s: float  # thread start to every record read into a batch (the rest is waiting for the cut)
     first_record_s: float  # thread start to first record taken
-    cpu_s: dict[str, float]  # CPU seconds during e2e: bench process (worker + librdkafka), broker, store
+    cpu_s: dict[str, float]  # CPU seconds during e2e: worker process (worker + librdkafka), broker, store
     errors: list[str]
+    base_rss_mb: float  # the worker process's RSS as the worker started (interpreter, imports, clients)
+    peak_rss_mb: float  # its peak RSS from then until the worker had stopped
+    in_flight_peak_mb: float  # the most bytes the upload pool held at once
     profile: str = ""
 
     @property
@@ -285,30 +300,71 @@ class WorkerResult:
         return self.e2e_s - self.startup_s
 
 
+@dataclass(frozen=True)
+class Servers:
+    """What the worker's process needs to know of the servers (picklable)."""
+
+    bootstrap: str
+    broker_pid: int
+    endpoint: str
+    region: str
+    access_key: str
+    secret_key: str
+    store_pid: int
+
+
+def run_worker_apart(*args: Any) -> WorkerResult:
+    """`run_worker` in a new process of its own (spawned, so it inherits no memory of this one): its peak RSS is
+    the worker's, not the producer's, the raw clients' or the checks'."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(run_worker, *args).result()
+
+
+def reset_peak_rss() -> bool:
+    """Start this process's peak RSS (VmHWM, ru_maxrss) again from its current RSS (Linux 4.0+); False where the
+    kernel does not allow it, and the peak then counts from the process's start."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def rss_mb(field: str) -> float:
+    """VmRSS (now) or VmHWM (the peak) of this process, in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) * 1024 / MB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / MB  # KiB on Linux
+
+
 def run_worker(
     data: Dataset,
     store_keys: bool,
     directory: str,
-    broker: KafkaCluster,
-    store_server: servers.ObjectStore,
+    servers_: Servers,
     settings: WorkerSettings,
     dump_period: int,
     profile: bool,
     extra_kafka_config: dict[str, str],
+    verbose: bool,
 ) -> WorkerResult:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     secrets = {
-        ACCESS_KEY_ROLE: Sensitive(store_server.access_key),
-        SECRET_KEY_ROLE: Sensitive(store_server.secret_key),
+        ACCESS_KEY_ROLE: Sensitive(servers_.access_key),
+        SECRET_KEY_ROLE: Sensitive(servers_.secret_key),
     }
     spec = ObsDumpTaskSpec.model_validate(
         {
-            "source": {"bootstrapServers": broker.bootstrap},
+            "source": {"bootstrapServers": servers_.bootstrap},
             "topics": [data.topic],
             "startFrom": "earliest",
             "dumpPeriodSeconds": dump_period,
             "target": {
-                "endpoint": store_server.endpoint,
-                "region": store_server.region,
+                "endpoint": servers_.endpoint,
+                "region": servers_.region,
                 "bucket": BUCKET,
                 "directory": directory,
                 "recordSeparator": SEPARATOR,
@@ -338,9 +394,12 @@ def run_worker(
             failures.append(err)
 
     thread = threading.Thread(target=work, name="ferry-worker", daemon=True)
-    watcher = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": group, "enable.auto.commit": False})
-    partitions = [TopicPartition(data.topic, p) for p in range(PARTITIONS)]
-    pids = {"bench": os.getpid(), "broker": broker.pid, "store": store_server.pid}
+    watcher = Consumer({"bootstrap.servers": servers_.bootstrap, "group.id": group, "enable.auto.commit": False})
+    partitions = [TopicPartition(data.topic, p) for p in range(data.partitions)]
+    pids = {"worker": os.getpid(), "broker": servers_.broker_pid, "store": servers_.store_pid}
+    base_rss = rss_mb("VmRSS")  # the interpreter, the imports, the clients: everything but the worker's work
+    if not reset_peak_rss():
+        log.warning("the peak RSS cannot be reset here: it counts from the worker process's start")
     cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     started = time.monotonic()
     deadline = started + 120 + data.records / 2000
@@ -387,6 +446,9 @@ def run_worker(
         first_record_s=store.first_open - started,
         cpu_s=cpu,
         errors=reporter.errors(),
+        base_rss_mb=base_rss,
+        peak_rss_mb=rss_mb("VmHWM"),
+        in_flight_peak_mb=getattr(getattr(pipeline, "uploads", None), "peak", 0) / MB,  # 0: the code before the pool
         profile=text,
     )
 
@@ -397,8 +459,11 @@ def records_taken(pipeline: DumpPipeline) -> int:
     taken = 0
     for state in list(pipeline.partitions.values()):
         batch = state.batch
+        closing = list(getattr(state, "closing", ()))
         if batch is not None:
             taken += batch.last_offset + 1
+        elif closing:
+            taken += closing[-1].last_offset + 1
         elif state.committed is not None:
             taken += state.committed
     return taken
@@ -428,7 +493,7 @@ class Check:
 def check_bucket(client: Any, directory: str, data: Dataset, store_keys: bool) -> Check:
     """Count separators in every object, and check each partition's objects hold exactly the produced records."""
     sep = SEPARATOR.encode()
-    by_partition: dict[int, list[tuple[int, str, int]]] = {p: [] for p in range(PARTITIONS)}
+    by_partition: dict[int, list[tuple[int, str, int]]] = {p: [] for p in range(data.partitions)}
     objects: list[tuple[str, int]] = []
     problems: list[str] = []
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=f"{directory}/"):
@@ -550,6 +615,10 @@ class Row:
     trials: list[Trial]
 
     @property
+    def name(self) -> str:
+        return f"{self.case.name}, {self.data.partitions} p"
+
+    @property
     def consume_rate(self) -> float:
         return median(c.rate for c in self.consumes)
 
@@ -564,6 +633,16 @@ class Row:
     def worker_rate(self, e2e: bool = False) -> float:
         return median(t.rate(e2e) for t in self.trials)
 
+    @property
+    def against_slower(self) -> float:
+        """The worker's rate over the slower of raw consume and raw upload, each in its own unit (records, object
+        bytes): worker / min(consume, upload)."""
+        return max(self.worker_rate() / self.consume_rate, self.worker_mb_s() / self.upload_mb_s)
+
+    @property
+    def base_rss_mb(self) -> float:
+        return median(t.worker.base_rss_mb for t in self.trials)
+
     def worker_mb_s(self, e2e: bool = False) -> float:
         return median(t.mb_s(e2e) for t in self.trials)
 
@@ -573,13 +652,23 @@ class Row:
 
 
 def run(args: argparse.Namespace, workdir: Path) -> list[Row]:
+    tuning: dict[str, Any] = {}
+    if args.upload_threads is not None:
+        tuning["upload_threads"] = args.upload_threads
+    if args.upload_budget_mb is not None:
+        tuning["upload_budget_bytes"] = args.upload_budget_mb * 1024 * 1024
     settings = WorkerSettings(
         metrics_port=-1,
         report_interval=1.0,
         topic_refresh_interval=60.0,
         session_timeout_ms=args.session_timeout_ms,
+        **tuning,
     )
-    sizes = [(1024, args.records_1k), (100, args.records_100b)]
+    sizes = [
+        (partitions, value_bytes, records)
+        for partitions in args.partitions
+        for value_bytes, records in ((1024, args.records_1k), (100, args.records_100b))
+    ]
     cases = [Case("1 KB", 1024, False), Case("100 B", 100, False), Case("100 B storeKeys", 100, True)]
     rows: list[Row] = []
     with (
@@ -590,12 +679,21 @@ def run(args: argparse.Namespace, workdir: Path) -> list[Row]:
         client.create_bucket(Bucket=BUCKET)
         say(f"Apache Kafka {broker.version} at {broker.bootstrap} (pid {broker.pid})")
         say(f"seaweedfs at {store_server.endpoint} (pid {store_server.pid})")
-        for value_bytes, records in sizes:
+        where = Servers(
+            broker.bootstrap,
+            broker.pid,
+            store_server.endpoint,
+            store_server.region,
+            store_server.access_key,
+            store_server.secret_key,
+            store_server.pid,
+        )
+        for partitions, value_bytes, records in sizes:
             if records <= 0:
                 continue
-            topic = f"bench-{value_bytes}b-{uuid.uuid4().hex[:6]}"
-            data = Dataset(topic, value_bytes, records, make_values(value_bytes))
-            create_topic(broker, data.topic)
+            topic = f"bench-{value_bytes}b-{partitions}p-{uuid.uuid4().hex[:6]}"
+            data = Dataset(topic, value_bytes, records, make_values(value_bytes), partitions)
+            create_topic(broker, data.topic, partitions)
             took = produce(broker.bootstrap, data)
             say(f"{data.topic}: produced {records} x {value_bytes} B in {took:.1f} s ({records / took:,.0f} rec/s)")
             consumes = []
@@ -609,27 +707,31 @@ def run(args: argparse.Namespace, workdir: Path) -> list[Row]:
             for case in (c for c in cases if c.value_bytes == value_bytes):
                 trials = []
                 for n in range(args.repeat):
-                    directory = f"dump/{case.slug}/run-{n + 1}"
-                    worker = run_worker(
+                    directory = f"dump/{case.slug}-{partitions}p/run-{n + 1}"
+                    worker = run_worker_apart(
                         data,
                         case.store_keys,
                         directory,
-                        broker,
-                        store_server,
+                        where,
                         settings,
                         args.dump_period,
                         args.cprofile,
                         dict(args.kafka_config),
+                        args.verbose,
                     )
                     check = check_bucket(client, directory, data, case.store_keys)
                     sizes_written = [size for _, size in check.objects]
-                    upload = raw_upload(client, f"raw/{case.slug}/run-{n + 1}", sizes_written, settings.part_bytes)
+                    upload = raw_upload(
+                        client, f"raw/{case.slug}-{partitions}p/run-{n + 1}", sizes_written, settings.part_bytes
+                    )
                     trial = Trial(records, worker, check, upload)
                     trials.append(trial)
                     say(
                         f"  {case.name} #{n + 1}: worker {trial.rate():,.0f} rec/s from assignment, "
                         f"{trial.rate(e2e=True):,.0f} e2e (start-up {worker.startup_s:.1f} s), "
-                        f"{len(check.objects)} objects; raw upload {upload.mb_s:.1f} MB/s"
+                        f"{len(check.objects)} objects; raw upload {upload.mb_s:.1f} MB/s; peak RSS "
+                        f"{worker.peak_rss_mb:.0f} MB ({worker.base_rss_mb:.0f} before the worker), upload pool held "
+                        f"{worker.in_flight_peak_mb:.1f} MB at most"
                     )
                     say(f"  {case.name} #{n + 1}: {check_line(trial)}")
                     if worker.profile:
@@ -687,11 +789,14 @@ def table(rows: Sequence[Row]) -> str:
         "worker MB/s",
         "worker / consume",
         "worker MB/s / upload MB/s",
+        "worker / slower raw",
+        "peak RSS MB (before worker)",
+        "pool peak MB",
         "check",
     ]
     body = [
         [
-            r.case.name,
+            r.name,
             f"{r.data.records:,}",
             f"{r.consume_rate:,.0f}",
             f"{r.consume_mb_s:.1f}",
@@ -700,6 +805,9 @@ def table(rows: Sequence[Row]) -> str:
             f"{r.worker_mb_s():.1f}",
             f"{r.worker_rate() / r.consume_rate:.2f}",
             f"{r.worker_mb_s() / r.upload_mb_s:.2f}",
+            f"{r.against_slower:.2f}",
+            f"{median(t.worker.peak_rss_mb for t in r.trials):.0f} ({r.base_rss_mb:.0f})",
+            f"{median(t.worker.in_flight_peak_mb for t in r.trials):.1f}",
             f"{sum(t.ok for t in r.trials)}/{len(r.trials)} OK",
         ]
         for r in rows
@@ -729,7 +837,7 @@ def timing_table(rows: Sequence[Row]) -> str:
         read_rate = med([t.records / (t.worker.taken_s - t.worker.startup_s) for t in r.trials])
         body.append(
             [
-                r.case.name,
+                r.name,
                 f"{med([t.worker.startup_s for t in r.trials]):.2f}",
                 f"{med([t.worker.taken_s - t.worker.startup_s for t in r.trials]):.2f}",
                 f"{med([t.worker.e2e_s - t.worker.taken_s for t in r.trials]):.2f}",
@@ -754,7 +862,7 @@ def detail_table(rows: Sequence[Row]) -> str:
         "object MB",
         "upload puts",
         "upload s",
-        "CPU s bench/broker/store",
+        "CPU s worker/broker/store",
     ]
 
     def spread(values: Sequence[float]) -> str:
@@ -762,7 +870,7 @@ def detail_table(rows: Sequence[Row]) -> str:
 
     body = [
         [
-            r.case.name,
+            r.name,
             spread([c.rate for c in r.consumes]),
             spread([t.rate() for t in r.trials]),
             f"{median(c.join_s for c in r.consumes):.2f}",
@@ -771,7 +879,7 @@ def detail_table(rows: Sequence[Row]) -> str:
             f"{median(t.check.object_bytes for t in r.trials) / MB:.1f}",
             f"{median(t.upload.requests for t in r.trials):.0f}",
             f"{median(t.upload.elapsed_s for t in r.trials):.2f}",
-            "/".join(f"{median(t.worker.cpu_s[k] for t in r.trials):.1f}" for k in ("bench", "broker", "store")),
+            "/".join(f"{median(t.worker.cpu_s[k] for t in r.trials):.1f}" for k in ("worker", "broker", "store")),
         ]
         for r in rows
     ]
@@ -837,6 +945,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--session-timeout-ms", type=int, default=6000, help="consumer session timeout (default 6000)")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each measurement; medians are shown (default 3)")
     parser.add_argument(
+        "--partitions",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=list(PARTITIONS),
+        help="partitions of the topics, comma-separated: each count is a topic of its own (default 3,30)",
+    )
+    parser.add_argument("--upload-threads", type=int, help="WorkerSettings.upload_threads, to try a tuning")
+    parser.add_argument("--upload-budget-mb", type=int, help="WorkerSettings.upload_budget_bytes in MiB, likewise")
+    parser.add_argument(
         "--kafka-config",
         action="append",
         default=[],
@@ -869,7 +985,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     say("\n".join(["", table(rows), "", timing_table(rows), "", detail_table(rows), ""]))
     for row in rows:
         for n, trial in enumerate(row.trials):
-            say(f"{row.case.name} #{n + 1}: {check_line(trial)}")
+            say(f"{row.name} #{n + 1}: {check_line(trial)}")
     return 0 if all(row.ok for row in rows) else 1
 
 

@@ -28,6 +28,9 @@ class WorkerSettings:
     topic_refresh_interval: float = 30.0
     session_timeout_ms: int = 45000
     part_bytes: int = 8 * 1024 * 1024
+    # ObsDumpTask: threads sending parts and objects while the worker consumes, and the bytes they may hold.
+    upload_threads: int = 3
+    upload_budget_bytes: int = 32 * 1024 * 1024
     stall_seconds: float = 120.0
     log_level: str = "INFO"
 

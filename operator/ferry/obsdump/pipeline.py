@@ -8,10 +8,20 @@ first one (their count, their encoded size before compression, for Parquet their
 rerun closes it at the same record, or later if the first run cut it by the period, and the next object
 starts where it did.
 
-Any failure while writing a batch (upload, completion or commit) drops the batch and seeks back to its
-first offset, so the next attempt rebuilds the same object; nothing is skipped and nothing is written twice
-under two keys. The retry pace is set by the store client's own backoff and by the period (a failed cut is
-retried at the next).
+Parts and objects are sent by a few threads (storage.UploadPool) while the worker's thread goes on consuming;
+it stops taking records while the bytes they hold are over the budget (WorkerSettings.upload_budget_bytes).
+A batch closed by a cut waits in its partition's queue: its object is completed once every part is sent and
+every earlier object of the partition is committed, and the offset after it is committed once its object is
+complete (CompleteMultipartUpload, or the PUT of a small object, done), in offset order. So no object of a
+partition becomes visible while an earlier one is uncommitted, and a rerun finds at most one object past the
+committed offset: the one it rewrites.
+
+Any failure while writing a batch (a part, the completion or the commit) drops it, and every later batch of
+its partition, and seeks back to its first offset, so the next attempt rebuilds the same objects; nothing is
+skipped and nothing is written twice under two keys. A pooled job's failure is handled by the worker's thread
+exactly as the same error raised there would be. The retry pace is set by the store client's own backoff and
+by the period (a failed cut is retried at the next). A revoked partition's batches are written and committed
+before it is given up; a lost one's are dropped.
 
 With throughput caps (spec.maxRecordsPerSecond, spec.maxBytesPerSecond) a batch is admitted against this
 worker's share of them when it is consumed, before any of it is written into objects (ferry.pipeline
@@ -24,9 +34,11 @@ import logging
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -35,7 +47,6 @@ from ferry.api.base import PartitionProgress
 from ferry.errors import TaskError, retry_until_stopped
 from ferry.kafka import (
     admin_client,
-    as_bytes,
     close_within,
     describe_kafka_error,
     group_consumer_config,
@@ -44,17 +55,18 @@ from ferry.kafka import (
     message_headers,
     partition_progress,
     require_topics,
+    unreachable_after,
     watched,
 )
 from ferry.metrics import WorkerMetrics
 from ferry.obsdump.model import ObjectFormat, ObsDumpTaskSpec
 from ferry.obsdump.parquet import ParquetObject, record_size, require_pyarrow
-from ferry.obsdump.records import Record, contains_separator, dump_batch_key, encode_record, object_key_pattern
-from ferry.obsdump.storage import ObjectStore, ObjectUpload, unresponsive
-from ferry.pipeline import KAFKA, WorkerPipeline
+from ferry.obsdump.records import Record, dump_batch_key, encode_record, object_key_pattern
+from ferry.obsdump.storage import ObjectStore, ObjectUpload, UploadPool, unresponsive
+from ferry.pipeline import KAFKA, PAUSE_AFTER, WorkerPipeline
 from ferry.reporting import Reporter, ResetLedger, utc_now
 from ferry.settings import WorkerSettings
-from ferry.throttle import Throttle
+from ferry.throttle import Throttle, batch_cost
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +89,8 @@ class Batch:
     encoded_bytes: int = 0  # the records and separators as written before compression (Parquet: record_size)
     separator_records: int = 0  # values-only records whose value contains the separator
     parquet: ParquetObject | None = None  # the Parquet writer in front of the upload, for format parquet
+    completion: Future[None] | None = None  # the object's completion, once handed to the pool
+    closed_at: float = 0.0
 
     def add(self, item: bytes | Record, size: int) -> None:
         """Write one encoded record (raw, jsonl), or hand one record to the Parquet writer."""
@@ -86,12 +100,23 @@ class Batch:
         else:
             self.upload.write(item)
 
-    def finish(self) -> None:
+    def close(self) -> None:
+        """No more records: the Parquet footer or the compressor's last bytes are written (to be sent)."""
         if self.parquet is not None:
             self.parquet.close()
-        self.upload.finish()
+        self.upload.close()
+        self.closed_at = time.monotonic()
+
+    def failure(self) -> BaseException | None:
+        """Why a part or the completion failed in the pool, if one did."""
+        if self.completion is not None and self.completion.done():
+            return self.completion.exception()
+        return self.upload.parts_failure()
 
     def drop(self) -> None:
+        if self.completion is not None and not self.completion.done():
+            # Its object may still appear: wait, so that it cannot land after the same object written again.
+            self.completion.exception()
         if self.parquet is not None:
             self.parquet.discard()
         self.upload.abort()
@@ -100,7 +125,15 @@ class Batch:
 @dataclass
 class PartitionState:
     committed: int | None = None  # next offset to read, as committed by us or found in the group
-    batch: Batch | None = None
+    batch: Batch | None = None  # the open batch, taking records
+    closing: deque[Batch] = field(default_factory=deque)  # closed, in offset order, until committed
+
+    @property
+    def first_uncommitted(self) -> Batch | None:
+        try:  # also read by the heartbeat's reports, while the loop may pop it
+            return self.closing[0]
+        except IndexError:
+            return self.batch
 
 
 class DumpPipeline(WorkerPipeline):
@@ -141,6 +174,7 @@ class DumpPipeline(WorkerPipeline):
         self.metrics.last_dump.labels(**self.metrics.labels).set_to_current_time()
         self.format = spec.target.object_format
         self.separator = spec.target.record_separator.encode("utf-8")
+        self.separator_tail = self.separator[:-1]  # what contains_separator adds to a value
         self.max_records = spec.max_records_per_object
         self.max_bytes = spec.max_bytes_per_object
         self.partitions: dict[TP, PartitionState] = {}
@@ -156,6 +190,9 @@ class DumpPipeline(WorkerPipeline):
         self.topic_partitions: dict[str, int] = {}  # every topic of the source and its partitions, as looked up
         # Partitions sought back during the current consume() result: the rest of it is stale for them.
         self.sought_back: set[TP] = set()
+        self.uploads = UploadPool(self.settings.upload_threads, self.settings.upload_budget_bytes)
+        self.budget_wait_since: float | None = None  # when the bytes in flight went over the budget
+        self.budget_paused = False  # the partitions are paused for a long wait on the budget
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -177,6 +214,7 @@ class DumpPipeline(WorkerPipeline):
         finally:
             self._report("Stopped")
             close_within(self.consumer, "the consumer")
+            self.uploads.shutdown()
 
     def _consumer_config(self) -> dict[str, Any]:
         config = group_consumer_config(
@@ -226,11 +264,18 @@ class DumpPipeline(WorkerPipeline):
         while not stop.is_set():
             self.metrics.tick()
             wait = max(0.05, min(0.5, next_cut - self.clock()))
-            self.sought_back.clear()
-            for message in self._consume(self.consumer, CONSUME_BATCH, wait):
+            if self._settle_all():  # objects being written: back soon, to complete and commit them
+                wait = min(wait, 0.01)
+            self.sought_back.clear()  # a seek back before the batch: all of it comes from the new position
+            if self.uploads.over_budget():
+                messages = self._wait_on_budget(self.consumer, wait)
+            else:
+                self._resume_after_budget(self.consumer)
+                messages = self._consume(self.consumer, CONSUME_BATCH, wait)
+            for message in messages:
                 self._take(message)
             if self.clock() >= next_cut:
-                self._cut_all()
+                self._close_all()
                 next_cut = (self.clock() // period + 1) * period
             if time.monotonic() >= next_refresh:
                 self._refresh_subscription()
@@ -276,18 +321,19 @@ class DumpPipeline(WorkerPipeline):
         log.info("assigned %s", ", ".join(f"{tp.topic}[{tp.partition}]" for tp in assigned))
 
     def _on_revoke(self, consumer: Consumer, revoked: list[TopicPartition]) -> None:
+        """Still ours until this returns: every batch of the revoked partitions is written and committed (or,
+        failing, dropped), waiting for the pool meanwhile."""
         self.rebalancing = True
-        for tp in revoked:
-            key = (tp.topic, tp.partition)
-            if key in self.partitions:
-                self._cut(key)
-                self.partitions.pop(key, None)
+        keys = [(tp.topic, tp.partition) for tp in revoked if (tp.topic, tp.partition) in self.partitions]
+        self._cut_all(keys)
+        for key in keys:
+            self.partitions.pop(key, None)
 
     def _on_lost(self, consumer: Consumer, lost: list[TopicPartition]) -> None:
         for tp in lost:  # another member owns them now: drop, never commit
             state = self.partitions.pop((tp.topic, tp.partition), None)
-            if state and state.batch:
-                state.batch.drop()
+            if state is not None:
+                self._drop_all(state)
 
     # -- records ---------------------------------------------------------------------------------
 
@@ -311,15 +357,23 @@ class DumpPipeline(WorkerPipeline):
         state = self.partitions.get(key)
         if state is None:
             state = self.partitions[key] = PartitionState()
-        _, timestamp = message.timestamp()
-        value, record_key = as_bytes(message.value()), as_bytes(message.key())
+        got_value: Any = message.value()
+        got_key: Any = message.key()
+        # as_bytes, inline on the hot path
+        value: bytes | None = got_value.encode() if got_value.__class__ is str else got_value
+        record_key: bytes | None = got_key.encode() if got_key.__class__ is str else got_key
         ambiguous = False
         item: bytes | Record
-        if self.format is ObjectFormat.RAW:  # the hot path: value bytes and the separator, nothing else to build
+        raw = self.format is ObjectFormat.RAW
+        if raw:  # the hot path: value bytes and the separator, nothing else to build
             item = (value or b"") + self.separator
             size = len(item)
-            ambiguous = value is not None and contains_separator(value, self.separator)
+            # contains_separator, inline: a one-byte separator cannot begin in the value and end after it
+            tail = self.separator_tail
+            ambiguous = value is not None and self.separator in (value + tail if tail else value)
+            timestamp = 0  # read only when it opens a batch
         else:
+            _, timestamp = message.timestamp()
             item = Record(offset, timestamp, record_key, value, message_headers(message))
             if self.format is ObjectFormat.JSONL:
                 item = encode_record(item, True, self.separator)
@@ -334,14 +388,21 @@ class DumpPipeline(WorkerPipeline):
         ):
             return  # the batch was dropped and sought back to its first record: this one comes again
         if state.batch is None:
+            if raw:
+                _, timestamp = message.timestamp()
             state.batch = self._open_batch(topic, partition, offset, timestamp)
         batch = state.batch
-        try:
-            with self._waiting_on_store(f"uploading a part of {batch.upload.key}"):
+        try:  # a full part is handed to the pool: this does not wait for the store
+            if raw:
+                batch.upload.write(item)  # type: ignore[arg-type]
+            else:
                 batch.add(item, size)
         except Exception as failure:
             self._redo(state, failure)
             return
+        if self.uploads.in_flight > self.uploads.budget_bytes:  # that part took the pool over the budget
+            with self._waiting_on_store(f"uploading the parts in flight, {batch.upload.key} among them"):
+                self.uploads.wait_for_parts()
         batch.last_offset = offset
         batch.records += 1
         batch.payload_bytes += len(value or b"") + len(record_key or b"")
@@ -354,7 +415,7 @@ class DumpPipeline(WorkerPipeline):
             self._cut(key)
 
     def _open_batch(self, topic: str, partition: int, offset: int, timestamp: int) -> Batch:
-        upload = self.store.open(dump_batch_key(self.target, topic, partition, offset, timestamp))
+        upload = self.store.open(dump_batch_key(self.target, topic, partition, offset, timestamp), self.uploads)
         parquet = None
         if self.format is ObjectFormat.PARQUET:
             parquet = ParquetObject(upload, topic, partition, self.target.compression)
@@ -376,30 +437,95 @@ class DumpPipeline(WorkerPipeline):
 
     # -- cutting objects -------------------------------------------------------------------------
 
-    def _cut_all(self) -> bool:
-        """Write every pending batch; True when all succeeded."""
-        ok = True
+    def _close_all(self) -> None:
+        """The period's cut: every open batch closed, to be written and committed in the background."""
         for key in list(self.partitions):
-            ok = self._cut(key) and ok
-        return ok
+            self._cut(key)
 
     def _cut(self, key: TP) -> bool:
+        """Close the partition's open batch (its object then completed and committed by `_settle`); with none open
+        and none closing, commit the position. False when the batch was dropped and sought back."""
         state = self.partitions.get(key)
         if state is None:
             return True
         if state.batch is None:
-            self._advance_idle(key, state)
+            if not state.closing:
+                self._advance_idle(key, state)
             return True
         batch = state.batch
-        started = time.monotonic()
         try:
-            with self._waiting_on_store(f"writing {batch.upload.key}"):
-                batch.finish()
-            self._commit(batch.topic, batch.partition, batch.last_offset + 1)
+            batch.close()
         except Exception as err:
             self._redo(state, err)
             return False
-        self.metrics.dump_latency.labels(**self.metrics.labels).observe(time.monotonic() - started)
+        state.closing.append(batch)
+        state.batch = None
+        return self._settle(key, state)
+
+    def _cut_all(self, keys: list[TP] | None = None) -> bool:
+        """Close every open batch (of `keys`, or of all partitions) and wait until each is written and committed,
+        or dropped; True when all succeeded."""
+        keys = list(self.partitions) if keys is None else keys
+        ok = True
+        for key in keys:
+            ok = self._cut(key) and ok
+        pending = [key for key in keys if key in self.partitions and self.partitions[key].closing]
+        if not pending:
+            return ok
+        with self._waiting_on_store(f"writing the last objects of {len(pending)} partitions"):
+            while pending:
+                self.uploads.wait(0.05)
+                for key in pending:
+                    state = self.partitions.get(key)
+                    if state is not None:
+                        ok = self._settle(key, state) and ok
+                pending = [key for key in pending if key in self.partitions and self.partitions[key].closing]
+        return ok
+
+    def _settle_all(self) -> bool:
+        """`_settle` every partition; True while some closed batch is not committed yet."""
+        closing = False
+        for key, state in list(self.partitions.items()):
+            if state.closing or state.batch is not None:
+                self._settle(key, state)
+                closing = closing or bool(state.closing)
+        return closing
+
+    def _settle(self, key: TP, state: PartitionState) -> bool:
+        """Move a partition's closed batches on, in order, as far as the pool has got: once every part of the
+        first is sent, hand its completion to the pool; once that is done, commit the offset after it. A failure
+        of the first batch's part or completion, or of the open batch's part (when it is the first), is handled
+        as it was raised here: `_redo`. False when batches were dropped."""
+        while state.closing:
+            batch = state.closing[0]
+            failure = batch.failure()
+            if failure is not None:
+                self._redo(state, failure)
+                return False
+            if batch.completion is None:
+                if batch.upload.parts_pending():
+                    return True
+                batch.completion = self.uploads.submit(0, f"writing {batch.upload.key}", batch.upload.complete)
+                return True
+            if not batch.completion.done():
+                return True
+            try:
+                self._commit(batch.topic, batch.partition, batch.last_offset + 1)
+            except Exception as err:
+                self._redo(state, err)
+                return False
+            state.closing.popleft()
+            self._written(key, state, batch)
+        if state.batch is not None:
+            failure = state.batch.upload.parts_failure()
+            if failure is not None:
+                self._redo(state, failure)
+                return False
+        return True
+
+    def _written(self, key: TP, state: PartitionState, batch: Batch) -> None:
+        """A batch's object is complete and the offset after it committed."""
+        self.metrics.dump_latency.labels(**self.metrics.labels).observe(time.monotonic() - batch.closed_at)
         self.metrics.partition(self.metrics.records, *key).inc(batch.records)
         self.metrics.partition(self.metrics.bytes, *key).inc(batch.payload_bytes)
         self.metrics.objects.labels(**self.metrics.labels, topic=batch.topic).inc()
@@ -413,10 +539,9 @@ class DumpPipeline(WorkerPipeline):
         self.last_dump_time = utc_now()
         self.last_object_key = batch.upload.key
         state.committed = batch.last_offset + 1
-        state.batch = None
-        self._clear(STORE)
+        if self.uploads.stuck(unreachable_after(self.settings)) is None:  # not while another upload hangs
+            self._clear(STORE)
         self._clear(KAFKA)
-        return True
 
     def _commit(self, topic: str, partition: int, offset: int) -> None:
         assert self.consumer is not None
@@ -444,13 +569,21 @@ class DumpPipeline(WorkerPipeline):
             except KafkaException as err:
                 log.info("idle commit of %s[%d] failed: %s", key[0], key[1], err)
 
-    def _redo(self, state: PartitionState, err: Exception) -> None:
-        """Drop a batch that could not be written and seek back to its first record."""
-        assert self.consumer is not None and state.batch is not None
-        batch = state.batch
-        with self._waiting_on_store(f"aborting the upload of {batch.upload.key}"):
-            batch.drop()
+    def _drop_all(self, state: PartitionState) -> None:
+        batches = [*state.closing, *([state.batch] if state.batch is not None else [])]
+        state.closing.clear()
         state.batch = None
+        for batch in batches:
+            with self._waiting_on_store(f"aborting the upload of {batch.upload.key}"):
+                batch.drop()
+
+    def _redo(self, state: PartitionState, err: BaseException) -> None:
+        """Drop the first uncommitted batch, which could not be written, and every later one of its partition, and
+        seek back to its first record."""
+        assert self.consumer is not None
+        batch = state.first_uncommitted
+        assert batch is not None
+        self._drop_all(state)
         if isinstance(err, KafkaException) and group_moved_on(err):
             # the object is complete but the commit came too late: the new owner rewrites the same object
             log.info(
@@ -478,9 +611,58 @@ class DumpPipeline(WorkerPipeline):
     def _waiting_on_store(self, doing: str) -> AbstractContextManager[None]:
         return self.blocking.call(STORE, lambda seconds: unresponsive(self.target, doing, seconds))
 
+    def _check_liveness(self) -> None:
+        """The brokers' liveness, and an upload the pool has been running for as long as makes an outage: named
+        while it lasts, though the worker's thread is not blocked in it."""
+        super()._check_liveness()
+        stuck = self.uploads.stuck(unreachable_after(self.settings))
+        if stuck is not None:
+            seconds, doing = stuck
+            with self.heartbeat.lock:
+                self._fail(unresponsive(self.target, doing, seconds), STORE)
+
+    # -- the upload budget -----------------------------------------------------------------------
+
+    def _wait_on_budget(self, consumer: Consumer, wait: float) -> list[Message]:
+        """One slice of a wait for the pool to send what it holds, while that is over the budget; a long wait
+        pauses the partitions and calls the consumer meanwhile (rebalances, max.poll.interval.ms). What it returns
+        anyway is a batch like any other: nothing is dropped."""
+        now = time.monotonic()
+        if self.budget_wait_since is None:
+            self.budget_wait_since = now
+        self.uploads.wait(min(wait, 0.05))
+        self._settle_all()
+        self.sought_back.clear()
+        if self.budget_paused or now - self.budget_wait_since > PAUSE_AFTER:
+            if not self.budget_paused:
+                log.info("waiting on the object store: %d bytes in flight, over the budget", self.uploads.in_flight)
+            assignment = consumer.assignment()
+            if assignment:  # again each slice: partitions assigned meanwhile come unpaused
+                consumer.pause(assignment)
+            self.budget_paused = True
+            messages = consumer.consume(CONSUME_BATCH, timeout=0)
+            if messages and self.throttle is not None:  # read all the same: they count against the caps
+                self.throttle.take(*batch_cost(messages))
+            return list(messages)
+        return []
+
+    def _resume_after_budget(self, consumer: Consumer) -> None:
+        self.budget_wait_since = None
+        if not self.budget_paused:
+            return
+        self.budget_paused = False
+        if not self.cap_paused:  # the caps resume them when their wait is over
+            consumer.resume(consumer.assignment())
+
+    def _resumable(self, topic: str, partition: int) -> bool:
+        return not self.budget_paused
+
     def _partition_progress(self, reachable: bool) -> list[PartitionProgress]:
         partitions = list(self.partitions.items())  # one copy: the heartbeat may report while the loop changes them
-        delivered = {key: state.batch.start_offset if state.batch else state.committed for key, state in partitions}
+        delivered = {}
+        for key, state in partitions:
+            batch = state.first_uncommitted
+            delivered[key] = batch.start_offset if batch is not None else state.committed
         committed = {key: state.committed for key, state in partitions}
         return partition_progress(self.consumer, delivered, committed, self.metrics, reachable)
 

@@ -1,10 +1,16 @@
 """Writing dump objects to an S3-compatible store: single PUT for small batches, multipart for large ones,
-with memory bounded by one part (and a compressor's state) per open object."""
+with memory bounded by one part (and a compressor's state) per open object, and, for parts and objects
+being sent by an UploadPool's threads, by the pool's byte budget."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
 import boto3
@@ -163,12 +169,13 @@ class ObjectStore:
             raise describe_store_error(err, target) from None
         log.info("created bucket %s at %s (target.createBucket)", target.bucket, target.endpoint)
 
-    def open(self, key: str) -> ObjectUpload:
-        """A new object: raw and jsonl ones compressed whole as the target says, Parquet ones inside (by the writer)."""
+    def open(self, key: str, pool: UploadPool | None = None) -> ObjectUpload:
+        """A new object: raw and jsonl ones compressed whole as the target says, Parquet ones inside (by the writer);
+        its parts sent by `pool`'s threads, or by the caller's without one."""
         if self.target.object_format is ObjectFormat.PARQUET:
-            return ObjectUpload(self, key, None, PARQUET_CONTENT_TYPE)
+            return ObjectUpload(self, key, None, PARQUET_CONTENT_TYPE, pool)
         compression = self.target.compression
-        return ObjectUpload(self, key, compressor(compression), CONTENT_TYPES.get(compression))
+        return ObjectUpload(self, key, compressor(compression), CONTENT_TYPES.get(compression), pool)
 
     def abort_stale_uploads(self, key_pattern: str) -> int:
         """Abort unfinished multipart uploads a killed worker left for keys matching the pattern."""
@@ -186,21 +193,112 @@ class ObjectStore:
         return aborted
 
 
+class UploadPool:
+    """A few threads that send parts and complete objects while the worker's thread goes on consuming.
+
+    What they hold is counted: the bytes of every part handed to them until it is sent, and the last bytes of
+    every closed object until it is complete (`hold`). The worker stops taking records while that count is over
+    `budget_bytes` (`over_budget`, `wait`), so memory is bounded by the budget plus one part buffer per open
+    object. A job's failure stays in its future, for the worker's thread to handle as it handled the same error
+    raised by a call it made itself; `stuck` names the oldest job running, so that a store that answers nothing
+    is reported while the worker's thread is free."""
+
+    def __init__(self, threads: int, budget_bytes: int) -> None:
+        self.budget_bytes = budget_bytes
+        self.executor = ThreadPoolExecutor(max(1, threads), thread_name_prefix="ferry-upload")
+        self._cond = threading.Condition()
+        self.in_flight = 0  # bytes handed over or held, not yet sent
+        self.sending = 0  # of which parts and objects handed over (the rest is held: it waits for the worker)
+        self.peak = 0  # the most in_flight ever was
+        self._running: dict[int, tuple[float, str]] = {}  # job id: (started, what it does)
+        self._ids = itertools.count()
+
+    def submit(self, nbytes: int, doing: str, job: Callable[[], Any]) -> Future[Any]:
+        """Run `job` on a pool thread; its `nbytes` count as in flight from now until it ends."""
+        with self._cond:
+            self.sending += nbytes
+        self.hold(nbytes)
+        ident = next(self._ids)
+
+        def run() -> Any:
+            with self._cond:
+                self._running[ident] = (time.monotonic(), doing)
+            try:
+                return job()
+            finally:
+                with self._cond:
+                    self._running.pop(ident, None)
+                    self.sending -= nbytes
+                self.hold(-nbytes)
+
+        return self.executor.submit(run)
+
+    def hold(self, nbytes: int) -> None:
+        """Count (or, negative, stop counting) bytes kept for a job to come."""
+        with self._cond:
+            self.in_flight += nbytes
+            self.peak = max(self.peak, self.in_flight)
+            self._cond.notify_all()
+
+    def over_budget(self) -> bool:
+        return self.in_flight > self.budget_bytes
+
+    def wait_for_parts(self) -> None:
+        """Until the bytes held are within the budget, or none of them is being sent (what is left waits for the
+        worker's thread, which this one is)."""
+        with self._cond:
+            while self.in_flight > self.budget_bytes and self.sending > 0:
+                self._cond.wait()
+
+    def wait(self, timeout: float) -> None:
+        """Until a job ends or some bytes are let go, `timeout` at most."""
+        with self._cond:
+            self._cond.wait(timeout)
+
+    def stuck(self, longer_than: float) -> tuple[float, str] | None:
+        """The oldest job running, as (seconds, what it does), once it has run longer than `longer_than`."""
+        with self._cond:
+            running = list(self._running.values())
+        if not running:
+            return None
+        started, doing = min(running)
+        seconds = time.monotonic() - started
+        return (seconds, doing) if seconds > longer_than else None
+
+    def shutdown(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
 class ObjectUpload:
     """One object being written: bytes are buffered (compressed, if the target says so) until a part is full,
-    then sent as a multipart part."""
+    then sent as a multipart part: by the worker's thread, or by an UploadPool's while it goes on.
+
+    With a pool, parts go out in any order (numbered when handed over), the multipart upload is created by the
+    first that runs, and `complete` (the last part, then CompleteMultipartUpload, or one PUT for a small object)
+    is for the caller to run once every part is sent (`parts_failure`, `parts_pending`)."""
 
     def __init__(
-        self, store: ObjectStore, key: str, compressor: Compressor | None = None, content_type: str | None = None
+        self,
+        store: ObjectStore,
+        key: str,
+        compressor: Compressor | None = None,
+        content_type: str | None = None,
+        pool: UploadPool | None = None,
     ) -> None:
         self.store = store
         self.key = key
         self.compressor = compressor
         self.headers = {"ContentType": content_type} if content_type else {}
+        self.pool = pool
         self.buffer = bytearray()
         self.upload_id: str | None = None
         self.parts: list[dict[str, Any]] = []
         self.size = 0  # bytes as stored, after compression
+        self.numbered = 0  # parts handed over so far
+        self.pending: list[Future[Any]] = []  # parts handed to the pool
+        self.held = 0  # bytes of the closed object counted in the pool until it is complete
+        self.aborted = False
+        self._lock = threading.Lock()  # the multipart upload's creation, parts and abort
 
     def write(self, data: bytes) -> None:
         if self.compressor is not None:
@@ -208,53 +306,99 @@ class ObjectUpload:
         self.buffer += data
         self.size += len(data)
         if len(self.buffer) >= self.store.part_bytes:
-            try:
-                self._send_part()
-            except (BotoCoreError, ClientError) as err:
-                raise describe_store_error(err, self.store.target) from None
+            self._send_part()
 
     def _send_part(self) -> None:
-        client, bucket = self.store.client, self.store.target.bucket
-        if self.upload_id is None:
-            self.upload_id = client.create_multipart_upload(Bucket=bucket, Key=self.key, **self.headers)["UploadId"]
-        number = len(self.parts) + 1
-        response = client.upload_part(
-            Bucket=bucket, Key=self.key, UploadId=self.upload_id, PartNumber=number, Body=bytes(self.buffer)
+        self.numbered += 1
+        number, body = self.numbered, self.buffer  # handed over as it is, not copied: a new buffer takes its place
+        self.buffer = bytearray()
+        if self.pool is None:
+            self._upload_part(number, body)
+            return
+        self.pending.append(
+            self.pool.submit(len(body), f"uploading a part of {self.key}", lambda: self._upload_part(number, body))
         )
-        self.parts.append({"PartNumber": number, "ETag": response["ETag"]})
-        self.buffer.clear()
 
-    def finish(self) -> None:
-        """Make the object visible; raises on failure (the caller re-reads the batch from Kafka)."""
+    def _upload_part(self, number: int, body: bytes | bytearray) -> None:
         client, bucket = self.store.client, self.store.target.bucket
+        try:
+            with self._lock:
+                if self.aborted:
+                    return
+                if self.upload_id is None:
+                    created = client.create_multipart_upload(Bucket=bucket, Key=self.key, **self.headers)
+                    self.upload_id = created["UploadId"]
+                upload_id = self.upload_id
+            response = client.upload_part(Bucket=bucket, Key=self.key, UploadId=upload_id, PartNumber=number, Body=body)
+        except (BotoCoreError, ClientError) as err:
+            raise describe_store_error(err, self.store.target) from None
+        with self._lock:
+            self.parts.append({"PartNumber": number, "ETag": response["ETag"]})
+
+    def parts_failure(self) -> BaseException | None:
+        """The error of the first part the pool failed to send, if one did."""
+        for future in self.pending:
+            if future.done() and not future.cancelled() and future.exception() is not None:
+                return future.exception()
+        return None
+
+    def parts_pending(self) -> bool:
+        return any(not future.done() for future in self.pending)
+
+    def close(self) -> None:
+        """No more records: the compressor's last bytes join the buffer, which `complete` sends."""
         if self.compressor is not None:
             tail = self.compressor.flush()
             self.buffer += tail
             self.size += len(tail)
+            self.compressor = None
+        if self.pool is not None:
+            self.held = len(self.buffer)
+            self.pool.hold(self.held)
+
+    def complete(self) -> None:
+        """Make the object visible (every part handed over must be sent); raises on failure, the upload aborted."""
+        client, bucket = self.store.client, self.store.target.bucket
         try:
-            if self.upload_id is None:
-                client.put_object(Bucket=bucket, Key=self.key, Body=bytes(self.buffer), **self.headers)
+            if self.numbered == 0:
+                client.put_object(Bucket=bucket, Key=self.key, Body=self.buffer, **self.headers)
             else:
-                if self.buffer:
-                    self._send_part()
+                if self.buffer:  # the last part, sent by this thread (a pool's thread does not wait on the pool)
+                    self.numbered += 1
+                    self._upload_part(self.numbered, self.buffer)
+                parts = sorted(self.parts, key=lambda part: int(part["PartNumber"]))
                 client.complete_multipart_upload(
-                    Bucket=bucket,
-                    Key=self.key,
-                    UploadId=self.upload_id,
-                    MultipartUpload={"Parts": self.parts},
+                    Bucket=bucket, Key=self.key, UploadId=self.upload_id, MultipartUpload={"Parts": parts}
                 )
         except (BotoCoreError, ClientError) as err:
             self.abort()
             raise describe_store_error(err, self.store.target) from None
+        except TaskError:
+            self.abort()
+            raise
+        finally:
+            self._let_go()
         self.buffer = bytearray()
 
+    def finish(self) -> None:
+        """Close and complete, in the caller's thread; raises on failure (the caller re-reads the batch from Kafka)."""
+        self.close()
+        self.complete()
+
+    def _let_go(self) -> None:
+        with self._lock:
+            held, self.held = self.held, 0
+        if self.pool is not None and held:
+            self.pool.hold(-held)
+
     def abort(self) -> None:
-        if self.upload_id is None:
+        with self._lock:
+            self.aborted = True
+            upload_id, self.upload_id = self.upload_id, None
+        self._let_go()
+        if upload_id is None:
             return
         try:
-            self.store.client.abort_multipart_upload(
-                Bucket=self.store.target.bucket, Key=self.key, UploadId=self.upload_id
-            )
+            self.store.client.abort_multipart_upload(Bucket=self.store.target.bucket, Key=self.key, UploadId=upload_id)
         except (BotoCoreError, ClientError) as err:
             log.info("abort of multipart upload for %s failed: %s", self.key, type(err).__name__)
-        self.upload_id = None
