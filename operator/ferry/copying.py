@@ -67,6 +67,18 @@ class Batch:
     failed: KafkaException | None = None
 
 
+class _Tally:
+    """What a batch read from one source partition, and wrote of it, while it is written (CopyPipeline._write)."""
+
+    __slots__ = ("copied", "copied_bytes", "first", "last", "read", "read_bytes", "target")
+
+    def __init__(self, target: str, first: int) -> None:
+        self.target = target
+        self.first = first
+        self.last = first
+        self.read = self.read_bytes = self.copied = self.copied_bytes = 0
+
+
 def refuse_copy_onto_itself(
     source_cluster: str, target_cluster: str, routes: Mapping[str, str], source: str, target: str
 ) -> None:
@@ -227,6 +239,10 @@ class CopyPipeline(WorkerPipeline):
             "acks": "all",
             "linger.ms": 5,
             "message.timeout.ms": int(DELIVERY_TIMEOUT * 1000),
+            # One callback for the producer, called for failed records only: a Python call per acknowledged
+            # record cost a tenth of the worker process's CPU at 100 B (docs/benchmarks.md).
+            "on_delivery": self._delivered,
+            "delivery.report.only.error": True,
             "client.id": f"{self.client_name}-{self.group}",
         }
 
@@ -316,42 +332,63 @@ class CopyPipeline(WorkerPipeline):
 
     def _write(self, messages: list[Message]) -> Batch:
         """Produce each record to its target (the part both deliveries share); hold the partitions that have
-        nowhere to go yet."""
+        nowhere to go yet.
+
+        The hot loop of every copy: per record it does only what the record needs (its route and tallies are
+        looked up once per partition and batch, its headers copied only when it has some, no per-record delivery
+        callback); what is per partition is settled once at the end of the batch."""
+        assert self.producer is not None
+        produce = self.producer.produce
+        outgoing = self._outgoing_headers
         batch = Batch(len(messages))
         held: dict[TP, int] = {}
-        read: dict[TP, tuple[int, int]] = {}
+        tallies: dict[TP, _Tally] = {}  # routing changes only between batches: looked up once per partition
         for message in messages:
-            err = message.error()
-            if err is not None:
+            if message.error() is not None:
+                err = message.error()
+                assert err is not None
                 if err.code() != KafkaError._PARTITION_EOF:
                     self._fail(describe_kafka_error(KafkaException(err), self.source_bootstrap))
                 continue
             topic, partition, offset = message.topic(), message.partition(), message.offset()
             assert topic is not None and partition is not None and offset is not None
             key = (topic, partition)
-            target = self._route(topic, partition)
-            if target is None or key in held:
-                held.setdefault(key, offset)  # nowhere to go yet: neither copied nor committed
-                continue
-            size = len(message.value() or b"") + len(message.key() or b"")
-            records, nbytes = read.get(key, (0, 0))
-            read[key] = (records + 1, nbytes + size)
-            batch.first.setdefault(key, offset)
-            batch.last[key] = offset
-            headers = self._outgoing_headers(list(message_headers(message)), offset)
+            tally = tallies.get(key)
+            if tally is None:
+                target = None if key in held else self._route(topic, partition)
+                if target is None:
+                    held.setdefault(key, offset)  # nowhere to go yet: neither copied nor committed
+                    continue
+                tally = tallies[key] = _Tally(target, offset)
+            value, record_key = message.value(), message.key()
+            size = (0 if value is None else len(value)) + (0 if record_key is None else len(record_key))
+            tally.read += 1
+            tally.read_bytes += size
+            tally.last = offset
+            raw = message.headers()  # the client's own list of (name, bytes) pairs (a copy is handed on), or None
+            listed: Headers = [] if raw is None else list(raw) if type(raw) is list else list(message_headers(message))
+            headers = outgoing(listed, offset)
             if headers is None:
                 continue
+            timestamp = message.timestamp()[1]
             try:
-                self._produce(target, partition, message, headers)
+                try:
+                    produce(tally.target, value, record_key, partition=partition, headers=headers, timestamp=timestamp)
+                except BufferError:  # local queue full: let deliveries drain, then retry
+                    self._produce_when_room(tally.target, value, record_key, partition, headers, timestamp)
             except KafkaException as err:
                 batch.failed = err
                 break
-            records, nbytes = batch.copied.get(key, (0, 0))
-            batch.copied[key] = (records + 1, nbytes + size)
+            tally.copied += 1
+            tally.copied_bytes += size
         self._hold(held)
-        for (topic, partition), (records, nbytes) in read.items():  # per batch: metric look-ups are not free
-            self.metrics.partition(self.metrics.records_read, topic, partition).inc(records)
-            self.metrics.partition(self.metrics.bytes_read, topic, partition).inc(nbytes)
+        for key, tally in tallies.items():  # per batch: metric look-ups are not free
+            batch.first[key] = tally.first
+            batch.last[key] = tally.last
+            if tally.copied:
+                batch.copied[key] = (tally.copied, tally.copied_bytes)
+            self.metrics.partition(self.metrics.records_read, *key).inc(tally.read)
+            self.metrics.partition(self.metrics.bytes_read, *key).inc(tally.read_bytes)
         return batch
 
     def _acknowledge_and_commit(self, batch: Batch) -> bool:
@@ -419,23 +456,18 @@ class CopyPipeline(WorkerPipeline):
             self.consumer.seek(tp)
             self.consumer.pause([tp])
 
-    def _produce(self, topic: str, partition: int, message: Message, headers: Headers) -> None:
+    def _produce_when_room(
+        self, topic: str, value: bytes | None, key: bytes | None, partition: int, headers: Headers, timestamp: int
+    ) -> None:
+        """Produce once the producer's local queue has room again."""
         assert self.producer is not None
-        _, timestamp = message.timestamp()
         while True:
+            self.producer.poll(0.1)
             try:
-                self.producer.produce(
-                    topic,
-                    value=message.value(),
-                    key=message.key(),
-                    partition=partition,
-                    headers=headers,
-                    timestamp=timestamp,
-                    on_delivery=self._delivered,
-                )
+                self.producer.produce(topic, value, key, partition=partition, headers=headers, timestamp=timestamp)
                 return
-            except BufferError:  # local queue full: let deliveries drain, then retry
-                self.producer.poll(0.1)
+            except BufferError:
+                continue
 
     def _delivered(self, err: KafkaError | None, _: Message) -> None:
         if err is not None:

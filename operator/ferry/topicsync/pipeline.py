@@ -27,7 +27,7 @@ from ferry.reporting import Reporter, ResetLedger
 from ferry.resets import ADMIN_TIMEOUT
 from ferry.settings import WorkerSettings
 from ferry.throttle import Throttle
-from ferry.topicsync.groups import PROBE_TIMEOUT, TP, GroupSync, stamp
+from ferry.topicsync.groups import OFFSET_HEADER, PROBE_TIMEOUT, TP, GroupSync, stamp
 from ferry.topicsync.model import TopicState, TopicSyncSpec
 from ferry.topicsync.topics import TargetTopics, broker_count, describe, listed
 
@@ -134,6 +134,13 @@ class SyncPipeline(CopyPipeline):
         return state.target if partition < state.target_partitions else None
 
     def _outgoing_headers(self, headers: Headers, offset: int) -> Headers | None:
+        for name, _ in headers:
+            if name in (ORIGIN_HEADER, OFFSET_HEADER):
+                break
+        else:  # the common case, no provenance yet (per record: the loop below does the same, slower)
+            headers.append((ORIGIN_HEADER, self.source_instance.encode()))
+            headers.append((OFFSET_HEADER, b"%d" % offset))
+            return headers
         if not self.copies(headers):
             self.loop_skipped += 1
             return None
