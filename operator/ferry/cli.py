@@ -93,7 +93,9 @@ def main(argv: list[str] | None = None) -> None:
 def _operator(args: argparse.Namespace) -> None:
     import kopf
 
-    import ferry.operator  # noqa: F401  (registers the handlers)
+    import ferry.operator  # (registers the handlers)
+
+    ferry.operator.CLUSTERWIDE = not args.namespace  # the peer checks need every namespace's tasks
 
     kopf.configure(verbose=False)
     # A line per successful periodic reconcile would drown the log; failures still show.

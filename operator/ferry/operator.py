@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import hashlib
+import json
 import logging
 import threading
 import time
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
@@ -13,10 +19,11 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from ferry.api import GROUP, VERSION
-from ferry.api.base import Phase
+from ferry.api.base import SOURCE_CLUSTER_ID, TARGET_CLUSTER_ID, Phase
 from ferry.control.accepted import secret_names
 from ferry.control.names import task_name_of
 from ferry.control.operations import RESET_ANNOTATION, RESTART_ANNOTATION
+from ferry.control.peers import Key, component, key_of, slim, status_changes, tokens
 from ferry.control.reconcile import Observed, Outcome, decide, named, owner_of
 from ferry.control.render import SPEC_HASH_ANNOTATION, Owner, selector_labels, worker_name
 from ferry.metrics import TaskStateMetrics
@@ -32,6 +39,128 @@ TASK_STATES = TaskStateMetrics()
 OPERATION_ANNOTATIONS = (RESTART_ANNOTATION, RESET_ANNOTATION)
 # One reconcile at a time per task, whichever handler (change, timer) triggers it.
 _locks: dict[str, threading.Lock] = {}
+# Sync handlers run in Kopf's thread pool: enough threads that API round trips of some tasks do not hold up the
+# others (the steady state makes none).
+MAX_WORKERS = 16
+CLUSTER_ID_FIELDS = (SOURCE_CLUSTER_ID, TARGET_CLUSTER_ID)
+# Kopf indexes, fed by watch events (https://kopf.readthedocs.io/en/stable/indexing/): the worker Deployments
+# and pods by task, and per kind every task (slim) and the tasks by token (ferry.control.peers).
+DEPLOYMENTS_INDEX = "ferry_deployments"
+PODS_INDEX = "ferry_worker_pods"
+MANAGED = {"app.kubernetes.io/managed-by": "ferry-operator"}
+WORKER_PODS = {"app.kubernetes.io/name": "ferry-worker"}
+# False with `ferry operator --namespace`: the indexes see only the served namespaces, and the cross-task checks
+# need every task of a kind, so they read a cluster-wide list (at most once per reconcile interval).
+CLUSTERWIDE = True
+# The Deployment the operator's own apply returned stands in for the watch's until the watch brings that version
+# (then only the watch counts, so a Deployment deleted behind the operator's back is applied again), or at most
+# this long.
+APPLIED_TRUST = 300.0
+_TIMER_POOL = ThreadPoolExecutor(MAX_WORKERS, thread_name_prefix="ferry-timer")
+
+
+class _Client:
+    """One API client for the process, its connection pool sized for the handler threads."""
+
+    api: client.ApiClient | None = None
+
+    @classmethod
+    def get(cls) -> client.ApiClient:
+        if cls.api is None:
+            configuration = client.Configuration.get_default_copy()
+            configuration.connection_pool_maxsize = 2 * MAX_WORKERS + 4  # Kopf's handler threads and the timers'
+            cls.api = client.ApiClient(configuration)
+        return cls.api
+
+
+def _apps() -> client.AppsV1Api:
+    return client.AppsV1Api(_Client.get())
+
+
+def _core() -> client.CoreV1Api:
+    return client.CoreV1Api(_Client.get())
+
+
+def _custom() -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(_Client.get())
+
+
+def _rbac() -> client.RbacAuthorizationV1Api:
+    return client.RbacAuthorizationV1Api(_Client.get())
+
+
+def _serialize(obj: Any) -> Any:
+    return _Client.get().sanitize_for_serialization(obj)
+
+
+class _Reconciled:
+    """When each task was last reconciled, for ferry_operator_oldest_reconcile_age_seconds."""
+
+    def __init__(self) -> None:
+        self.at: dict[tuple[str, str, str], float] = {}
+
+    def oldest_age(self) -> float:
+        now = time.monotonic()
+        return max((now - t for t in list(self.at.values())), default=0.0)
+
+
+RECONCILED = _Reconciled()
+_oldest = prometheus_client.Gauge(
+    "ferry_operator_oldest_reconcile_age_seconds",
+    "Seconds since the task reconciled longest ago was last reconciled (at most about the reconcile interval).",
+    registry=TASK_STATES.registry,
+)
+_oldest.set_function(RECONCILED.oldest_age)
+_reconciles = prometheus_client.Counter(
+    "ferry_operator_reconciles",
+    "Reconciles of worker-Deployment tasks, by what woke them and whether they sent anything to the API.",
+    ["trigger", "wrote"],
+    registry=TASK_STATES.registry,
+)
+
+
+class _Remembered:
+    """What the operator applied or read lately, so that a reconcile finding nothing changed sends nothing.
+
+    Entries are checked against the API again after `recheck` seconds (someone may have edited or deleted the
+    object behind the operator's back), or at once when the reconcile is woken by a change of the task.
+    """
+
+    def __init__(self) -> None:
+        self.entries: dict[Any, tuple[Any, float]] = {}
+        self.lock = threading.Lock()
+
+    def fresh(self, key: Any, value: Any, recheck: float) -> bool:
+        with self.lock:
+            entry = self.entries.get(key)
+        return entry is not None and entry[0] == value and time.monotonic() - entry[1] < recheck
+
+    def get(self, key: Any, recheck: float) -> tuple[bool, Any]:
+        with self.lock:
+            entry = self.entries.get(key)
+        if entry is None or time.monotonic() - entry[1] >= recheck:
+            return False, None
+        return True, entry[0]
+
+    def put(self, key: Any, value: Any) -> None:
+        with self.lock:
+            self.entries[key] = (value, time.monotonic())
+
+    def forget(self, match: Any) -> None:
+        with self.lock:
+            for key in [k for k in self.entries if match(k)]:
+                del self.entries[key]
+
+
+ACCESS = _Remembered()  # (kind, namespace, name) -> digest of the desired object applied
+SECRETS = _Remembered()  # (namespace, name) -> key names (never values), or None when it does not exist
+DEPLOYMENTS = _Remembered()  # (namespace, name) -> the Deployment as the operator's own apply returned it
+PEER_LIST: dict[str, tuple[list[dict[str, Any]], float]] = {}  # plural -> cluster-wide list (namespaced mode)
+
+
+def _recheck() -> float:
+    """How long what the operator remembers of access objects and Secrets is trusted without reading them."""
+    return SETTINGS.recheck_interval or 20 * SETTINGS.reconcile_interval
 
 
 @kopf.on.startup()
@@ -51,6 +180,11 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.finalizer = FINALIZER
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 300
+    settings.execution.max_workers = MAX_WORKERS
+    # Tasks processed at once (each a few requests): a thousand created together would otherwise send a thousand
+    # finalizer patches at once, and an API server on a small machine answers part of them with timeouts.
+    settings.queueing.worker_limit = 4 * MAX_WORKERS
+    _Client.api = None  # built on first use, from the configuration loaded above
     if SETTINGS.metrics_port >= 0:
         prometheus_client.start_http_server(SETTINGS.metrics_port, registry=TASK_STATES.registry)
         log.info("operator metrics on port %d", SETTINGS.metrics_port)
@@ -58,27 +192,160 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 
 def _worker_pods(owner: Owner) -> list[Any]:
     selector = ",".join(f"{k}={v}" for k, v in selector_labels(owner).items())
-    return list(client.CoreV1Api().list_namespaced_pod(owner.namespace, label_selector=selector).items)
+    return list(_core().list_namespaced_pod(owner.namespace, label_selector=selector).items)
 
 
-def _observe(plugin: KindPlugin, body: dict[str, Any]) -> Observed:
+_WORKLOAD_META = ("name", "namespace", "uid", "resourceVersion", "generation", "deletionTimestamp", "annotations")
+
+
+def _pod_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """Of a pod spec, what decide() reads: each container's name and FERRY_TASK (the spec it runs)."""
+    containers = [
+        {"name": c.get("name"), "env": [e for e in c.get("env") or [] if e.get("name") == "FERRY_TASK"]}
+        for c in spec.get("containers") or []
+    ]
+    return {"containers": containers}
+
+
+def _slim_workload(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What decide() reads of a worker Deployment or pod (kept for every task, so only that): identity, version,
+    annotations, replicas, the pod template's annotations and FERRY_TASK, and the status."""
+    meta = body.get("metadata") or {}
+    spec = body.get("spec") or {}
+    slim: dict[str, Any] = {
+        "metadata": {k: meta[k] for k in _WORKLOAD_META if k in meta},
+        "status": body.get("status") or {},
+    }
+    if "template" in spec:  # a Deployment
+        template = spec.get("template") or {}
+        slim["spec"] = {
+            "replicas": spec.get("replicas"),
+            "template": {
+                "metadata": {"annotations": (template.get("metadata") or {}).get("annotations") or {}},
+                "spec": _pod_spec(template.get("spec") or {}),
+            },
+        }
+    else:
+        slim["spec"] = _pod_spec(spec)
+    return slim
+
+
+def _index_deployment(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
+    return {(namespace or "default", name): _slim_workload(body)}
+
+
+def _index_pod(
+    namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
+) -> dict[Any, dict[str, Any]]:
+    key = (namespace or "default", labels.get("ferry.dev/kind"), labels.get("ferry.dev/task"))
+    return {key: _slim_workload(body)}
+
+
+def _newest(*bodies: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The most recent of these versions of one object (by resourceVersion, which etcd gives in order)."""
+
+    def version(body: dict[str, Any]) -> int:
+        try:
+            return int((body.get("metadata") or {}).get("resourceVersion") or 0)
+        except ValueError:
+            return 0
+
+    found = [b for b in bodies if b is not None]
+    return max(found, key=version) if found else None
+
+
+def _component(plugin: KindPlugin, raw: dict[str, Any], indexes: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The slim bodies of the tasks of the task's component (ferry.control.peers), in a stable order."""
+    plural = plugin.definition.plural
+    bodies, holders = indexes[f"ferry_{plural}_tasks"], indexes[f"ferry_{plural}_tokens"]
+
+    def tokens_of(key: Key) -> Iterable[str]:
+        entry: dict[str, Any] = next(iter(bodies.get(key, ())), {})
+        found: Iterable[str] = entry.get("tokens", ())
+        return found
+
+    # Its own tokens, with the cluster ids its live workers report (decide() may learn them now).
+    reports = ((raw.get("status") or {}).get("workers") or {}).values()
+    learned = {f"key:{r[f]}" for r in reports if isinstance(r, dict) for f in CLUSTER_ID_FIELDS if r.get(f)}
+    mine = tokens(plugin, raw, CLUSTER_ID_FIELDS) | learned
+    found = component(mine, lambda token: holders.get(token, ()), tokens_of)
+    return [next(iter(bodies[key]))["body"] for key in sorted(found) if key in bodies]
+
+
+def _deployment(indexes: Mapping[str, Any], namespace: str, name: str) -> dict[str, Any] | None:
+    """The worker Deployment as the watch has it, or as the operator's apply returned it if the watch lags."""
+    indexed = next(iter(indexes[DEPLOYMENTS_INDEX].get((namespace, name), ())), None)
+    _, applied = DEPLOYMENTS.get((namespace, name), APPLIED_TRUST)
+    if applied is None:
+        return indexed
+    newest = _newest(indexed, applied)
+    if newest is indexed:  # the watch has caught up
+        DEPLOYMENTS.forget(lambda k: k == (namespace, name))
+    return newest
+
+
+def _peers(plugin: KindPlugin, raw: dict[str, Any], indexes: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The tasks of the kind that the cross-task checks compare this one with."""
+    if not CLUSTERWIDE:
+        return _listed_peers(plugin, raw, indexes[f"ferry_{plugin.definition.plural}_tasks"])
+    return _component(plugin, raw, indexes)
+
+
+def _listed_peers(plugin: KindPlugin, raw: dict[str, Any], bodies: Mapping[Key, Any]) -> list[dict[str, Any]]:
+    """Namespaced mode: every task of the kind, from a list shared by the reconciles of one interval, with
+    the served namespaces' tasks as the watch has them."""
+    plural = plugin.definition.plural
+    listed, at = PEER_LIST.get(plural, ([], 0.0))
+    if time.monotonic() - at >= SETTINGS.reconcile_interval:
+        items = _custom().list_cluster_custom_object(GROUP, VERSION, plural)["items"]
+        listed = [slim(p, CLUSTER_ID_FIELDS) for p in items]
+        PEER_LIST[plural] = (listed, time.monotonic())
+    watched = {key: next(iter(store))["body"] for key, store in bodies.items()}
+    return [p for p in listed if key_of(p) not in watched] + list(watched.values())
+
+
+def _secrets(plugin: KindPlugin, raw: dict[str, Any], reread: bool) -> dict[str, set[str] | None]:
+    """The key names of the Secrets the task names: read when the task changed, when one was missing or lacked
+    a key last time (so a fix is seen at the next reconcile), or after the recheck interval."""
+    namespace = owner_of(raw).namespace
+    found: dict[str, set[str] | None] = {}
+    for name in secret_names(plugin, raw):
+        known, keys = SECRETS.get((namespace, name), _recheck())
+        if reread or not known or keys is None:
+            keys = _secret_keys(_core(), namespace, name)
+            SECRETS.put((namespace, name), keys)
+        found[name] = keys
+    return found
+
+
+def _observe(
+    plugin: KindPlugin, body: dict[str, Any], indexes: Mapping[str, Any] | None = None, changed: bool = True
+) -> Observed:
+    """What decide() needs, from the watch-fed indexes (no API call), or read from the API without them."""
     owner = owner_of(body)
-    apps, core, custom = client.AppsV1Api(), client.CoreV1Api(), client.CustomObjectsApi()
-    deployment = _read_deployment(apps, owner.namespace, worker_name(owner))
-    pods = _worker_pods(owner)
-    # The Secrets of the current spec and of the accepted one (which runs while a change is held back).
-    secrets = {name: _secret_keys(core, owner.namespace, name) for name in secret_names(plugin, body)}
-    # Every task of the kind: for unique task names, and the kind's limits and conditions.
-    peers = custom.list_cluster_custom_object(GROUP, VERSION, plugin.definition.plural)["items"]
-    serialize = client.ApiClient().sanitize_for_serialization  # the API's camelCase, as decide() reads it
-    return Observed(deployment=deployment, pods=[serialize(p) for p in pods], secrets=secrets, peers=peers)
+    name = worker_name(owner)
+    if indexes is None:  # not from a Kopf handler (tests, tools): read it all
+        peers = _custom().list_cluster_custom_object(GROUP, VERSION, plugin.definition.plural)["items"]
+        return Observed(
+            deployment=_read_deployment(_apps(), owner.namespace, name),
+            pods=[_serialize(p) for p in _worker_pods(owner)],
+            secrets={n: _secret_keys(_core(), owner.namespace, n) for n in secret_names(plugin, body)},
+            peers=peers,
+        )
+    deployment = _deployment(indexes, owner.namespace, name)
+    labels = selector_labels(owner)
+    pods = list(indexes[PODS_INDEX].get((owner.namespace, labels["ferry.dev/kind"], labels["ferry.dev/task"]), ()))
+    return Observed(
+        deployment=deployment,
+        pods=pods,
+        secrets=_secrets(plugin, body, changed),
+        peers=_peers(plugin, body, indexes),
+    )
 
 
 def _read_deployment(apps: client.AppsV1Api, namespace: str, name: str) -> dict[str, Any] | None:
     try:
-        result: dict[str, Any] = client.ApiClient().sanitize_for_serialization(
-            apps.read_namespaced_deployment(name, namespace)
-        )
+        result: dict[str, Any] = _serialize(apps.read_namespaced_deployment(name, namespace))
         return result
     except ApiException as err:
         if err.status == 404:
@@ -97,10 +364,10 @@ def _secret_keys(core: client.CoreV1Api, namespace: str, name: str) -> set[str] 
     return set((secret.data or {}).keys()) | set((secret.string_data or {}).keys())
 
 
-def _server_side_apply(patch: Any, desired: dict[str, Any]) -> None:
+def _server_side_apply(patch: Any, desired: dict[str, Any]) -> Any:
     """Apply desired with server-side apply: fields Ferry set before and no longer renders are removed."""
     meta = desired["metadata"]
-    patch(
+    return patch(
         meta["name"],
         meta["namespace"],
         desired,
@@ -110,21 +377,43 @@ def _server_side_apply(patch: Any, desired: dict[str, Any]) -> None:
     )
 
 
-def _apply_deployment(desired: dict[str, Any], current: dict[str, Any] | None) -> None:
+def _apply_deployment(desired: dict[str, Any], current: dict[str, Any] | None) -> bool:
+    """Apply the worker Deployment unless the one there has the desired spec hash; True when it was sent."""
     meta = desired["metadata"]
     have = ((current or {}).get("metadata", {}).get("annotations") or {}).get(SPEC_HASH_ANNOTATION)
     if current is not None and have == meta["annotations"][SPEC_HASH_ANNOTATION]:
-        return
-    _server_side_apply(client.AppsV1Api().patch_namespaced_deployment, desired)
+        return False
+    applied = _server_side_apply(_apps().patch_namespaced_deployment, desired)
+    # Until the watch brings it, the next reconcile compares with what the API returned.
+    DEPLOYMENTS.put((meta["namespace"], meta["name"]), _slim_workload(_serialize(applied)))
     verb = "created" if current is None else "updated"
     log.info("%s Deployment %s/%s (replicas %s)", verb, meta["namespace"], meta["name"], desired["spec"]["replicas"])
+    return True
 
 
-def _ensure(desired: dict[str, Any]) -> None:
-    """Create a worker access object, or bring its rules and subjects back to the desired ones."""
+def _digest(desired: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(desired, sort_keys=True).encode()).hexdigest()
+
+
+def _ensure(desired: dict[str, Any], remembered: bool = False, new: bool = False) -> bool:
+    """Create a worker access object, or bring its rules and subjects back to the desired ones; True when a
+    request was sent. With `remembered`, one applied lately as desired now is not read again before the
+    recheck interval; for a `new` task it is applied without reading it first (server-side apply is the same
+    request whether it exists or not)."""
     meta = desired["metadata"]
     kind, name, namespace = desired["kind"], meta["name"], meta["namespace"]
-    core, rbac = client.CoreV1Api(), client.RbacAuthorizationV1Api()
+    digest = _digest(desired)
+    if remembered and ACCESS.fresh((kind, namespace, name), digest, _recheck()):
+        return False
+    if new:
+        patch = {"ServiceAccount": _core().patch_namespaced_service_account}.get(kind)
+        rbac = _rbac()
+        patch = patch or {"Role": rbac.patch_namespaced_role, "RoleBinding": rbac.patch_namespaced_role_binding}[kind]
+        _server_side_apply(patch, desired)
+        log.info("created %s %s/%s", kind, namespace, name)
+        ACCESS.put((kind, namespace, name), digest)
+        return True
+    core, rbac = _core(), _rbac()
     calls = {
         "ServiceAccount": (core.read_namespaced_service_account, core.patch_namespaced_service_account),
         "Role": (rbac.read_namespaced_role, rbac.patch_namespaced_role),
@@ -132,19 +421,20 @@ def _ensure(desired: dict[str, Any]) -> None:
     }
     read, patch = calls[kind]
     try:
-        current = client.ApiClient().sanitize_for_serialization(read(name, namespace))
+        current = _serialize(read(name, namespace))
     except ApiException as err:
         if err.status != 404:
             raise
         current = None
     fields = [f for f in ("rules", "subjects", "roleRef") if f in desired and (current or {}).get(f) != desired[f]]
-    if current is not None and not fields:
-        return
-    _server_side_apply(patch, desired)
-    if current is None:
-        log.info("created %s %s/%s", kind, namespace, name)
-    else:
-        log.info("updated %s %s/%s (%s)", kind, namespace, name, ", ".join(fields))
+    if current is None or fields:
+        _server_side_apply(patch, desired)
+        if current is None:
+            log.info("created %s %s/%s", kind, namespace, name)
+        else:
+            log.info("updated %s %s/%s (%s)", kind, namespace, name, ", ".join(fields))
+    ACCESS.put((kind, namespace, name), digest)
+    return True
 
 
 def _post_events(body: kopf.Body, outcome: Outcome) -> None:
@@ -152,32 +442,111 @@ def _post_events(body: kopf.Body, outcome: Outcome) -> None:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
 
 
-def reconcile(plugin: KindPlugin, body: kopf.Body, patch: kopf.Patch) -> None:
-    """Read what is there, decide, apply children, and leave the status and annotations in `patch`."""
+def reconcile(
+    plugin: KindPlugin,
+    body: kopf.Body,
+    patch: kopf.Patch,
+    indexes: Mapping[str, Any] | None = None,
+    trigger: str = "change",
+) -> None:
+    """Read what is there, decide, apply children, and leave the status and annotations in `patch`.
+
+    With the Kopf indexes (`indexes`), what is there comes from the watches: a reconcile that finds nothing
+    changed sends nothing, not even a status patch."""
     raw = dict(body)
     if raw["metadata"].get("deletionTimestamp"):
         return
     key = f"{raw['metadata'].get('namespace')}/{raw['metadata']['name']}/{plugin.definition.kind}"
     with _locks.setdefault(key, threading.Lock()):
-        observed = _observe(plugin, raw)
+        observed = _observe(plugin, raw, indexes, changed=trigger != "timer")
         outcome = decide(plugin, raw, observed, SETTINGS)
+        wrote = False
         for obj in outcome.access:  # before the Deployment, so its pods start with their identity
-            _ensure(obj)
+            remembered = indexes is not None and trigger == "timer"
+            wrote = _ensure(obj, remembered, new=trigger == "create" and observed.deployment is None) or wrote
         if outcome.deployment is not None:
-            _apply_deployment(outcome.deployment, observed.deployment)
+            wrote = _apply_deployment(outcome.deployment, observed.deployment) or wrote
         _post_events(body, outcome)
-        patch.status.update(outcome.status)
+        changes = status_changes(raw.get("status") or {}, outcome.status)
+        patch.status.update(changes)
         owner = owner_of(raw)
         TASK_STATES.set(owner.kind, owner.namespace, owner.name, outcome.status["state"], task_name_of(raw) or "")
+        annotations = raw["metadata"].get("annotations") or {}
         for name, value in outcome.annotations.items():
-            patch.metadata.annotations[name] = value
+            if annotations.get(name) != value or (value is None and name in annotations):
+                patch.metadata.annotations[name] = value
+        RECONCILED.at[(owner.kind, owner.namespace, owner.name)] = time.monotonic()
+        sent = wrote or bool(changes) or bool(outcome.events) or bool(patch)
+        _reconciles.labels(trigger, "yes" if sent else "no").inc()
+        quiet = (owner.kind, owner.namespace, owner.name)
+        if sent or indexes is None:
+            _QUIET.pop(quiet, None)
+        else:  # quiet since when (its recheck interval runs from the first of a row of identical ones)
+            fingerprint, previous, now = _fingerprint(plugin, raw, indexes), _QUIET.get(quiet), time.monotonic()
+            if previous is None or previous[0] != fingerprint or now - previous[1] >= _recheck():
+                _QUIET[quiet] = (fingerprint, now)
+
+
+# Per task: what its last reconcile that sent nothing saw, and when (see _unchanged).
+_QUIET: dict[tuple[str, str, str], tuple[Any, float]] = {}
+
+
+def _version(body: Mapping[str, Any] | None) -> str | None:
+    return None if body is None else (body.get("metadata") or {}).get("resourceVersion")
+
+
+def _fingerprint(plugin: KindPlugin, raw: dict[str, Any], indexes: Mapping[str, Any]) -> Any:
+    """The versions of everything decide() reads for the task (None when something must be read again)."""
+    owner = owner_of(raw)
+    name = worker_name(owner)
+    secrets = []
+    for secret in sorted(secret_names(plugin, raw)):
+        known, keys = SECRETS.get((owner.namespace, secret), _recheck())
+        if not known or keys is None:
+            return None
+        secrets.append((secret, tuple(sorted(keys))))
+    deployment = _deployment(indexes, owner.namespace, name)
+    labels = selector_labels(owner)
+    pods = indexes[PODS_INDEX].get((owner.namespace, labels["ferry.dev/kind"], labels["ferry.dev/task"]), ())
+    peers = _component(plugin, raw, indexes) if CLUSTERWIDE else None
+    if peers is None:
+        return None
+    return (
+        _version(raw),
+        _version(deployment),
+        tuple(sorted(_version(p) or "" for p in pods)),
+        tuple(secrets),
+        tuple((key_of(p), _version(p)) for p in peers),
+    )
+
+
+def _unchanged(plugin: KindPlugin, raw: dict[str, Any], indexes: Mapping[str, Any]) -> bool:
+    """Whether a periodic reconcile can stop at comparing versions: nothing decide() reads has changed since
+    a reconcile that found nothing to do, no worker reports (their heartbeats age with the clock), and that
+    reconcile is more recent than the recheck interval (then access objects and Secrets are read again)."""
+    if raw["metadata"].get("deletionTimestamp") or (raw.get("status") or {}).get("workers"):
+        return False
+    owner = owner_of(raw)
+    last = _QUIET.get((owner.kind, owner.namespace, owner.name))
+    if last is None or time.monotonic() - last[1] >= _recheck():
+        return False
+    return last[0] is not None and last[0] == _fingerprint(plugin, raw, indexes)
+
+
+def _forget(owner: Owner) -> None:
+    _QUIET.pop((owner.kind, owner.namespace, owner.name), None)
+    RECONCILED.at.pop((owner.kind, owner.namespace, owner.name), None)
+    name = worker_name(owner)
+    ACCESS.forget(lambda k: k[1:] == (owner.namespace, name))
+    DEPLOYMENTS.forget(lambda k: k == (owner.namespace, name))
 
 
 def finalize(plugin: KindPlugin, body: kopf.Body) -> None:
     """Deletion: Terminating, scale the workers to zero so they flush and commit, then let go."""
     raw = dict(body)
     owner = owner_of(raw)
-    custom, apps = client.CustomObjectsApi(), client.AppsV1Api()
+    custom, apps = _custom(), _apps()
+    _forget(owner)
     if (raw.get("status") or {}).get("state") != Phase.TERMINATING.value:
         status = {
             "state": Phase.TERMINATING.value,
@@ -219,19 +588,41 @@ def _noticed(**_: Any) -> None:
 def _register(plugin: KindPlugin) -> None:
     resource = (GROUP, VERSION, plugin.definition.plural)
 
-    def on_change(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-        reconcile(plugin, body, patch)
+    def index_task(body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
+        raw = dict(body)
+        return {key_of(raw): {"body": slim(raw, CLUSTER_ID_FIELDS), "tokens": tokens(plugin, raw, CLUSTER_ID_FIELDS)}}
 
-    def on_timer(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-        reconcile(plugin, body, patch)
+    def index_tokens(body: kopf.Body, **_: Any) -> dict[str, Key]:
+        raw = dict(body)
+        return {token: key_of(raw) for token in tokens(plugin, raw, CLUSTER_ID_FIELDS)}
+
+    def on_change(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
+        reconcile(plugin, body, patch, kwargs, "change")
+
+    def on_create(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
+        reconcile(plugin, body, patch, kwargs, "create")
+
+    async def on_timer(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
+        # In the event loop, without a thread, when nothing changed: most periodic runs at scale.
+        if _unchanged(plugin, dict(body), kwargs):
+            owner = owner_of(dict(body))
+            RECONCILED.at[(owner.kind, owner.namespace, owner.name)] = time.monotonic()
+            _reconciles.labels("timer", "unchanged").inc()
+            return
+        context = contextvars.copy_context()  # Kopf's per-handler context (kopf.event posts through it)
+        await asyncio.get_running_loop().run_in_executor(
+            _TIMER_POOL, context.run, reconcile, plugin, body, patch, kwargs, "timer"
+        )
 
     def on_delete(body: kopf.Body, **_: Any) -> None:
         finalize(plugin, body)
         owner = owner_of(dict(body))
         TASK_STATES.forget(owner.kind, owner.namespace, owner.name)
 
+    kopf.index(*resource, id=f"ferry_{plugin.definition.plural}_tasks")(index_task)
+    kopf.index(*resource, id=f"ferry_{plugin.definition.plural}_tokens")(index_tokens)
     kopf.on.resume(*resource, id="reconcile")(on_change)
-    kopf.on.create(*resource, id="reconcile")(on_change)
+    kopf.on.create(*resource, id="reconcile")(on_create)
     kopf.on.update(*resource, id="reconcile")(on_change)
     # Kopf leaves the annotations of its own storage prefix (ferry.dev/) out of the changes it compares, so that
     # `kubectl annotate` of these would wait for the timer: a handler watching each field puts it back in, and a
@@ -244,6 +635,8 @@ def _register(plugin: KindPlugin) -> None:
     kopf.on.delete(*resource, id="flush-worker", timeout=SETTINGS.flush_timeout + 60)(on_delete)
 
 
+kopf.index("apps", "v1", "deployments", id=DEPLOYMENTS_INDEX, labels=MANAGED)(_index_deployment)
+kopf.index("v1", "pods", id=PODS_INDEX, labels=WORKER_PODS)(_index_pod)
 for _plugin in PLUGINS.values():
     if not _plugin.one_shot:  # those run as Jobs: ferry.obsrestore.handlers
         _register(_plugin)

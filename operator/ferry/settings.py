@@ -59,6 +59,10 @@ class OperatorSettings:
     # The validating admission webhook (ferry/webhook.py): HTTPS port, 0 = off; tls.crt and tls.key in the dir.
     webhook_port: int = 0
     webhook_cert_dir: str = "/etc/ferry/webhook"
+    # How long the operator trusts what it applied (workers' ServiceAccount, Role, RoleBinding) and the key names
+    # of the Secrets it read without reading them again; 0: 20 reconcile intervals. A change of the task, or a
+    # Secret missing or lacking a key, is read at once.
+    recheck_interval: float = 0.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorSettings:

@@ -1,0 +1,204 @@
+"""The operator at scale (issue 10): peers from watch-fed indexes give the same answers as a list of every task,
+a steady-state reconcile sends nothing to the API server, and an unchanged status is not patched."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+import pytest
+from ferry import operator
+from ferry.control.peers import component, key_of, slim, status_changes, tokens
+from ferry.control.reconcile import Observed, decide
+from ferry.obsdump.worker import PLUGIN as DUMP
+from ferry.settings import OperatorSettings
+from ferry.tasks import KindPlugin
+from ferry.topicsync.worker import PLUGIN as SYNC
+from kubernetes import client, config
+
+from tests.support.cluster import KubeEnv
+
+NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
+FIELDS = operator.CLUSTER_ID_FIELDS
+
+
+def dump(i: int, bootstrap: str, status: dict[str, Any] | None = None, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "ferry.dev/v1alpha1",
+        "kind": "ObsDumpTask",
+        "metadata": {
+            "name": f"dump-{i:03d}",
+            "namespace": f"ns-{i % 3}",
+            "uid": f"uid-{i}",
+            "generation": 1,
+            "creationTimestamp": f"2026-11-21T10:{i // 60:02d}:{i % 60:02d}Z",
+        },
+        "spec": {
+            "source": {"bootstrapServers": bootstrap},
+            "topics": ["orders"],
+            "target": {"endpoint": "http://s3:8333", "bucket": "dumps", "credentialsSecretRef": {"name": "obs"}},
+            **spec,
+        },
+        "status": status or {},
+    }
+
+
+def sync(name: str, source: str, target: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "ferry.dev/v1alpha1",
+        "kind": "TopicSync",
+        "metadata": {"name": name, "namespace": "ns", "uid": f"uid-{name}", "generation": 1},
+        "spec": {
+            "source": {"bootstrapServers": f"{source}:9092"},
+            "target": {"bootstrapServers": f"{target}:9092"},
+            "topics": ["orders"],
+        },
+        "status": {},
+    }
+
+
+def indexed_peers(plugin: KindPlugin, bodies: list[dict[str, Any]], me: dict[str, Any]) -> list[dict[str, Any]]:
+    """The peers the operator passes to decide(), from indexes built as its Kopf index handlers build them."""
+    entries = {key_of(b): {"body": slim(b, FIELDS), "tokens": tokens(plugin, b, FIELDS)} for b in bodies}
+    holders: dict[str, list[tuple[str, str]]] = {}
+    for key, entry in entries.items():
+        for token in entry["tokens"]:
+            holders.setdefault(token, []).append(key)
+    found = component(tokens(plugin, me, FIELDS), lambda t: holders.get(t, []), lambda k: entries[k]["tokens"])
+    return [entries[k]["body"] for k in sorted(found)]
+
+
+def verdict(plugin: KindPlugin, me: dict[str, Any], peers: list[dict[str, Any]]) -> tuple[Any, ...]:
+    secrets: dict[str, set[str] | None] = {"obs": {"accessKey", "secretKey"}}
+    outcome = decide(plugin, me, Observed(peers=peers, secrets=secrets, now=NOW), OperatorSettings())
+    conditions = tuple((c["type"], c["status"], c["message"]) for c in outcome.status["conditions"])
+    return outcome.status["state"], outcome.status["reason"], outcome.status["message"], conditions
+
+
+def test_limits_and_names_from_the_indexes_match_a_list_of_every_task() -> None:
+    tasks = [dump(i, f"kafka-{i % 3}:9092") for i in range(60)]  # 20 per spelling: 2 over the limit each
+    # Another spelling of kafka-0's cluster: one with the same host, one joined by the cluster id its worker saw.
+    tasks += [dump(60, "KAFKA-0", {"sourceClusterId": "c0"}), dump(61, "alias-of-0:9092", {"sourceClusterId": "c0"})]
+    tasks += [dump(62, "kafka-9:9092", taskName="orders"), dump(63, "kafka-8:9092", taskName="orders")]
+    tasks[63]["metadata"]["namespace"] = tasks[62]["metadata"]["namespace"]
+    tasks += [dump(64, "kafka-7:9092")]
+    tasks[64]["spec"]["source"]["instanceId"] = "kafka-1:9092"  # an instanceId naming kafka-1's spelling
+    refused = 0
+    for me in tasks:
+        peers = indexed_peers(DUMP, tasks, me)
+        assert len(peers) < len(tasks) / 2
+        expected = verdict(DUMP, me, tasks)
+        assert verdict(DUMP, me, peers) == expected
+        refused += expected[1] in ("TaskLimitExceeded", "TaskNameInUse")
+    # 18 on each instance: kafka-0 has 22 tasks (4 refused), kafka-1 21 (3), kafka-2 20 (2), and one name taken.
+    assert refused == 10
+
+
+def test_a_replication_loop_from_the_indexes_matches_a_list_of_every_task() -> None:
+    syncs = [sync("ab", "a", "b"), sync("bc", "b", "c"), sync("ca", "c", "a"), sync("xy", "x", "y")]
+    for me in syncs:
+        assert verdict(SYNC, me, indexed_peers(SYNC, syncs, me)) == verdict(SYNC, me, syncs)
+    assert len(indexed_peers(SYNC, syncs, syncs[0])) == 3
+
+
+def test_status_changes_leave_out_what_would_not_change() -> None:
+    current = {"state": "Running", "workers": {"w1": {"lag": 1}}, "lag": None, "conditions": [{"type": "Ready"}]}
+    same = {"state": "Running", "workers": {"w2": None}, "lag": None, "conditions": [{"type": "Ready"}], "gone": None}
+    assert status_changes(current, same) == {}
+    changed = {"state": "Failed", "workers": {"w1": None}, "lag": 3, "conditions": []}
+    assert status_changes(current, changed) == changed
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Against the real API server: one task's reconciles, with indexes as the watches fill them.
+
+
+@pytest.fixture
+def api(kube: KubeEnv) -> Iterator[client.ApiClient]:
+    config.load_kube_config(str(kube.kubeconfig))
+    operator._Client.api = None
+    api = operator._Client.get()
+    yield api
+    operator._Client.api = None
+
+
+def indexes_from_api(api: client.ApiClient, namespace: str, task: dict[str, Any]) -> dict[str, Any]:
+    deployments = client.AppsV1Api(api).list_namespaced_deployment(namespace).items
+    plural = DUMP.definition.plural
+    tasks = client.CustomObjectsApi(api).list_namespaced_custom_object("ferry.dev", "v1alpha1", namespace, plural)
+    holders: dict[str, list[tuple[str, str]]] = {}
+    for body in tasks["items"]:
+        for token in tokens(DUMP, body, FIELDS):
+            holders.setdefault(token, []).append(key_of(body))
+    return {
+        operator.DEPLOYMENTS_INDEX: {
+            (namespace, d.metadata.name): [api.sanitize_for_serialization(d)] for d in deployments
+        },
+        operator.PODS_INDEX: {},
+        f"ferry_{plural}_tasks": {
+            key_of(b): [{"body": slim(b, FIELDS), "tokens": tokens(DUMP, b, FIELDS)}] for b in tasks["items"]
+        },
+        f"ferry_{plural}_tokens": holders,
+    }
+
+
+def test_a_steady_state_reconcile_sends_nothing(api: client.ApiClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    namespace = f"scale-{uuid.uuid4().hex[:8]}"
+    core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
+    core.create_namespace({"metadata": {"name": namespace}})
+    core.create_namespaced_secret(
+        namespace, {"metadata": {"name": "obs"}, "stringData": {"accessKey": "a", "secretKey": "s"}}
+    )
+    body = dump(1, "kafka:9092")
+    body["metadata"] = {"name": "dump", "namespace": namespace}
+    custom.create_namespaced_custom_object("ferry.dev", "v1alpha1", namespace, "obsdumptasks", body)
+    posted: list[Any] = []
+    monkeypatch.setattr(operator, "_post_events", lambda body, outcome: posted.extend(outcome.events))
+    calls: list[str] = []
+    real = api.call_api
+
+    def counted(path: str, method: str, *args: Any, **kwargs: Any) -> Any:
+        calls.append(f"{method} {path}")
+        return real(path, method, *args, **kwargs)
+
+    monkeypatch.setattr(api, "call_api", counted)
+
+    def reconcile(trigger: str) -> kopf.Patch:
+        task = custom.get_namespaced_custom_object("ferry.dev", "v1alpha1", namespace, "obsdumptasks", "dump")
+        indexes = indexes_from_api(api, namespace, task)
+        calls.clear()
+        patch = kopf.Patch()
+        operator.reconcile(DUMP, kopf.Body(task), patch, indexes, trigger)
+        if patch.get("status"):  # as Kopf applies the patch
+            custom.patch_namespaced_custom_object_status(
+                "ferry.dev", "v1alpha1", namespace, "obsdumptasks", "dump", {"status": dict(patch["status"])}
+            )
+        if patch.get("metadata"):
+            custom.patch_namespaced_custom_object(
+                "ferry.dev", "v1alpha1", namespace, "obsdumptasks", "dump", {"metadata": dict(patch["metadata"])}
+            )
+        return patch
+
+    created = reconcile("change")
+    assert created["status"]["state"] == "Unassigned"
+    # Created: the Secret read, the access objects read (absent) and applied, the Deployment applied; no list.
+    assert not [c for c in calls if c.startswith("GET") and c.rstrip("/").endswith(("obsdumptasks", "pods"))]
+    assert any(c.startswith("PATCH") and "deployments" in c for c in calls)
+    time.sleep(1.1)  # a new second: a status patch carrying a timestamp would differ now
+    steady = reconcile("timer")
+    assert calls == [] and not steady.get("status") and not steady.get("metadata")
+    assert [e.reason for e in posted] == ["WaitingForWorker"]  # from the first reconcile only
+    # The next periodic run stops at comparing versions, in the event loop; a change of the task ends that.
+    task = custom.get_namespaced_custom_object("ferry.dev", "v1alpha1", namespace, "obsdumptasks", "dump")
+    assert operator._unchanged(DUMP, task, indexes_from_api(api, namespace, task))
+    task["metadata"]["resourceVersion"] += "0"
+    assert not operator._unchanged(DUMP, task, indexes_from_api(api, namespace, task))
+    # A change of the task reads its Secret and access objects again (a fix to one is seen at once), no list.
+    changed = reconcile("change")
+    assert sorted(c.rsplit("/", 2)[-2] for c in calls) == ["rolebindings", "roles", "secrets", "serviceaccounts"]
+    assert all(c.startswith("GET") for c in calls) and not changed.get("status")
+    core.delete_namespace(namespace)
