@@ -112,6 +112,13 @@ def test_a_part_that_fails_in_the_pool_is_reported_and_redone_as_when_sent_in_li
         # What the synchronous upload reported for the same error: reason, message, store side.
         assert failure.reason == "ObjectStoreUnreachable" and object_store.endpoint in failure.message
         wait_for(lambda: len(failed_in) == 2, timeout=30, what="two refusals")
+
+        def read_again() -> bool:  # the redo (after its pause) has read every record into the open batch again
+            state = running.pipeline.partitions.get((topic, 0))
+            batch = None if state is None else state.batch
+            return batch is not None and batch.start_offset == 0 and batch.records == 1000
+
+        wait_for(read_again, timeout=60, what="the batch read again from its first record")
     finally:
         running.finish()  # the batch was redone from its first record: it is written now, at the stop
     assert all(name.startswith("ferry-upload") for name in failed_in), failed_in

@@ -589,6 +589,12 @@ def _server_properties(
         # The log cleaner (for compacted topics such as __consumer_offsets) would take 128 MiB of
         # heap at start for its dedupe buffer; 16 MiB is plenty for test data.
         "log.cleaner.dedupe.buffer.size": 16 * 1024 * 1024,
+        # No time-based retention during a test run: test records carry fixed timestamps of 2023
+        # (tests.support.copies.produce_on), past the 7-day default, and the broker's periodic check (every
+        # 5 min) deleted them between a copy and its read-back, at random. Tests that need records gone
+        # delete them with DeleteRecords, or set retention.ms on their topic.
+        "log.retention.check.interval.ms": 24 * 3600 * 1000,
+        "log.initial.task.delay.ms": 24 * 3600 * 1000,  # the first check, 30 s after start by default
     }
     for listener in ("sasl_plaintext", "sasl_ssl"):
         for mechanism in _SCRAM_MECHANISMS:
