@@ -87,7 +87,7 @@ def test_a_part_that_fails_in_the_pool_is_reported_and_redone_as_when_sent_in_li
     kafka: KafkaCluster, object_store: SeaweedFS, topic_factory: TopicFactory, bucket_factory: BucketFactory
 ) -> None:
     topic, bucket = topic_factory(partitions=1), bucket_factory()
-    spec = spec_for(kafka, object_store, bucket, topics=[topic], dumpPeriodSeconds=3600)
+    spec = spec_for(kafka, object_store, bucket, topics=[topic], dumpPeriodSeconds=3600, maxRecordsPerObject=1000)
     group = f"g-{uuid.uuid4().hex[:8]}"
     running = start_pipeline(spec, object_store, group, part_bytes=PART)
     client = running.pipeline.store.client
@@ -112,15 +112,11 @@ def test_a_part_that_fails_in_the_pool_is_reported_and_redone_as_when_sent_in_li
         # What the synchronous upload reported for the same error: reason, message, store side.
         assert failure.reason == "ObjectStoreUnreachable" and object_store.endpoint in failure.message
         wait_for(lambda: len(failed_in) == 2, timeout=30, what="two refusals")
-
-        def read_again() -> bool:  # the redo (after its pause) has read every record into the open batch again
-            state = running.pipeline.partitions.get((topic, 0))
-            batch = None if state is None else state.batch
-            return batch is not None and batch.start_offset == 0 and batch.records == 1000
-
-        wait_for(read_again, timeout=60, what="the batch read again from its first record")
+        # Redone from its first record after each refusal, the batch closes at its 1000th record: written and
+        # committed with the worker still running.
+        wait_for(lambda: committed(kafka.bootstrap, group, topic, 1) == [1000], timeout=60, what="the object written")
     finally:
-        running.finish()  # the batch was redone from its first record: it is written now, at the stop
+        running.finish()
     assert all(name.startswith("ferry-upload") for name in failed_in), failed_in
     [(key, data)] = list_objects(object_store.client(), bucket).items()
     assert key.endswith(f"{topic}+0+0000000000000000000.bin")
