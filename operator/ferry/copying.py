@@ -344,9 +344,8 @@ class CopyPipeline(WorkerPipeline):
         held: dict[TP, int] = {}
         tallies: dict[TP, _Tally] = {}  # routing changes only between batches: looked up once per partition
         for message in messages:
-            if message.error() is not None:
-                err = message.error()
-                assert err is not None
+            err = message.error()
+            if err is not None:
                 if err.code() != KafkaError._PARTITION_EOF:
                     self._fail(describe_kafka_error(KafkaException(err), self.source_bootstrap))
                 continue
