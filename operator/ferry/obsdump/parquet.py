@@ -179,7 +179,7 @@ class ParquetObject:
         self.writer.write_batch(batch, row_group_size=ROW_GROUP_RECORDS)
 
     def close(self) -> None:
-        """Write the last row group and the footer; the upload is then complete but for its finish()."""
+        """Write the last row group and the footer; all that is left of the upload is its complete()."""
         self._write_row_group()
         self.writer.add_key_value_metadata(
             {

@@ -380,11 +380,6 @@ class ObjectUpload:
             self._let_go()
         self.buffer = bytearray()
 
-    def finish(self) -> None:
-        """Close and complete, in the caller's thread; raises on failure (the caller re-reads the batch from Kafka)."""
-        self.close()
-        self.complete()
-
     def _let_go(self) -> None:
         with self._lock:
             held, self.held = self.held, 0
