@@ -11,6 +11,9 @@ limit of 18), so every task gets a Deployment. Then it prints:
 
   time to all Deployments, and to all access objects (ServiceAccount, Role, RoleBinding per task);
   create -> Deployment p50/p95: from each create call's return to the Deployment's ADDED event on a watch;
+  API requests per task while the tasks are created (the same counter's diff from before the first create to
+      all access objects, divided by N; the controller manager's ReplicaSets, pods and Events included), and the
+      operator's CPU seconds over that time;
   API requests per second by verb and resource in steady state: the diff of kube-apiserver's
       apiserver_request_total over --window seconds, after --settle seconds (at least two reconcile
       intervals) of quiet. The bench sends nothing in the window but the two metric scrapes (the "GET "
@@ -51,7 +54,8 @@ from tests.support.controlplane import ControlPlane, start_control_plane
 
 ROOT = Path(__file__).resolve().parents[1]
 LINE = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
-QUIET_RESOURCES = {"leases", "endpointslices", "endpoints", "events", "configmaps"}
+HOUSEKEEPING = {"leases", "endpointslices", "endpoints", "configmaps"}  # the control plane's own
+QUIET_RESOURCES = HOUSEKEEPING | {"events"}
 
 
 def free_port() -> int:
@@ -221,7 +225,11 @@ def run(args: argparse.Namespace, cp: ControlPlane, workdir: Path) -> dict[str, 
     log_path = workdir / "operator.log"
     log = log_path.open("w")
     operator = subprocess.Popen(
-        [sys.executable, "-m", "ferry", "operator"], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=workdir
+        [sys.executable, "-m", "ferry", "operator", "--liveness", f"http://127.0.0.1:{free_port()}/healthz"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=workdir,
     )
     try:
         time.sleep(5)  # Kopf lists what it serves before handling
@@ -234,6 +242,7 @@ def run(args: argparse.Namespace, cp: ControlPlane, workdir: Path) -> dict[str, 
             custom.create_namespaced_custom_object("ferry.dev", "v1alpha1", doc["metadata"]["namespace"], plural, doc)
             created[(doc["metadata"]["namespace"], doc["metadata"]["name"])] = time.monotonic()
 
+        initial, (cpu_start, _) = metrics(api), proc_stats(operator.pid)
         start = time.monotonic()
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(create, docs))
@@ -241,6 +250,8 @@ def run(args: argparse.Namespace, cp: ControlPlane, workdir: Path) -> dict[str, 
         print(f"created {len(docs)} tasks in {creating:.1f}s", flush=True)
         deadline = start + args.timeout
         while len(watcher.seen) < len(docs) and time.monotonic() < deadline:
+            if operator.poll() is not None:
+                raise SystemExit(f"the operator exited with {operator.returncode}: see {log_path}")
             time.sleep(0.5)
         all_deployments = max(watcher.seen.values(), default=start) - start
         complete = len(watcher.seen) >= len(docs)
@@ -249,6 +260,7 @@ def run(args: argparse.Namespace, cp: ControlPlane, workdir: Path) -> dict[str, 
             time.sleep(2)
             access = count_access(api, namespaces)
         all_access = time.monotonic() - start
+        created_all, (cpu_created, _) = metrics(api), proc_stats(operator.pid)
         latencies = [watcher.seen[k] - created[k] for k in created if k in watcher.seen]
         watcher.stop.set()
         print(f"deployments {len(watcher.seen)}/{len(docs)} in {all_deployments:.1f}s", flush=True)
@@ -264,6 +276,13 @@ def run(args: argparse.Namespace, cp: ControlPlane, workdir: Path) -> dict[str, 
             for verb, resource in after
             if after[(verb, resource)] > before.get((verb, resource), 0) and resource not in QUIET_RESOURCES
         }
+        per_task = {
+            f"{verb} {resource}": round(
+                (created_all[(verb, resource)] - initial.get((verb, resource), 0)) / len(docs), 2
+            )
+            for verb, resource in created_all
+            if created_all[(verb, resource)] > initial.get((verb, resource), 0) and resource not in HOUSEKEEPING
+        }
         return {
             "tasks": len(docs),
             "namespaces": len(namespaces),
@@ -275,6 +294,9 @@ def run(args: argparse.Namespace, cp: ControlPlane, workdir: Path) -> dict[str, 
             "all_access_s": round(all_access, 1) if access >= len(docs) else None,
             "create_to_deployment_p50_s": round(statistics.median(latencies), 2) if latencies else None,
             "create_to_deployment_p95_s": round(percentile(latencies, 0.95), 2) if latencies else None,
+            "creation_requests_per_task": dict(sorted(per_task.items(), key=lambda kv: -kv[1])),
+            "creation_requests_per_task_total": round(sum(per_task.values()), 2),
+            "creation_operator_cpu_s": round(cpu_created - cpu_start, 1),
             "steady_window_s": round(elapsed, 1),
             "steady_requests_per_s": dict(sorted(rates.items(), key=lambda kv: -kv[1])),
             "steady_requests_per_s_total": round(sum(rates.values()), 2),
