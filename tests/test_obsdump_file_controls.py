@@ -13,8 +13,10 @@ import shutil
 import subprocess
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+import duckdb
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from ferry.api.crd import crd_for
@@ -36,6 +38,7 @@ from tests.test_obsdump_worker import committed
 # 2026-11-26 15:59:59 UTC is 23:59:59 in Shanghai (UTC+8); two seconds later it is the 27th there.
 BEFORE_MIDNIGHT_SHANGHAI = int(datetime(2026, 11, 26, 15, 59, 59, tzinfo=UTC).timestamp() * 1000)
 AFTER_MIDNIGHT_SHANGHAI = BEFORE_MIDNIGHT_SHANGHAI + 2000
+HIVE_TYPES = "{'year': INTEGER, 'month': INTEGER, 'day': INTEGER, 'hour': INTEGER}"
 
 
 def base_spec(target: dict[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
@@ -293,15 +296,20 @@ def test_a_byte_cap_cuts_on_the_size_before_compression_the_same_on_every_pass(
     assert all(len(c) <= cap for c in contents if not c.startswith(b"L"))
 
 
-def read_with_tool(tool: str, data: bytes) -> bytes | None:
-    """The object as the command-line tool reads it; None when the tool is not on this machine."""
-    if shutil.which(tool) is None:
-        return None
-    return subprocess.run([tool, "-dc"], input=data, capture_output=True, check=True, timeout=60).stdout
+def read_with_tool(tool: str, data: bytes) -> bytes:
+    """The object as the command-line tool (`gzip -dc`, `zstd -dc`) reads it: an independent reader, which these
+    tests need on the PATH (a missing one fails them, rather than passing them unchecked)."""
+    path = shutil.which(tool)
+    assert path is not None, f"the {tool} command is not on the PATH: install it (package {tool}) to run this test"
+    return subprocess.run([path, "-dc"], input=data, capture_output=True, check=True, timeout=60).stdout
 
 
 def test_gzip_objects_under_hive_directories_of_the_task_time_zone(
-    kafka: KafkaCluster, object_store: SeaweedFS, topic_factory: TopicFactory, bucket_factory: BucketFactory
+    kafka: KafkaCluster,
+    object_store: SeaweedFS,
+    topic_factory: TopicFactory,
+    bucket_factory: BucketFactory,
+    tmp_path: Path,
 ) -> None:
     topic, bucket = topic_factory(partitions=1), bucket_factory()
     stamps = [
@@ -335,12 +343,25 @@ def test_gzip_objects_under_hive_directories_of_the_task_time_zone(
     ]
     for key, data in objects.items():
         text = gzip.decompress(data)
-        assert read_with_tool("gzip", data) in (None, text)
+        assert read_with_tool("gzip", data) == text
         assert [r.timestamp_ms for r in decode_records(text, True, b"\n") if isinstance(r, Record)] == (
             stamps[:2] if "day=26" in key else stamps[2:]
         )
         head = client.head_object(Bucket=bucket, Key=key)
         assert head["ContentType"] == "application/gzip" and "ContentEncoding" not in head
+    # DuckDB, as docs/obsdump.md reads JSON lines: compressed, by their names, the Hive directories as columns.
+    for key, data in objects.items():
+        (tmp_path / key).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / key).write_bytes(data)
+    files = f"{tmp_path}/dumps/raw/*/*/*/*/*.jsonl.gz"
+    found = duckdb.sql(
+        f"""SELECT "offset", "timestamp", value, year, month, day, hour
+        FROM read_json_auto('{files}', hive_partitioning = true, hive_types = {HIVE_TYPES})
+        ORDER BY "offset" """
+    ).fetchall()
+    days = [26, 26, 27, 27]
+    hours = [23, 23, 0, 0]
+    assert found == [(i, stamps[i], f'{{"n":{i}}}', 2026, 11, days[i], hours[i]) for i in range(4)]
 
 
 def test_zstd_objects_stream_through_the_multipart_upload(
@@ -372,7 +393,7 @@ def test_zstd_objects_stream_through_the_multipart_upload(
     expected = b"".join(v + b"\n" for v in values)
     assert zstandard.ZstdDecompressor().decompressobj().decompress(data) == expected
     assert decompress(data, Compression.ZSTD) == expected
-    assert read_with_tool("zstd", data) in (None, expected)
+    assert read_with_tool("zstd", data) == expected
 
 
 def test_values_containing_the_separator_are_counted_and_warned_about_once(

@@ -4,7 +4,9 @@ ferry.obsdump.reader.read_object."""
 
 from __future__ import annotations
 
+import base64
 import io
+import json
 import os
 import re
 import sys
@@ -40,7 +42,7 @@ from tests.conftest import BucketFactory, TopicFactory
 from tests.support.dumps import KEY_RE, list_objects, spec_for, start_pipeline, wait_for
 from tests.support.kafka import KafkaCluster
 from tests.support.servers import ObjectStore as SeaweedFS
-from tests.test_obsdump_file_controls import expected_starts, rewind, run_until, starts_of
+from tests.test_obsdump_file_controls import expected_starts, read_with_tool, rewind, run_until, starts_of
 from tests.test_obsdump_worker import committed
 
 T0 = 1_763_700_000_000  # 2025-11-21T04:40:00Z
@@ -238,6 +240,13 @@ def as_source(record: DumpedRecord) -> Source:
     return (record.partition, record.offset, record.timestamp_ms, record.key, record.value, list(record.headers))
 
 
+def field(doc: dict[str, Any], name: str) -> bytes | None:
+    """A key or value of a JSON line as docs/obsdump.md says to read it: text, or base64 under `<name>Base64`."""
+    if f"{name}Base64" in doc:
+        return base64.b64decode(doc[f"{name}Base64"])
+    return None if doc[name] is None else str(doc[name]).encode()
+
+
 def parquet_spec(kafka: KafkaCluster, store: SeaweedFS, bucket: str, topic: str, **fields: Any) -> dict[str, Any]:
     target = {"format": "parquet", "timeDirectoryLayout": "hive", **fields.pop("target", {})}
     return spec_for(kafka, store, bucket, topics=[topic], dumpPeriodSeconds=86400, target=target, **fields)
@@ -380,6 +389,16 @@ def test_read_object_reads_back_every_compression_from_bytes_and_from_a_stream(
             assert all(r.offset is r.timestamp_ms is r.key is None and not r.headers for r in dumped)
         else:
             assert [as_source(r) for r in dumped] == expected
+        if fmt != "parquet" and compression != "none":  # the gzip and zstd commands read them too, record by record
+            tool = {"gzip": "gzip", "zstd": "zstd"}[compression]
+            lines = [line for key in keys for line in read_with_tool(tool, objects[key]).split(b"\n")[:-1]]
+            if fmt == "raw":  # these values hold no newline
+                assert lines == [r.value for r in dumped]
+            else:
+                docs = [json.loads(line) for line in lines]
+                assert [(d["offset"], d["timestamp"], field(d, "key"), field(d, "value")) for d in docs] == [
+                    (r.offset, r.timestamp_ms, r.key, r.value) for r in dumped
+                ]
         # DuckDB reads each format by its name, compressed or not (values as text: these are all UTF-8).
         for key in keys:
             (tmp_path / key).parent.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from confluent_kafka import Producer
@@ -29,6 +30,7 @@ from tests.support.kafka import KafkaCluster
 from tests.support.restores import (
     BASE_TS,
     dump,
+    end_offsets,
     expected_partitions,
     pipeline_for,
     produce_records,
@@ -40,9 +42,15 @@ from tests.support.restores import (
 from tests.support.servers import ObjectStore as SeaweedFS
 
 PARTITIONS = 3
+SUFFIXES = {"none": "", "gzip": ".gz", "zstd": ".zst"}
 
 
-@pytest.mark.parametrize(("format", "compression"), [("jsonl", "gzip"), ("jsonl", "zstd"), ("parquet", "zstd")])
+def dumped_keys(store: SeaweedFS, bucket: str) -> list[str]:
+    return [o["Key"] for o in store.client().list_objects_v2(Bucket=bucket).get("Contents", [])]
+
+
+@pytest.mark.parametrize("compression", ["none", "gzip", "zstd"])
+@pytest.mark.parametrize("format", ["jsonl", "parquet"])
 def test_a_dump_restored_into_another_topic_is_the_source_record_by_record(
     kafka: KafkaCluster,
     object_store: SeaweedFS,
@@ -54,12 +62,17 @@ def test_a_dump_restored_into_another_topic_is_the_source_record_by_record(
     source, target, bucket = topic_factory(PARTITIONS), topic_factory(PARTITIONS), bucket_factory()
     records = produce_records(kafka.bootstrap, source, 600, PARTITIONS)
     dumped = dump(kafka, object_store, bucket, source, 600, format=format, compression=compression)
+    ext = ".parquet" if format == "parquet" else f".jsonl{SUFFIXES[compression]}"
+    keys = dumped_keys(object_store, bucket)
+    assert len(keys) == 12 and all(key.endswith(ext) for key in keys), keys
     spec = restore_spec(
         object_store, bucket, dumped, [source], target={"bootstrapServers": kafka.bootstrap, "topic": target}
     )
     pipeline, recorder = restore(spec, object_store)
     restored = read_partitions(kafka.bootstrap, target, PARTITIONS, 600)
     assert restored == expected_partitions(records, PARTITIONS)  # key, value, headers, timestamp, order
+    # Written once each, so at the same offsets as in the source (a new topic, as the source was).
+    assert end_offsets(kafka.bootstrap, target, PARTITIONS) == [200, 200, 200]
     last = recorder.last
     assert last.phase == "Succeeded" and last.totals.records == 600
     assert last.extra["objectsTotal"] == last.extra["objectsRestored"] == 12  # 200 records a partition, 50 an object
@@ -89,8 +102,13 @@ def test_the_dumped_topic_name_on_another_cluster_created_with_the_dumps_partiti
         admin.delete_topics([source])[source].result(timeout=15)
 
 
+@pytest.mark.parametrize("compression", ["none", "gzip", "zstd"])
 def test_values_only_objects_restore_their_values_in_order_to_their_partitions(
-    kafka: KafkaCluster, object_store: SeaweedFS, topic_factory: TopicFactory, bucket_factory: BucketFactory
+    kafka: KafkaCluster,
+    object_store: SeaweedFS,
+    topic_factory: TopicFactory,
+    bucket_factory: BucketFactory,
+    compression: str,
 ) -> None:
     """The values-only format stores nothing but values: they come back in order, to the partition the object's
     name gives, without keys or headers, stamped at the time of the restore; a tombstone comes back empty."""
@@ -100,7 +118,11 @@ def test_values_only_objects_restore_their_values_in_order_to_their_partitions(
         value = None if i == 4 else f"v{i}".encode()
         producer.produce(source, key=f"k{i}", value=value, partition=i % PARTITIONS, headers=[("h", b"x")])
     assert producer.flush(30) == 0
-    dumped = dump(kafka, object_store, bucket, source, 90, storeKeys=False, recordSeparator="|", compression="gzip")
+    dumped = dump(
+        kafka, object_store, bucket, source, 90, storeKeys=False, recordSeparator="|", compression=compression
+    )
+    keys = dumped_keys(object_store, bucket)
+    assert len(keys) == 3 and all(key.endswith(f".bin{SUFFIXES[compression]}") for key in keys), keys
     spec = restore_spec(
         object_store, bucket, dumped, [source], target={"bootstrapServers": kafka.bootstrap, "topic": target}
     )
@@ -142,6 +164,77 @@ def test_a_time_range_and_partitions_select_records_by_timestamp_and_skip_object
     # (the next starts at 2.5 h) and the last starts after it: 2 of 4 are read.
     assert recorder.last.extra["objectsTotal"] == 4
     assert pipeline.point.records == 12 and pipeline.point.skipped == 2 * 10 - 12
+
+
+def test_one_topic_and_partition_of_a_two_topic_dump_in_another_time_zone_are_restored_by_a_range_in_utc(
+    kafka: KafkaCluster, object_store: SeaweedFS, topic_factory: TopicFactory, bucket_factory: BucketFactory
+) -> None:
+    """Two topics dumped as Parquet under one directory, in Hive-style time directories of Asia/Shanghai (UTC+8,
+    the dump's target.timeZone, which source.timeZone names): a restore of one topic and one partition with from/to
+    in UTC restores exactly that topic's, that partition's records of the range, in order, into another topic name,
+    reading only the objects whose directories (read in Shanghai time) can hold them; the other topic is untouched."""
+    wanted = topic_factory(PARTITIONS, config={"retention.ms": "-1"})
+    other = topic_factory(PARTITIONS, config={"retention.ms": "-1"})
+    target, bucket = topic_factory(PARTITIONS), bucket_factory()
+    records = produce_records(kafka.bootstrap, wanted, 60, PARTITIONS, step_ms=600_000)
+    produce_records(kafka.bootstrap, other, 60, PARTITIONS, step_ms=600_000)
+    options = {
+        "maxRecordsPerObject": 5,
+        "format": "parquet",
+        "timeZone": "Asia/Shanghai",
+        "timeDirectoryLayout": "hive",
+    }
+    dumped = dump(kafka, object_store, bucket, wanted, 60, **options)
+    dump(kafka, object_store, bucket, other, 60, **options)
+    keys = dumped_keys(object_store, bucket)
+    assert len(keys) == 2 * PARTITIONS * 4  # 20 records a partition, 5 an object
+    shanghai = datetime.fromtimestamp(BASE_TS / 1000, ZoneInfo("Asia/Shanghai"))
+    hive = shanghai.strftime("year=%Y/month=%m/day=%d/hour=%H")
+    assert f"dumps/raw/{hive}/{wanted}+0+{0:019d}.parquet" in keys, keys
+    hours = [datetime.fromtimestamp((BASE_TS + h * 3_600_000) / 1000, UTC).isoformat() for h in (3, 6)]
+    spec = restore_spec(
+        object_store,
+        bucket,
+        dumped,
+        [wanted],
+        partitions=[1],
+        **{"from": hours[0], "to": hours[1]},
+        target={"bootstrapServers": kafka.bootstrap, "topic": target},
+    )
+    assert spec["source"]["timeZone"] == "Asia/Shanghai"
+    pipeline, recorder = restore(spec, object_store)
+    restored = read_partitions(kafka.bootstrap, target, PARTITIONS, 6, timeout=10)
+    assert restored == expected_partitions(records, PARTITIONS, keep=lambda i, r: 18 <= i < 36 and i % PARTITIONS == 1)
+    assert end_offsets(kafka.bootstrap, target, PARTITIONS) == [0, 6, 0]
+    # Partition 1's objects start at 0:10, 2:40, 5:10 and 7:40 after BASE_TS, in the hours 0, 2, 5 and 7: the first
+    # ends before 3:00 (the next one starts in hour 2) and the last starts after 6:00. Two objects are read.
+    extra = recorder.last.extra
+    assert extra["objectsTotal"] == extra["objectsRestored"] == 2 and extra["targetTopics"] == {wanted: target}
+    assert pipeline.point.records == 6 and pipeline.point.skipped == 10 - 6
+    assert list(pipeline.point.partitions) == [f"{wanted}+1"]
+
+    # A source.timeZone that is not the dump's loses nothing in silence. Read in UTC, every directory is 8 hours
+    # late and the plan reads no object of partition 1: the first record of its first object is checked instead.
+    late, _ = pipeline_for({**spec, "source": {**spec["source"], "timeZone": "UTC"}}, object_store)
+    assert not late._prepare()
+    assert late.error is not None and late.error.reason == "TimeZoneMismatch", late.error
+    assert f"{wanted}+1+{0:019d}.parquet" in late.error.message and "source.timeZone UTC" in late.error.message
+    # Read in Asia/Tokyo (UTC+9), an hour early: the plan reads partition 1's second object (offsets 5 to 9, first
+    # record at 2:40 in a directory read as 1:00 to 2:00), which is refused before any of it is produced.
+    wrong = topic_factory(PARTITIONS)
+    tokyo = {**spec, "source": {**spec["source"], "timeZone": "Asia/Tokyo"}}
+    early, recorder = pipeline_for({**tokyo, "target": {**spec["target"], "topic": wrong}}, object_store)
+    stop = threading.Event()
+    thread = threading.Thread(target=early.restore, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: any(r.error for r in recorder.reports), timeout=20, what="a Failed report")
+    finally:
+        stop.set()
+        thread.join(30)
+    error = next(r.error for r in recorder.reports if r.error)
+    assert error.reason == "TimeZoneMismatch" and f"{wanted}+1+{5:019d}.parquet" in error.message, error
+    assert not early.succeeded and end_offsets(kafka.bootstrap, wrong, PARTITIONS) == [0, 0, 0]
 
 
 def test_what_is_missing_on_the_target_or_in_the_dump_is_reported_and_retried(

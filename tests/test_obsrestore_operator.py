@@ -5,6 +5,7 @@ restores a real dump into a real Kafka, and the task ends Succeeded."""
 from __future__ import annotations
 
 import json
+import signal
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -23,7 +24,14 @@ from tests.support.cluster import Cluster, KubeEnv, running_cluster
 from tests.support.dumps import wait_for
 from tests.support.kafka import KafkaCluster
 from tests.support.podsecurity import restricted_violations
-from tests.support.restores import dump, expected_partitions, produce_records, read_partitions, restore_spec
+from tests.support.restores import (
+    dump,
+    end_offsets,
+    expected_partitions,
+    produce_records,
+    read_partitions,
+    restore_spec,
+)
 from tests.support.servers import ObjectStore as SeaweedFS
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
@@ -304,3 +312,173 @@ def test_the_operator_runs_a_restore_as_a_job_to_succeeded(
     wait_for(lambda: cluster.task(ns, name, plural) is None, timeout=60, what="task deleted")
     wait_for(lambda: read_job() is None, timeout=30, what="Job deleted")
     assert uuid.UUID(task_uid)
+
+
+def test_a_restore_paused_mid_way_and_one_whose_job_gave_up_both_continue_from_the_resume_point(
+    cluster: Cluster,
+    kafka: KafkaCluster,
+    object_store: SeaweedFS,
+    topic_factory: TopicFactory,
+    bucket_factory: BucketFactory,
+) -> None:
+    """Live, through the states: Running; paused mid-way (the Job deleted, its worker saves its point on SIGTERM:
+    the target holds exactly what the point says); resumed (a new Job goes on from the point); its worker killed
+    with the Job's backoffLimit lowered to 0 (rather than waiting for 10 restarts with back-off), so the Job gives
+    up: Failed/JobFailed, the point kept; paused and resumed again: a new Job continues and the task Succeeds. Every
+    record is on the target in its partition's order, and only the kill's object was written twice."""
+    ns, source, target, bucket = cluster.namespace(), topic_factory(3), topic_factory(3), bucket_factory()
+    total, per_object = 6000, 500
+    records = produce_records(kafka.bootstrap, source, total, 3)
+    dumped = dump(
+        kafka, object_store, bucket, source, total, maxRecordsPerObject=per_object, format="parquet", compression="gzip"
+    )
+    spec = restore_spec(
+        object_store,
+        bucket,
+        dumped,
+        [source],
+        maxRecordsPerSecond=500,  # about 12 s of restoring, for the pause and the kill to land in
+        target={"bootstrapServers": kafka.bootstrap, "topic": target},
+    )
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "obs-credentials", "namespace": ns},
+        "stringData": {"accessKey": object_store.access_key, "secretKey": object_store.secret_key},
+    }
+    name, plural = "restore", "obsrestoretasks"
+    manifest = {
+        "apiVersion": "ferry.dev/v1alpha1",
+        "kind": "ObsRestoreTask",
+        "metadata": {"name": name, "namespace": ns},
+    }
+    cluster.apply(secret, {**manifest, "spec": spec})
+    batch = client.BatchV1Api(cluster.api_client)
+
+    def read_job() -> dict[str, Any] | None:
+        found = batch.list_namespaced_job(ns).items
+        return cluster.api_client.sanitize_for_serialization(found[0]) if found else None
+
+    def workers() -> list[Any]:
+        return [c for p in cluster.kubelet.pods.values() if p.namespace == ns for c in p.containers if c.running]
+
+    def restored() -> int:
+        return int((cluster.status(ns, name, plural).get("resumePoint") or {}).get("records") or 0)
+
+    def in_state(state: str, reason: str | None = None) -> dict[str, Any] | None:
+        status = cluster.status(ns, name, plural)
+        return status if status.get("state") == state and reason in (None, status.get("reason")) else None
+
+    first_job = wait_for(read_job, timeout=30, what="the Job")
+    running = wait_for(lambda: in_state("Running", "WorkerRunning"), timeout=60, what="Running")
+    assert running["message"].startswith("restoring: ")
+    wait_for(lambda: restored() >= 2 * per_object, timeout=60, what="two objects restored")
+
+    # Paused mid-way: the Job is deleted, the worker saves its point and stops.
+    cluster.patch_spec(ns, name, {"state": "Paused"}, plural)
+    paused = wait_for(lambda: in_state("Paused", "Paused"), timeout=60, what="Paused")
+    at_pause = paused["resumePoint"]["records"]
+    assert 2 * per_object <= at_pause < total, paused["resumePoint"]
+    assert read_job() is None and workers() == [] and paused["pausedAt"]
+    assert {c["type"]: c["status"] for c in paused["conditions"]} == {
+        "Ready": "False",
+        "Paused": "True",
+        "Complete": "False",
+    }
+    assert "a resume continues from the resume point" in paused["message"]
+    # The worker waited for the target's acknowledgements before saving: the target has exactly what the point says.
+    assert sum(end_offsets(kafka.bootstrap, target, 3)) == at_pause
+
+    # Resumed: a new Job, which goes on from the point.
+    cluster.patch_spec(ns, name, {"state": "Running"}, plural)
+    second_job = wait_for(read_job, timeout=30, what="a new Job")
+    assert second_job["metadata"]["uid"] != first_job["metadata"]["uid"]
+    cluster.event(ns, name, "Resumed")
+    wait_for(lambda: restored() >= at_pause + per_object, timeout=60, what="progress after the resume")
+    assert in_state("Running") is not None
+
+    # The Job gives up: its worker killed once, with no restart allowed.
+    batch.patch_namespaced_job(second_job["metadata"]["name"], ns, {"spec": {"backoffLimit": 0}})
+    [worker] = wait_for(workers, timeout=10, what="the worker process")
+    before_kill = restored()
+    worker.signal(signal.SIGKILL)
+    failed = wait_for(lambda: in_state("Failed", "JobFailed"), timeout=90, what="Failed/JobFailed")
+    assert failed["message"].startswith(f"Job {JOB} gave up (BackoffLimitExceeded"), failed["message"]
+    assert "set spec.state to Paused and back to Running" in failed["message"]
+    assert before_kill <= failed["resumePoint"]["records"] < total  # kept, not started over
+    kept = read_job()
+    assert kept is not None and kept["metadata"]["uid"] == second_job["metadata"]["uid"]  # kept for its logs
+    cluster.event(ns, name, "JobFailed", type="Warning")
+
+    # Paused and resumed: the failed Job is deleted, a third one continues from the point to the end.
+    cluster.patch_spec(ns, name, {"state": "Paused"}, plural)
+    wait_for(lambda: in_state("Paused", "Paused"), timeout=60, what="Paused again")
+    assert read_job() is None
+    cluster.patch_spec(ns, name, {"state": "Running"}, plural)
+    done = wait_for(lambda: in_state("Succeeded", "RestoreComplete"), timeout=120, what="Succeeded")
+    assert done["resumePoint"]["records"] == total and done["objectsRestored"] == done["objectsTotal"] == 12
+    assert {c["type"]: c["status"] for c in done["conditions"]}["Complete"] == "True"
+
+    writes = sum(end_offsets(kafka.bootstrap, target, 3))
+    written = read_partitions(kafka.bootstrap, target, 3, writes)
+    assert sum(len(p) for p in written) == writes
+    for partition, expected in enumerate(expected_partitions(records, 3)):
+        assert list(dict.fromkeys(written[partition])) == expected  # every record, in order, counting first copies
+    print(f"paused at {at_pause} records, killed at {before_kill}: {writes} writes of {total} records")
+    # Only the SIGKILL redid work: at most the object it interrupted (each object's records are saved at its end).
+    assert total <= writes <= total + per_object, writes
+
+
+def test_a_restore_deleted_mid_way_is_terminating_until_its_worker_stopped(
+    cluster: Cluster,
+    kafka: KafkaCluster,
+    object_store: SeaweedFS,
+    topic_factory: TopicFactory,
+    bucket_factory: BucketFactory,
+) -> None:
+    """Deleted while it restores: Terminating (an Event says so), the Job deleted, its worker stopped by SIGTERM
+    after the target acknowledged what it produced; then the task is gone. The target holds the start of each
+    partition, in order, nothing twice."""
+    ns, source, target, bucket = cluster.namespace(), topic_factory(3), topic_factory(3), bucket_factory()
+    total = 1500
+    records = produce_records(kafka.bootstrap, source, total, 3)
+    dumped = dump(kafka, object_store, bucket, source, total, maxRecordsPerObject=250, compression="zstd")
+    spec = restore_spec(
+        object_store,
+        bucket,
+        dumped,
+        [source],
+        maxRecordsPerSecond=300,
+        target={"bootstrapServers": kafka.bootstrap, "topic": target},
+    )
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "obs-credentials", "namespace": ns},
+        "stringData": {"accessKey": object_store.access_key, "secretKey": object_store.secret_key},
+    }
+    name, plural = "restore", "obsrestoretasks"
+    manifest = {
+        "apiVersion": "ferry.dev/v1alpha1",
+        "kind": "ObsRestoreTask",
+        "metadata": {"name": name, "namespace": ns},
+    }
+    cluster.apply(secret, {**manifest, "spec": spec})
+    batch = client.BatchV1Api(cluster.api_client)
+
+    def restored() -> int:
+        return int((cluster.status(ns, name, plural).get("resumePoint") or {}).get("records") or 0)
+
+    wait_for(lambda: restored() >= 250, timeout=60, what="an object restored")
+    [worker] = [c for p in cluster.kubelet.pods.values() if p.namespace == ns for c in p.containers if c.running]
+    cluster.kubectl("delete", "obsrestoretask", name, "-n", ns, "--wait=false")
+    event = cluster.event(ns, name, "Terminating", timeout=30)
+    assert event["message"] == "deletion requested: the worker is stopping"
+    wait_for(lambda: cluster.task(ns, name, plural) is None, timeout=60, what="task deleted")
+    assert not worker.running and worker.process is not None and worker.process.returncode == 3  # stopped, not done
+    assert batch.list_namespaced_job(ns).items == []
+    writes = sum(end_offsets(kafka.bootstrap, target, 3))
+    assert 250 <= writes < total
+    written = read_partitions(kafka.bootstrap, target, 3, writes)
+    for partition, expected in enumerate(expected_partitions(records, 3)):
+        assert written[partition] == expected[: len(written[partition])]

@@ -178,6 +178,16 @@ def read_partitions(
     return seen
 
 
+def end_offsets(bootstrap: str, topic: str, partitions: int) -> list[int]:
+    """Each partition's high watermark: how many records were written to it (a new topic starts at 0), copies
+    included, whatever a consumer reads."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"check-{uuid.uuid4().hex}"})
+    try:
+        return [consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in range(partitions)]
+    finally:
+        consumer.close()
+
+
 def expected_partitions(records: list[Seen], partitions: int, keep: Any = None) -> list[list[Seen]]:
     """The records each partition of the source holds, in order (record i went to partition i % partitions)."""
     result: list[list[Seen]] = [[] for _ in range(partitions)]

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -170,7 +170,7 @@ def plan(
 # -- reading -------------------------------------------------------------------------------------
 
 
-def read_records(obj: DumpObject, chunks: Iterable[bytes], separator: bytes) -> Iterator[DumpedRecord]:
+def read_records(obj: DumpObject, chunks: Iterable[bytes], separator: bytes) -> Generator[DumpedRecord, None, None]:
     """The records of one object, in the order they were dumped (its offsets' order), by the dump format's own
     reader (ferry.obsdump.reader: raw and jsonl as a stream, Parquet a row group at a time). Raises TaskError
     ObjectUnreadable (naming the object) when its bytes are not what its name says, ParquetUnavailable for a

@@ -12,7 +12,8 @@ restarts, only what came after the last saved point: at most CHECKPOINT_RECORDS 
 a loss. For formats that store offsets, records at or before a partition's last restored offset are passed over,
 so overlapping objects (a dump run again from an earlier offset) do not restore a record twice either.
 
-A problem the worker cannot fix (a missing bucket or topic, refused credentials, an unreadable object) is
+A problem the worker cannot fix (a missing bucket or topic, refused credentials, an unreadable object, with from/to
+a source.timeZone that is not the dump's: TimeZoneMismatch) is
 reported as Failed with its reason and retried with backoff, from the resume point, as long as the task exists;
 `run` ends the process with EXIT_INTERRUPTED when it is stopped (SIGTERM) before the restore is complete, so a
 Job never counts an interrupted restore as done, and returns normally once it is.
@@ -26,6 +27,7 @@ import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
@@ -47,6 +49,11 @@ from ferry.settings import WorkerSettings
 from ferry.throttle import Throttle
 
 log = logging.getLogger(__name__)
+
+
+def _iso(epoch_ms: int) -> str:
+    return datetime.fromtimestamp(epoch_ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
 
 STORE = "store"
 STATUS = "status"
@@ -168,6 +175,9 @@ class RestorePipeline(WorkerPipeline):
                 "source.directory (the dump's target.directory)",
             )
         self.objects = plan(objects, self.spec.topics, self.spec.partitions, self.from_ms, self.to_ms)
+        if self.ranged:
+            selected = [o for o in objects if o.topic in self.spec.topics and (wanted is None or o.partition in wanted)]
+            self._probe_time_zone(selected)
         self.values_only = sum(1 for o in self.objects if o.values_only)
         self.target_topics = {t: self.spec.target_topic(t) for t in self.spec.topics}
         if self.values_only:
@@ -177,6 +187,48 @@ class RestorePipeline(WorkerPipeline):
                 self.values_only,
                 len(self.objects),
             )
+
+    @property
+    def ranged(self) -> bool:
+        """from or to is set: the time directories decide which objects are read."""
+        return self.from_ms is not None or self.to_ms is not None
+
+    def _probe_time_zone(self, selected: list[DumpObject]) -> None:
+        """For each selected partition of which the plan reads no object, check the first record of its first object
+        against its time directory (`_check_directory`): a source.timeZone that is not the dump's could otherwise
+        pass over a whole partition without a word. (The objects that are read are checked as they are.)"""
+        planned = {o.partition_key for o in self.objects}
+        firsts: dict[str, DumpObject] = {}
+        for obj in selected:
+            if obj.partition_key in planned or obj.values_only or obj.directory_start_ms is None:
+                continue
+            if obj.partition_key not in firsts or obj.order < firsts[obj.partition_key].order:
+                firsts[obj.partition_key] = obj
+        for obj in firsts.values():
+            records = read_records(obj, self.store.read(obj.key), self.separator)
+            try:
+                with self._waiting_on_store(f"reading the first record of {obj.key}"):
+                    first = next(records, None)
+            finally:
+                records.close()
+            if first is not None:
+                self._check_directory(obj, first)
+
+    def _check_directory(self, obj: DumpObject, first: DumpedRecord) -> None:
+        """With from/to: the object's first record is in its time directory, read in source.timeZone, as the dump
+        put it there; otherwise the directories cannot tell which objects hold the range (TimeZoneMismatch)."""
+        ts, start, end = first.timestamp_ms, obj.directory_start_ms, obj.directory_end_ms
+        if ts is None or start is None or end is None or start <= ts < end:
+            return
+        zone = self.spec.source.time_zone
+        raise TaskError(
+            "TimeZoneMismatch",
+            f"the first record of {obj.key} has the timestamp {_iso(ts)}, outside its time directory as "
+            f"source.timeZone {zone} reads it ({_iso(start)} to {_iso(end)}): from/to choose the objects by their "
+            "time directories, so the restore stops at this object rather than pass over records in silence. Create "
+            "the task again with source.timeZone set to the dump's target.timeZone (or without from and to, if the "
+            "objects were put under other directories by hand)",
+        )
 
     def _check_target(self) -> None:
         """Every target topic exists (or is created, with target.createTopics) with the partitions the dump has."""
@@ -289,6 +341,8 @@ class RestorePipeline(WorkerPipeline):
         try:
             records = read_records(obj, self._chunks(obj), self.separator)
             for index, record in enumerate(records):
+                if index == 0 and self.ranged:
+                    self._check_directory(obj, record)
                 if index < skip:
                     continue
                 if stop.is_set():
