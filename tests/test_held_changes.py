@@ -8,6 +8,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from ferry.control.accepted import ACCEPTED_SPEC_ANNOTATION
 from ferry.control.reconcile import Observed, Outcome, decide
 from ferry.control.render import deployed_spec
@@ -213,3 +214,105 @@ def test_other_tasks_see_a_task_with_a_held_back_change_as_it_runs() -> None:
     message = review(DATA_ACCESS, "CREATE", old_group, None, lambda: [copy.deepcopy(first)])
     assert message is not None and "ns/first already reads through consumer group grp-1" in message
     assert review(DATA_ACCESS, "CREATE", new_group, None, lambda: [copy.deepcopy(first)]) is None
+
+
+def dump() -> dict[str, Any]:
+    return {
+        "apiVersion": "ferry.dev/v1alpha1",
+        "kind": "ObsDumpTask",
+        "metadata": {"name": "dump", "namespace": "ns", "uid": "uid-dump", "generation": 1, "annotations": {}},
+        "spec": {
+            "source": {"bootstrapServers": "kafka:9092"},
+            "topics": ["orders"],
+            "target": {"endpoint": "http://s3:8333", "bucket": "dumps", "credentialsSecretRef": {"name": "obs"}},
+        },
+        "status": {},
+    }
+
+
+@pytest.mark.parametrize("kind", ["TopicSync", "DataAccessTask", "ObsDumpTask"])
+def test_a_secret_deleted_under_running_workers_keeps_them_running_failed_until_it_is_back(kind: str) -> None:
+    """No spec change: the Secret (or its key) goes while the workers run. They hold the values they started with,
+    so they keep running, and the task is Failed with the reason until the Secret is back; nothing rolls."""
+    plugin, body, secret, role = {
+        "TopicSync": (TOPIC_SYNC, with_sasl_target(sync(), "dr-user"), "dr-user", "target_sasl_password"),
+        "DataAccessTask": (DATA_ACCESS, pull(), "dts", "source_sasl_password"),
+        "ObsDumpTask": (OBS_DUMP, dump(), "obs", "target_access_key"),
+    }[kind]
+    secrets: dict[str, set[str] | None] = {**ACCOUNTS, "obs": {"accessKey", "secretKey"}}
+    stored, first = copy.deepcopy(body), run(plugin, body, secrets=secrets)
+    stored["metadata"]["annotations"].update(first.annotations)
+    assert first.deployment is not None and first.deployment["spec"]["replicas"] == 1
+    workers = {"w-1": {"phase": "Running", "heartbeatTime": "2026-11-21T11:59:58Z", "epoch": 0}}
+    stored["status"] = {"state": "Running", "reason": "WorkerRunning", "workers": workers}
+    assert run(plugin, stored, secrets=secrets, deployment=first.deployment).status["state"] == "Running"
+
+    gone = {k: v for k, v in secrets.items() if k != secret}
+    kept = run(plugin, stored, secrets=gone, deployment=first.deployment)
+    assert (kept.status["state"], kept.status["reason"]) == ("Failed", "SecretNotFound")
+    message = kept.status["message"]
+    assert message.startswith(f"Secret {secret!r} (for {role}) does not exist in this namespace: create it; "), message
+    assert "until then the workers already running keep running this spec with the credentials they started" in message
+    assert kept.deployment == first.deployment  # the same workers, at the same replicas: nothing rolls or stops
+    assert ("Warning", "SecretNotFound") in [(e.type, e.reason) for e in kept.events]
+    assert not [e for e in kept.events if e.reason == "SpecChanged"]
+    keyless = {**secrets, secret: {"some-other-key"}}
+    no_key = run(plugin, stored, secrets=keyless, deployment=first.deployment)
+    assert no_key.status["reason"] == "SecretKeyNotFound" and no_key.deployment == first.deployment
+
+    # Workers that stopped reporting (gone, or a restarted one cannot start without the Secret): nothing to keep.
+    failed = copy.deepcopy(stored)
+    failed["status"] = {**kept.status, "workers": {}}
+    stopped = run(plugin, failed, secrets=gone, deployment=first.deployment)
+    assert stopped.status["reason"] == "SecretNotFound" and "keep running" not in stopped.status["message"]
+    assert stopped.deployment is not None and stopped.deployment["spec"]["replicas"] == 0
+    # Nor for a task resuming from a pause (its Deployment at zero): it cannot start without the Secret.
+    assert run(plugin, failed, secrets=gone, deployment=stopped.deployment).deployment == stopped.deployment
+
+    # The Secret back: Running again, with the same workers.
+    failed["status"] = {**kept.status, "workers": workers}
+    back = run(plugin, failed, secrets=secrets, deployment=first.deployment)
+    assert (back.status["state"], back.status["reason"]) == ("Running", "WorkerRunning")
+    assert back.deployment == first.deployment
+
+
+def test_a_secret_deleted_under_a_running_restore_keeps_its_job_failed_until_it_is_back() -> None:
+    """ObsRestoreTask, the one-shot kind: its Job's worker holds the store's keys it started with."""
+    from ferry.obsrestore.control import RestoreObserved, decide_restore
+    from ferry.obsrestore.worker import PLUGIN as OBS_RESTORE
+
+    body = {
+        "apiVersion": "ferry.dev/v1alpha1",
+        "kind": "ObsRestoreTask",
+        "metadata": {"name": "restore", "namespace": "ns", "uid": "uid-restore", "generation": 1, "annotations": {}},
+        "spec": {
+            "source": {"endpoint": "http://s3:8333", "bucket": "dumps", "credentialsSecretRef": {"name": "obs"}},
+            "topics": ["orders"],
+            "target": {"bootstrapServers": "kafka:9092", "topic": "orders-restored"},
+        },
+        "status": {
+            "state": "Running",
+            "reason": "WorkerRunning",
+            "workers": {"restore-x1": {"phase": "Running", "heartbeatTime": "2026-11-21T11:59:58Z", "epoch": 0}},
+        },
+    }
+    job = {"metadata": {"name": "restore-obsrestoretask"}, "status": {}}
+    secrets: dict[str, set[str] | None] = {"obs": {"accessKey", "secretKey"}}
+
+    def run_restore(body: dict[str, Any], secrets: dict[str, set[str] | None], **observed: Any) -> Any:
+        return decide_restore(
+            OBS_RESTORE, body, RestoreObserved(now=NOW, job=job, secrets=secrets, **observed), SETTINGS
+        )
+
+    kept = run_restore(body, {})
+    assert (kept.status["state"], kept.status["reason"]) == ("Failed", "SecretNotFound")
+    assert (
+        "until then the worker already running goes on with the credentials it started with" in (kept.status["message"])
+    )
+    assert not kept.delete_job
+    stopped = copy.deepcopy(body)
+    stopped["status"]["workers"] = {}
+    gone = run_restore(stopped, {})
+    assert gone.status["reason"] == "SecretNotFound" and gone.delete_job  # no live worker: nothing to keep
+    back = run_restore(body, secrets)
+    assert back.status["state"] == "Running" and not back.delete_job

@@ -68,6 +68,18 @@ def pull(annotations: dict[str, str] | None = None, status: dict[str, Any] | Non
     return body
 
 
+def dump(status: dict[str, Any] | None = None) -> Any:
+    body = sync(None, status)
+    body["kind"] = "ObsDumpTask"
+    body["metadata"]["name"] = "dump"
+    body["spec"] = {
+        "source": {"bootstrapServers": "kafka:9092"},
+        "topics": ["orders"],
+        "target": {"endpoint": "http://s3:8333", "bucket": "dumps", "credentialsSecretRef": {"name": "obs"}},
+    }
+    return body
+
+
 def run(body: dict[str, Any], plugin: KindPlugin = TOPIC_SYNC, **observed: Any) -> Outcome:
     observed.setdefault("secrets", SECRETS)
     return decide(plugin, body, Observed(now=NOW, **observed), SETTINGS)
@@ -304,6 +316,29 @@ def test_a_resume_after_the_window_records_a_reset_to_start_from_like_any_other(
     assert record["consumerGroup"] == f"{GROUP}.e1"
     assert env_of(outcome)["FERRY_OFFSET_RESET"] == "earliest"
     assert "ResumedFromStartFrom" in reasons(outcome) and "OffsetResetPending" not in reasons(outcome)
+
+
+@pytest.mark.parametrize(("hours", "resumed_from"), [(23.9, "savedOffsets"), (24.1, "startFrom")])
+def test_a_topic_sync_without_a_window_set_has_the_connectors_24_hours(hours: float, resumed_from: str) -> None:
+    """spec.resumeWindow unset: the Connector manual's 24 hours (the other kinds have none: any pause resumes)."""
+    body = sync(status=paused(), startFrom="latest")
+    assert "resumeWindow" not in body["spec"]
+    body["status"]["pausedAt"] = rfc3339(NOW - timedelta(hours=hours))
+    outcome = run(body)
+    assert outcome.status["resumedFrom"] == resumed_from
+    assert outcome.status["offsetEpoch"] == (1 if resumed_from == "startFrom" else 0)
+    [event] = [e for e in outcome.events if e.reason in ("Resumed", "ResumedFromStartFrom")]
+    if resumed_from == "startFrom":
+        assert event.message == (
+            f"paused for {hours:.1f}h, longer than the resume window 24h: starting a new consumer group from "
+            "startFrom=latest"
+        )
+    else:
+        assert event.message == "resumed within the resume window from the saved offsets"
+    for plugin, other in ((DATA_ACCESS, pull(status=paused())), (OBS_DUMP, dump(status=paused()))):
+        other["status"]["pausedAt"] = rfc3339(NOW - timedelta(days=365))
+        outcome = run(other, plugin, secrets={**SECRETS, "obs": {"accessKey", "secretKey"}})
+        assert (outcome.status["resumedFrom"], outcome.status["offsetEpoch"]) == ("savedOffsets", 0)
 
 
 def test_a_reset_not_made_yet_is_not_recorded_again_by_the_next_resume() -> None:

@@ -4,13 +4,16 @@ namespace and kind (the operator's decision), and the name in the printer column
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from ferry.api.crd import crd_for
+from ferry.control.accepted import ACCEPTED_SPEC_ANNOTATION
 from ferry.control.reconcile import Observed, Outcome, decide
+from ferry.control.render import deployed_spec
 from ferry.metrics import TaskStateMetrics, WorkerMetrics
 from ferry.registry import KINDS, PLUGINS
 from ferry.settings import OperatorSettings
@@ -224,6 +227,52 @@ def test_a_paused_task_whose_name_is_in_use_is_still_reported_failed() -> None:
     later = body("ObsDumpTask", "later", "orders_dump", created="2026-11-21T11:00:00Z")
     later["spec"]["state"] = "Paused"
     assert run(later, first).status["reason"] == "TaskNameInUse"
+
+
+@pytest.mark.parametrize("kind", ["TopicSync", "DataAccessTask"])
+def test_a_rename_to_a_name_in_use_is_held_back_even_for_an_earlier_task(kind: str) -> None:
+    """Without the webhook, an older task renamed to a newer running task's name does not take it from that task
+    (which would stop it): the rename is held back, the older task keeps running under its accepted spec."""
+    early = body(kind, "early", "own_name", created="2026-11-21T09:00:00Z")
+    holder = body(kind, "holder", "orders_sync", created="2026-11-21T10:00:00Z")
+    first = run(early, holder)
+    assert first.status["reason"] == "WaitingForWorker" and ACCEPTED_SPEC_ANNOTATION in first.annotations
+    early["metadata"]["annotations"].update(first.annotations)
+    early["spec"]["taskName"] = "orders_sync"
+    renamed = run(early, holder)
+    assert (renamed.status["state"], renamed.status["reason"]) == ("Failed", "TaskNameInUse")
+    assert renamed.status["message"] == (
+        f"{kind} holder in this namespace already has taskName orders_sync (task names are unique per namespace and "
+        f"kind, and a rename does not take a name in use): give this {kind} another spec.taskName, or revert it to "
+        "own_name; until then the workers keep running the last accepted spec (not applied: spec.taskName: "
+        "own_name -> orders_sync)"
+    )
+    assert renamed.deployment is not None and renamed.deployment["spec"]["replicas"] == 1
+    assert deployed_spec(renamed.deployment)["taskName"] == "own_name"  # type: ignore[index]
+    assert ACCEPTED_SPEC_ANNOTATION not in renamed.annotations
+    [event] = [e for e in renamed.events if e.reason == "TaskNameInUse"]
+    assert event.message.startswith(f"[own_name] Failed: {kind} holder in this namespace already has taskName")
+    # The holder keeps its name and its workers, whichever was created first.
+    kept = run(holder, early)
+    assert kept.status["reason"] == "WaitingForWorker"
+    assert kept.deployment is not None and kept.deployment["spec"]["replicas"] == 1
+    # A task that never had a name is held back the same way.
+    unnamed = body(kind, "unnamed", created="2026-11-21T08:00:00Z")
+    unnamed["metadata"]["annotations"].update(run(unnamed, holder).annotations)
+    unnamed["spec"]["taskName"] = "orders_sync"
+    assert (
+        run(unnamed, holder)
+        .status["message"]
+        .endswith(
+            "or remove it; until then the workers keep running the last accepted spec (not applied: spec.taskName: "
+            "(unset) -> orders_sync)"
+        )
+    )
+    # The name free (its holder deleted), the rename goes through.
+    freed = run(early)
+    assert freed.status["reason"] == "WaitingForWorker"
+    assert json.loads(freed.annotations[ACCEPTED_SPEC_ANNOTATION])["taskName"] == "orders_sync"
+    assert deployed_spec(freed.deployment)["taskName"] == "orders_sync"  # type: ignore[index]
 
 
 # --------------------------------------------------------------------------- Events and metrics

@@ -20,7 +20,7 @@ from kubernetes.client.exceptions import ApiException
 
 from ferry.api import GROUP, VERSION
 from ferry.api.base import SOURCE_CLUSTER_ID, TARGET_CLUSTER_ID, Phase
-from ferry.control.accepted import secret_names
+from ferry.control.accepted import running_body, secret_names
 from ferry.control.names import task_name_of
 from ferry.control.operations import RESET_ANNOTATION, RESTART_ANNOTATION
 from ferry.control.peers import Key, component, key_of, slim, status_changes, tokens
@@ -476,7 +476,9 @@ def reconcile(
         changes = status_changes(raw.get("status") or {}, outcome.status)
         patch.status.update(changes)
         owner = owner_of(raw)
-        TASK_STATES.set(owner.kind, owner.namespace, owner.name, outcome.status["state"], task_name_of(raw) or "")
+        # The name the workers run with (a rename held back keeps the old one), as the Events and worker metrics say.
+        running_name = task_name_of(running_body(plugin, raw)) or ""
+        TASK_STATES.set(owner.kind, owner.namespace, owner.name, outcome.status["state"], running_name)
         annotations = raw["metadata"].get("annotations") or {}
         for name, value in outcome.annotations.items():
             if annotations.get(name) != value or (value is None and name in annotations):

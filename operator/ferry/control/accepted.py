@@ -148,19 +148,27 @@ def choose(plugin: KindPlugin, body: dict[str, Any], secrets: Secrets) -> Choice
             if problem is None:
                 record = recorded(current)
                 return Choice(candidate, record=None if record == accepted else record)
-    fallback = None
-    if accepted is not None and accepted != recorded(current):  # else the current spec is the accepted one
-        for doc in (running_doc(plugin, accepted, current), {**accepted, "state": current.get("state")}):
-            try:
-                fallback = _parse(plugin, body, {k: v for k, v in doc.items() if v is not None})
-                break
-            except TaskError:
-                continue
-    if fallback is not None:
-        return Choice(fallback, held=problem)
+    kept = hold_back(plugin, body, problem) if problem is not None else None
+    if kept is not None:
+        return kept
     if candidate is not None:  # never accepted: its missing Secrets are reported as they always were
         return Choice(candidate)
     return Choice(None, held=problem)
+
+
+def hold_back(plugin: KindPlugin, body: dict[str, Any], problem: TaskError) -> Choice | None:
+    """The last accepted spec to run instead of the current one, which `problem` holds back; None when no spec was
+    accepted, the current one is the accepted one, or the accepted one parses no more."""
+    current = dict(body.get("spec") or {})
+    accepted = accepted_doc(body)
+    if accepted is None or accepted == recorded(current):
+        return None
+    for doc in (running_doc(plugin, accepted, current), {**accepted, "state": current.get("state")}):
+        try:
+            return Choice(_parse(plugin, body, {k: v for k, v in doc.items() if v is not None}), held=problem)
+        except TaskError:
+            continue
+    return None
 
 
 def secret_names(plugin: KindPlugin, body: dict[str, Any]) -> set[str]:

@@ -71,3 +71,31 @@ def name_taken(task: Task, peers: list[dict[str, Any]]) -> str | None:
         f"{kind} {users[0]} in this namespace already has taskName {name} (task names are unique per namespace "
         f"and kind): give this {kind} another spec.taskName, or delete {users[0]} first"
     )
+
+
+def renamed_into_use(task: Task, accepted: Mapping[str, Any] | None, peers: list[dict[str, Any]]) -> TaskError | None:
+    """The operator's rule for a rename: a task whose accepted spec had another name (or none) may not take a name
+    another live task of the kind in its namespace runs with, whichever was created first, so that a rename never
+    stops a task that holds the name. The caller keeps the accepted spec running (ferry.control.accepted).
+
+    `peers` are the kind's tasks as their workers run them."""
+    name = task.spec.task_name
+    if name is None or accepted is None or accepted.get("taskName") == name:
+        return None
+    holders = sorted(
+        peer["metadata"]["name"]
+        for peer in peers
+        if (peer["metadata"].get("namespace") or "default") == task.namespace
+        and peer["metadata"]["name"] != task.name
+        and not peer["metadata"].get("deletionTimestamp")
+        and task_name_of(peer) == name
+    )
+    if not holders:
+        return None
+    kind, before = task.definition.kind, accepted.get("taskName")
+    revert = f"revert it to {before}" if before else "remove it"
+    return TaskError(
+        "TaskNameInUse",
+        f"{kind} {holders[0]} in this namespace already has taskName {name} (task names are unique per namespace "
+        f"and kind, and a rename does not take a name in use): give this {kind} another spec.taskName, or {revert}",
+    )

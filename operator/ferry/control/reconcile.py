@@ -17,11 +17,12 @@ from ferry.control.accepted import (
     accepted_doc,
     check_secrets,
     choose,
+    hold_back,
     running_body,
 )
 from ferry.control.expiry import account_expired
 from ferry.control.identity import endpoints_of
-from ferry.control.names import check_task_name
+from ferry.control.names import check_task_name, renamed_into_use
 from ferry.control.operations import (
     BY_ANNOTATION,
     BY_RESUME_WINDOW,
@@ -248,6 +249,11 @@ def decide(
 
     # The current spec, or the last accepted one while a change cannot be honoured (ferry.control.accepted).
     choice = choose(plugin, body, observed.secrets)
+    if choice.task is not None and choice.held is None and choice.record is not None:
+        # A rename to a name another task runs with: held back like any change the operator refuses.
+        runs = [running_body(plugin, p) for p in observed.peers]
+        renamed = renamed_into_use(choice.task, accepted_doc(body), runs)
+        choice = (hold_back(plugin, body, renamed) or choice) if renamed is not None else choice
     if choice.task is None:
         assert choice.held is not None
         failed = _Verdict(Phase.FAILED, choice.held.reason, choice.held.message, 0)
@@ -298,7 +304,7 @@ def decide(
                 0,
             )
     elif blocking is not None:
-        verdict = _Verdict(Phase.FAILED, blocking.reason, blocking.message, 0)
+        verdict = _blocked(blocking, spec, live, observed.deployment)
     else:
         if paused_at is not None:
             window = spec.resume_window_delta  # None: any pause resumes from the saved offsets
@@ -401,6 +407,22 @@ def decide(
     outcome.events = [Event(e.type, e.reason, named(e.message, spec.task_name)) for e in outcome.events]
     outcome.access = render_worker_access(plugin, owner)
     return outcome
+
+
+def _blocked(blocking: TaskError, spec: TaskSpec, live: dict[str, Any], deployment: dict[str, Any] | None) -> _Verdict:
+    """A Secret (or key) the spec to run names is missing. A task whose workers are not running this very spec
+    (new, resuming, or changed) cannot start: Failed with no worker. One whose workers run it and report (the
+    Secret was deleted, or the key removed, under them) keeps them at the replicas they run at: they hold the
+    values they started with, so the configuration keeps running, Failed with the reason, until it is fixed."""
+    running = int(((deployment or {}).get("spec") or {}).get("replicas") or 0)
+    deployed = deployed_spec(deployment)
+    if running and live and deployed is not None and not spec_changes(deployed, spec.wire()):
+        message = (
+            f"{blocking.message}; until then the workers already running keep running this spec with the "
+            "credentials they started with (a worker that restarts cannot start until it is fixed)"
+        )
+        return _Verdict(Phase.FAILED, blocking.reason, message, running)
+    return _Verdict(Phase.FAILED, blocking.reason, blocking.message, 0)
 
 
 def _held_back(held: TaskError, verdict: _Verdict, paused: bool, pending: list[str]) -> _Verdict:

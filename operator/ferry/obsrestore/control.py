@@ -232,7 +232,15 @@ def decide_restore(
                 was, reason="Pausing", message="the worker saves its resume point and stops; its Job is deleted"
             )
     elif blocking is not None:
-        verdict, delete = Verdict(RestorePhase.FAILED, blocking.reason, blocking.message), job is not None
+        # A Secret deleted (or a key removed) under a running restore: its worker holds the values it started with,
+        # so the restore goes on (Failed with the reason until it is fixed); without a live worker there is none.
+        keeps = job is not None and failed is None and bool(live)
+        running = (
+            "; until then the worker already running goes on with the credentials it started with (a worker that "
+            "restarts cannot start until it is fixed)"
+        )
+        message = blocking.message + (running if keeps else "")
+        verdict, delete = Verdict(RestorePhase.FAILED, blocking.reason, message), job is not None and not keeps
     elif failed is not None:
         last = (status.get("lastError") or {}).get("message")
         verdict = Verdict(
