@@ -64,6 +64,10 @@ class FakeLog:
                 return offset, stamped
         return None
 
+    def first_record(self, start: int, end: int) -> int | None:
+        self.probes += 1
+        return next((o for o in sorted(self.records) if start <= o < end), None)
+
 
 class FakeSource:
     def __init__(self, offsets: list[int]) -> None:
@@ -84,6 +88,13 @@ def answer(records: dict[int, int | None], committed: int) -> int:
     if at_or_above:
         return at_or_above[0]
     return stamped[-1][0] + 1 if stamped else max(records, default=-1) + 1
+
+
+def placed(records: dict[int, int | None], high: int, committed: int) -> int:
+    """Where the sync places a group (the specification, by a scan): `answer`, moved on past offsets a read-committed
+    consumer never reads (transaction markers, aborted records) to the next record, or to the end `high`."""
+    offset = answer(records, committed)
+    return next((o for o in sorted(records) if o >= offset), high)
 
 
 @pytest.mark.parametrize(
@@ -150,6 +161,36 @@ def test_a_committed_offset_on_a_transaction_marker_or_before_aborted_records_is
         assert placed.ready and placed.translation == Translation(5, 10), committed
     caught_up = place(log, source, 0, 8, 13, position=13)
     assert caught_up.ready and caught_up.translation == Translation(8, None)
+
+
+def test_a_group_that_read_everything_goes_past_the_markers_of_an_exactly_once_copy() -> None:
+    # target: copies of source 0-4 in two transactions (markers at 3 and 6), then an aborted batch (7, 8) and its
+    # marker (9): a read-committed consumer reads 0-2 and 4-5 only, and the end is 10
+    log = FakeLog(sequence([0, 1, 2]) | {4: 3, 5: 4})
+    source = FakeSource([0, 1, 2, 3, 4])
+    caught_up = place(log, source, 0, 10, 5, position=5)
+    assert caught_up.ready and caught_up.translation == Translation(10, None)  # at the end: nothing left to read
+    assert place(log, source, 0, 10, 3, position=5).translation == Translation(4, 3)
+    # the target's own record after the copies is still read
+    with_own = FakeLog(sequence([0, 1, 2]) | {4: 3, 5: 4, 8: None})
+    assert place(with_own, source, 0, 10, 5, position=5).translation == Translation(8, None)
+
+
+def test_a_group_is_not_placed_before_copied_records_the_target_does_not_show_yet() -> None:
+    # An exactly-once copy committed source 0-99 as target 0-99 and returned (its position is 100), but the target
+    # shows read-committed consumers only 0-49 so far: the markers of its last transaction are not written yet.
+    # Placed at 50, the group that read all 100 on the source would read 50-99 again.
+    source = FakeSource(list(range(100)))
+    shown = place(FakeLog(sequence(list(range(50)))), source, 0, 50, 100, position=100)
+    assert not shown.ready and "source record 50" in shown.why and "not visible on the target yet" in shown.why
+    # nothing visible yet, and the target holds records read-committed consumers cannot see
+    unsettled = place(FakeLog({}), source, 0, 0, 100, position=100, settled=False)
+    assert not unsettled.ready and "cannot see yet" in unsettled.why
+    # once the target shows them the group goes to the end, past the marker
+    done = place(FakeLog(sequence(list(range(100)))), source, 0, 101, 100, position=100)
+    assert done.ready and done.translation == Translation(101, None)
+    # nothing copied and nothing unseen (the sync started at latest after the group's records): the target's end
+    assert place(FakeLog({}), source, 0, 0, 100, position=100).translation == Translation(0, None)
 
 
 def test_the_offset_header_replaces_one_the_record_had() -> None:
@@ -269,7 +310,7 @@ def test_failover_ready_is_announced_when_it_turns_true_and_when_it_stops() -> N
     ready_status = {"workers": {"w": report(entry("g", lag=3), entry("h", lag=4))}, "conditions": [waiting]}
     ready, events = failover(ready_status, groups)
     assert ready is not None and ready["status"] == "True" and ready["reason"] == "ConsumerGroupsReady"
-    assert "2 consumer groups (g, h)" in ready["message"] and "7 records" in ready["message"]
+    assert "2 consumer groups (g, h)" in ready["message"] and "translated lag 7" in ready["message"]
     assert [(e.type, e.reason) for e in events] == [("Normal", "ConsumerGroupsReady")]
     assert failover({**ready_status, "conditions": [ready]}, groups)[1] == []  # said once
     behind = entry("h", "NotReady", message="orders[0]: the sync has copied up to offset 5")
@@ -497,6 +538,51 @@ def test_the_same_with_transactions_and_aborted_records_on_the_source(
     # Each application commit lands on a transaction marker: before aborted records (0, 1) or committed ones (2).
     rest, _, _ = fails_over_exactly(kafka, kafka2, topic, {0: 25, 1: 75, 2: 125}, everything)
     assert not any(value.startswith((b"t1-", b"t4-")) for value in rest)
+
+
+def end_offsets(broker: KafkaCluster, topic: str, partitions: int) -> dict[int, int]:
+    """Each partition's end as a read-committed consumer (and kafka-consumer-groups) sees it."""
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": f"ends-{uuid.uuid4().hex[:8]}"})
+    try:
+        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=15)[1] for p in range(partitions)}
+    finally:
+        consumer.close()
+
+
+def test_an_exactly_once_copy_places_a_group_that_read_everything_past_its_transaction_markers(
+    kafka: KafkaCluster, kafka2: KafkaCluster, topic_factory: TopicFactory
+) -> None:
+    """The target of an exactly-once copy holds a transaction marker after each batch of each partition: a group
+    that read everything on the source goes to the target's end (translated lag 0, the LAG kafka-consumer-groups
+    shows there), and one that read part of it reads exactly the rest, its lag the one shown there."""
+    topic = topic_factory(partitions=3)
+    produce_on(kafka.bootstrap, topic, 300, 3, "a")
+    everything = [f"a-v{i}".encode() for i in range(300)]
+    done, half = f"done-{uuid.uuid4().hex[:8]}", f"half-{uuid.uuid4().hex[:8]}"
+    app_reads_first(kafka.bootstrap, topic, done, {0: 100, 1: 100, 2: 100})
+    first = app_reads_first(kafka.bootstrap, topic, half, {0: 40, 1: 50, 2: 60})
+    spec = {**groups_spec(kafka, kafka2, topic, names=[done, half]), "delivery": "exactlyOnce"}
+    with running(spec) as (recorder, pipeline):
+        waiting_for(
+            recorder,
+            lambda: (
+                recorder.last.totals.records == 300
+                and (c := condition_of(recorder, spec)) is not None
+                and c.active
+                and groups_of(recorder).get(done, {}).get("translatedLag") == 0
+            ),
+            "everything copied, FailoverReady and the group that read everything at the end",
+        )
+        ends = end_offsets(kafka2, topic, 3)
+        assert all(end > 100 for end in ends.values()), f"no transaction markers on the target: {ends}"
+        wait_for(lambda: committed_on(kafka2, done, topic, 3) == ends, timeout=30, what=f"{done} at the ends {ends}")
+        on_target = committed_on(kafka2, half, topic, 3)
+        assert groups_of(recorder)[half]["translatedLag"] == sum(ends[p] - on_target[p] for p in range(3))
+        labels = {**pipeline.metrics.labels, "group": done}
+        assert pipeline.metrics.registry.get_sample_value("ferry_consumer_group_translated_lag", labels) == 0
+    rest = app_reads_on(kafka2.bootstrap, topic, half, 150)
+    assert len(rest) == len(set(rest)) and not set(first) & set(rest), "read twice"
+    assert sorted(first + rest) == sorted(everything), "missing on the target"
 
 
 def test_a_pattern_with_an_exclude_an_active_group_and_a_group_ahead_on_the_target(

@@ -113,6 +113,15 @@ def exactly_once(copies: list[Any], expected: list[bytes]) -> None:
     assert sorted(counts) == sorted(expected)
 
 
+def test_a_stored_position_names_its_offset_epoch_and_the_transactional_id_that_wrote_it() -> None:
+    tagged = f"{transactional.EPOCH_TAG}3;{transactional.WRITER_TAG}ferry.ns.sync.uid.eos.pod-7f9c"
+    assert transactional.epoch_of(tagged) == 3
+    assert transactional.writer_of(tagged) == "ferry.ns.sync.uid.eos.pod-7f9c"
+    older = f"{transactional.EPOCH_TAG}2"  # written before positions named their writer
+    assert transactional.epoch_of(older) == 2 and transactional.writer_of(older) is None
+    assert transactional.epoch_of("moved by hand") is None and transactional.writer_of(None) is None
+
+
 def kill_test(
     kafka: KafkaCluster, target: KafkaCluster, topic_factory: TopicFactory, tmp_path: Path, replicas: int
 ) -> None:
@@ -171,7 +180,7 @@ def test_a_data_access_task_copies_exactly_once_across_kills_and_keeps_its_subsc
     target_topic = topic_factory(broker=target, partitions=3)
     spec = access_spec(kafka, source, target, target_topic, delivery="exactlyOnce")
     task = manifest(tmp_path / "eos-access.yaml", "DataAccessTask", spec)
-    total = 20_000
+    total, kills = 100_000, 6
     result = copy_while_killing(
         task,
         kafka.bootstrap,
@@ -179,15 +188,16 @@ def test_a_data_access_task_copies_exactly_once_across_kills_and_keeps_its_subsc
         target.bootstrap,
         target_topic,
         total=total,
-        kills=2,
-        pause=0.2,
-        kill_after=(0.2, 1.0),
+        kills=kills,
+        pause=0.15,  # 100k records over ~20 s
+        kill_after=(0.6, 1.6),
         env=FAST,
         when_copying=True,
+        copying_mark=rb"ferry.transactional: copying ",
     )
     summary = (
-        f"DataAccessTask exactlyOnce, 2 SIGKILLs (seed {result.seed}): {len(result.copies)} records read_committed "
-        f"of {total}, {result.duplicates} duplicates, {len(result.missing)} missing"
+        f"DataAccessTask exactlyOnce, {kills} SIGKILLs (seed {result.seed}): {len(result.copies)} records "
+        f"read_committed of {total}, {result.duplicates} duplicates, {len(result.missing)} missing"
     )
     print(summary)
     assert not result.missing and result.duplicates == 0, summary
@@ -249,7 +259,13 @@ def test_a_stalled_worker_that_lost_its_partitions_has_its_transaction_refused(
             copied_by_b = b_reports.last.totals.records
             wait_for(lambda: b_reports.last.totals.records > copied_by_b, timeout=30, what="b copying a's partitions")
             released.set()
-            wait_for(lambda: a.transactions is not None and a.transactions.refused, timeout=30, what="a refused")
+            # Refused by the group (a's generation is gone), or fenced by b, which found a gone from the group when it
+            # took a's partitions over and aborted a's open transaction at once.
+            wait_for(
+                lambda: a.transactions is not None and (a.transactions.refused or a.transactions.fenced_out),
+                timeout=30,
+                what="a refused or fenced",
+            )
             flowing.set()
             producer.join()
             total = sent[0]
@@ -266,10 +282,73 @@ def test_a_stalled_worker_that_lost_its_partitions_has_its_transaction_refused(
     everything = read_all(target.bootstrap, topic, total, linger=1, isolation_level="read_uncommitted")
     print(
         f"zombie: {total} records, {len(copies)} read_committed, {len(everything) - len(copies)} more "
-        f"read_uncommitted (a's aborted transaction); a's transactions refused: {a.transactions.refused}"
+        f"read_uncommitted (a's aborted transaction); a's transactions refused: {a.transactions.refused}, a fenced "
+        f"by b: {b.transactions.fenced if b.transactions else None}"
     )
     exactly_once(copies, [f"v{i}".encode() for i in range(total)])
     assert len(everything) > len(copies)  # a's records were written, and aborted
+
+
+def test_a_worker_replaced_under_another_name_fences_the_transaction_its_predecessor_left_open(
+    kafka: KafkaCluster, target: KafkaCluster, topic_factory: TopicFactory
+) -> None:
+    """A pod replaced by one of another name (deleted, evicted, its node lost) never initialises its transactional
+    id again: a transaction it died in would hold the read_committed consumers of its partitions up until the
+    target aborts it (60 s). The worker that takes its partitions over finds that id in the positions it wrote,
+    sees it gone from the target-side group, and fences it at once."""
+    topic = topic_factory(partitions=2)
+    spec = sync_spec(kafka, target, topics=[topic])
+    group = f"replaced-{uuid.uuid4().hex[:8]}"
+    produce(kafka.bootstrap, topic, 10, partitions=2)
+    old, old_reports = sync_pipeline(spec, group, "pod-a")
+    with running(old):
+        wait_for(lambda: old_reports.reports and old_reports.last.totals.records == 10, timeout=60, what="first 10")
+    # pod-a again, dying in a transaction: its records written to both partitions, never committed nor aborted.
+    dying = Producer({"bootstrap.servers": target.bootstrap, "transactional.id": f"{group}.eos.pod-a"})
+    dying.init_transactions(30)
+    dying.begin_transaction()
+    for partition in (0, 1):
+        dying.produce(topic, value=b"never-committed", partition=partition)
+    assert dying.flush(10) == 0
+    died = time.monotonic()
+    produce(kafka.bootstrap, topic, 10, partitions=2, start=10)
+    new, new_reports = sync_pipeline(spec, group, "pod-b")
+    with running(new):
+        wait_for(lambda: new_reports.reports and new_reports.last.totals.records == 10, timeout=30, what="the 10 new")
+        # read_committed consumers see past pod-a's transaction long before the target's 60 s timeout
+        copies = read_all(target.bootstrap, topic, 20, timeout=max(1.0, 25 - (time.monotonic() - died)))
+        seen = time.monotonic() - died
+    assert new.transactions is not None
+    print(f"pod-a's transaction ended for read_committed consumers {seen:.1f}s after it died")
+    exactly_once(copies, [f"value-{i}".encode() for i in range(20)])
+    assert new.transactions.fenced >= 1  # pod-a, gone from the group
+    everything = read_all(target.bootstrap, topic, 22, linger=1, isolation_level="read_uncommitted")
+    assert sum(m.value() == b"never-committed" for m in everything) == 2  # written, and aborted
+    del dying
+
+
+def test_partitions_added_to_the_source_while_copying_exactly_once_are_copied_once_and_reported(
+    kafka: KafkaCluster, target: KafkaCluster, topic_factory: TopicFactory
+) -> None:
+    from confluent_kafka.admin import NewPartitions  # type: ignore[attr-defined]
+
+    topic = topic_factory(partitions=2)
+    spec = sync_spec(kafka, target, topics=[topic])
+    pipeline, recorder = sync_pipeline(spec, f"grow-{uuid.uuid4().hex[:8]}", "w")
+    produce(kafka.bootstrap, topic, 100, partitions=2)
+    with running(pipeline):
+        wait_for(lambda: recorder.reports and recorder.last.totals.records == 100, timeout=60, what="the first 100")
+        admin = kafka.admin()
+        admin.create_partitions([NewPartitions(topic, 4)])[topic].result(15)
+        wait_for(lambda: recorder.last.extra["topics"][0]["targetPartitions"] == 4, timeout=30, what="target grown")
+        produce(kafka.bootstrap, topic, 200, partitions=4, start=100)
+        wait_for(lambda: recorder.last.totals.records == 300, timeout=60, what="all 300 copied")
+        changes = [(c["attribute"], c["before"], c["after"]) for c in recorder.last.extra.get("topicChanges") or []]
+    assert ("partitions", "2", "4") in changes
+    copies = read_all(target.bootstrap, topic, 300, linger=1)
+    exactly_once(copies, [f"value-{i}".encode() for i in range(300)])
+    placed = {m.value(): m.partition() for m in copies}
+    assert all(placed[f"value-{i}".encode()] == i % (2 if i < 100 else 4) for i in range(300)), "a record moved"
 
 
 def test_an_offset_reset_in_exactly_once_moves_where_the_workers_start(

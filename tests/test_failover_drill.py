@@ -21,11 +21,11 @@ from tests.support.copies import read_all
 from tests.support.dumps import wait_for
 from tests.support.kafka import KafkaCluster, start_kafka
 from tests.test_consumer_group_sync import (
-    answer,
     app_reads_on,
     committed_on,
     committed_records,
     condition_of,
+    placed,
     running,
     waiting_for,
 )
@@ -102,9 +102,9 @@ def test_an_unplanned_failover_accounts_for_every_record(kafka2: KafkaCluster, t
                 "everything copied and FailoverReady",
                 timeout=90,
             )
-            scanned = [committed_records(kafka2, topic, p)[0] for p in range(PARTITIONS)]
+            scanned = [committed_records(kafka2, topic, p) for p in range(PARTITIONS)]
             expected = {
-                group: {p: answer(scanned[p], c) for p, c in committed_on(source, group, topic, PARTITIONS).items()}
+                group: {p: placed(*scanned[p], c) for p, c in committed_on(source, group, topic, PARTITIONS).items()}
                 for group in apps
             }
             wait_for(

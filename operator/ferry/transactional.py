@@ -32,7 +32,11 @@ at once, one that dies is replaced when its session times out.
 Restarts: the transactional id is stable per worker, `<task's consumer group>.eos.<worker id>` (the pod's name; under
 `ferry run` FERRY_WORKER_ID or the host's name): a restarted worker's init_transactions aborts whatever transaction
 its killed predecessor left open and fences it, before anything is read. A predecessor that never comes back
-(another pod name) has its open transaction aborted by the target after TRANSACTION_TIMEOUT.
+(a pod replaced by one of another name: deleted, evicted, its node lost) is fenced by the worker that takes its
+partitions over: every position names the transactional id that wrote it (`ferry.writer=` in its metadata), and a
+writer that is no longer a member of the target-side group gets a producer with its id initialised, which aborts
+what it left open at once rather than after TRANSACTION_TIMEOUT (`_fence_predecessors`). Only a worker that died in
+its very first transaction on a partition (the positions still name the one before it) is waited out.
 
 Positions. The group's offset of (T, p) is the source offset to read next, with the offset epoch
 (status.offsetEpoch) it was written in as its metadata. A partition starts at the larger of it and the source
@@ -52,11 +56,21 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    Consumer,
+    ConsumerGroupTopicPartitions,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient
 
 from ferry.api.base import StartFrom
 from ferry.errors import TaskError
-from ferry.kafka import BROKER_ERRORS, OFFSETS_TIMEOUT, describe_kafka_error, group_moved_on
+from ferry.kafka import BROKER_ERRORS, OFFSETS_TIMEOUT, admin_client, describe_kafka_error, group_moved_on
 
 if TYPE_CHECKING:
     from ferry.copying import TP, Batch, CopyPipeline
@@ -80,14 +94,21 @@ RETRY_INTERVAL = 0.5
 # The membership consumer is polled every loop; a worker that does not poll it for this long leaves the group.
 MAX_POLL_INTERVAL_MS = 300_000
 EPOCH_TAG = "ferry.offsetEpoch="
+WRITER_TAG = "ferry.writer="  # after the epoch, separated by ";": the transactional id that wrote the position
 # The producer cannot be used any more: a newer one with the same transactional id took over (or it failed).
 _FENCED = (KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH, KafkaError._FENCED)
 
 
 def epoch_of(metadata: str | None) -> int | None:
     """The offset epoch a stored position was written in; None for one Ferry did not write (a manual move)."""
-    found = re.fullmatch(re.escape(EPOCH_TAG) + r"(\d+)", metadata or "")
+    found = re.fullmatch(re.escape(EPOCH_TAG) + r"(\d+)(?:;.*)?", metadata or "", re.DOTALL)
     return int(found[1]) if found else None
+
+
+def writer_of(metadata: str | None) -> str | None:
+    """The transactional id that wrote a stored position; None for one written before positions named it."""
+    found = re.fullmatch(re.escape(EPOCH_TAG) + r"\d+;" + re.escape(WRITER_TAG) + r"(.+)", metadata or "", re.DOTALL)
+    return found[1] if found else None
 
 
 def transactions_unavailable(err: KafkaError, bootstrap: str, transactional_id: str) -> TaskError:
@@ -125,7 +146,7 @@ class TransactionalCopy:
         self.pipeline = pipeline
         self.group = f"{pipeline.group}.eos"
         self.transactional_id = f"{self.group}.{worker_id}"
-        self.tag = f"{EPOCH_TAG}{pipeline.epoch}"
+        self.tag = f"{EPOCH_TAG}{pipeline.epoch};{WRITER_TAG}{self.transactional_id}"
         self.membership: Consumer | None = None
         self.initialised = False  # init_transactions succeeded on pipeline.producer
         self.routes: dict[TP, TP] = {}  # target partition -> the source partition copied into it
@@ -135,6 +156,10 @@ class TransactionalCopy:
         self.retry_at = 0.0
         self.aborted = 0  # transactions aborted
         self.refused = 0  # of those, the ones whose positions the group refused: this worker had lost them
+        self.fenced_out = 0  # times this worker's producer was fenced (or failed fatally) and replaced
+        self.fenced = 0  # predecessors gone from the group that this worker fenced (`_fence_predecessors`)
+        self.predecessors_checked = False  # for the current assignment
+        self.admin: AdminClient | None = None
 
     # -- the producer ----------------------------------------------------------------------------
 
@@ -208,7 +233,8 @@ class TransactionalCopy:
             "heartbeat.interval.ms": max(100, min(3000, p.settings.session_timeout_ms // 3)),
             "max.poll.interval.ms": max(MAX_POLL_INTERVAL_MS, p.settings.session_timeout_ms),
             "topic.metadata.refresh.interval.ms": max(1000, int(p.settings.topic_refresh_interval * 1000)),
-            "client.id": f"{p.client_name}-{self.group}",
+            # names the worker's transactional id: `_fence_predecessors` tells the live writers by it
+            "client.id": f"{p.client_name}-{self.transactional_id}",
         }
 
     def subscribe(self) -> None:
@@ -239,6 +265,7 @@ class TransactionalCopy:
         self.metadata = consumer.consumer_group_metadata()  # this generation's: every transaction of it carries it
         self.owned = {(tp.topic, tp.partition) for tp in partitions}
         self.pending = set(self.owned)
+        self.predecessors_checked = False
         self.retry_at = 0.0
         self.pipeline.rebalancing = bool(self.pending)
         log.info("target-side group %s assigned %d partitions to this worker", self.group, len(partitions))
@@ -289,6 +316,9 @@ class TransactionalCopy:
             self.pending.clear()
             p.rebalancing = False
             return
+        if not self.predecessors_checked:
+            self.predecessors_checked = True
+            self._fence_predecessors(sorted(wanted))
         try:
             stored = self.membership.committed([TopicPartition(*target) for target in wanted], POSITIONS_TIMEOUT)
             with p._waiting_on_kafka(f"reading consumer group {p.group}'s offsets"):
@@ -324,6 +354,50 @@ class TransactionalCopy:
             "copying %s",
             ", ".join(f"{t}[{n}] from {starts.get((t, n), p.start_from.value)}" for t, n in sources[:20]),
         )
+
+    def _fence_predecessors(self, targets: list[TP]) -> None:
+        """Once per assignment, before its positions are read: fence the workers that wrote them and are no longer
+        members of the target-side group (dead, or stalled past their poll interval). One that died in a
+        transaction would otherwise hold up the read_committed consumers of its partitions, and this worker's
+        reading of the positions it was sending, until the target aborts it (TRANSACTION_TIMEOUT); a producer with
+        its transactional id, initialised, aborts it now, as its own restart would. Best effort: when the group
+        cannot be looked at, the target's timeout still ends it."""
+        p = self.pipeline
+        try:
+            if self.admin is None:
+                self.admin = admin_client(p.target_config)
+            request = [ConsumerGroupTopicPartitions(self.group, [TopicPartition(*target) for target in targets])]
+            # Not stable: the positions last committed, whatever transaction is still open on them.
+            listed = self.admin.list_consumer_group_offsets(request, require_stable=False, request_timeout=INIT_TIMEOUT)
+            result = listed[self.group].result(timeout=INIT_TIMEOUT + 5)
+            writers = {
+                writer
+                for tp in result.topic_partitions or []
+                if tp.error is None and (writer := writer_of(tp.metadata)) not in (None, self.transactional_id)
+            }
+            if not writers:
+                return
+            described = self.admin.describe_consumer_groups([self.group], request_timeout=INIT_TIMEOUT)[self.group]
+            members = {
+                m.client_id.removeprefix(f"{p.client_name}-") for m in described.result(INIT_TIMEOUT + 5).members
+            }
+        except (KafkaException, TaskError, TimeoutError) as err:
+            log.info("the previous writers of %d partitions not checked: %s", len(targets), err)
+            return
+        for writer in sorted(str(w) for w in writers - members):
+            p.metrics.tick()  # each may take up to INIT_TIMEOUT: the loop is not stalled
+            try:
+                fencing = Producer({**p.target_config, "transactional.id": writer})
+                fencing.init_transactions(INIT_TIMEOUT)
+            except KafkaException as err:
+                log.info("transactional id %s (gone from group %s) not fenced: %s", writer, self.group, err)
+                continue
+            self.fenced += 1
+            log.info(
+                "fenced transactional id %s, gone from group %s: whatever transaction it left open is aborted",
+                writer,
+                self.group,
+            )
 
     # -- transactions ----------------------------------------------------------------------------
 
@@ -395,8 +469,12 @@ class TransactionalCopy:
         p = self.pipeline
         kerr = err.args[0]
         if kerr.fatal() or kerr.code() in _FENCED:  # a process with this worker's id took over, or a fatal error
+            self.fenced_out += 1
             p.delivery_errors.clear()
-            self._restart(f"{kerr.str()} (two workers with the same FERRY_WORKER_ID fence each other)")
+            self._restart(
+                f"{kerr.str()} (fenced: by the worker that took this one's partitions over after it left the group, "
+                "or by another with the same FERRY_WORKER_ID)"
+            )
             return
         assert p.producer is not None
         try:
@@ -429,6 +507,7 @@ class TransactionalCopy:
             "transactionalId": self.transactional_id,
             "targetConsumerGroup": self.group,
             "transactionsAborted": self.aborted,
+            "predecessorsFenced": self.fenced,
         }
 
     def close(self) -> None:

@@ -4,10 +4,11 @@ exactly to the target, so that it can move there and read on where it stopped, n
 Exact, not approximate: every record a TopicSync copies carries the header `ferry.offset`, its offset on the
 source (ASCII decimal; it replaces one the record had, so a chain A->B->C carries B's). A group's committed offset
 c of source partition (S, p) is translated to the target offset of the first record of (T, p), read committed,
-whose `ferry.offset` is c or more (or one past the last one below c when there is none yet): the next record the
-group has not read. Records without the header (the target's own older records, other writers) are stepped over.
-The record is found by binary search over the target partition with a consumer that belongs to no group,
-remembering each answer so the next search for the group starts there (`translate`).
+whose `ferry.offset` is c or more (when there is none yet, the first record after the last one below c, or the
+partition's end when there is none: transaction markers are stepped over): the next record the group has not
+read. Records without the header (the target's own older records, other writers) are stepped over. The record
+is found by binary search over the target partition with a consumer that belongs to no group, remembering each
+answer so the next search for the group starts there (`translate`).
 
 A partition is translated only once the copy has reached c (`SyncPipeline.copied_up_to`; for an empty partition,
 the source's end), and only when every record the source holds from c up to
@@ -102,6 +103,11 @@ class TargetLog(Protocol):
         (its target offset, its source offset); None when there is none."""
         ...
 
+    def first_record(self, start: int, end: int) -> int | None:
+        """The offset of the first record at or after `start` and before `end` a read-committed consumer reads
+        (with the header or not); None when there is none (only transaction markers and aborted records)."""
+        ...
+
 
 class SourceLog(Protocol):
     def first_copied(self, start: int, end: int) -> int | None:
@@ -114,6 +120,8 @@ class SourceLog(Protocol):
 class Translation:
     offset: int  # the target offset to commit
     source: int | None  # the `ferry.offset` of the record there; None: past every copied record below c
+    # With source None: the `ferry.offset` of the last copied record before `offset` (below c), None if none was seen.
+    below: int | None = field(default=None, compare=False)
 
 
 def translate(
@@ -129,6 +137,7 @@ def translate(
     floor = max(low, min(start, high)) if start is not None else low
     lo, bound = floor, high
     best: tuple[int, int] | None = None
+    below: int | None = None
     seen = False
     hints = [g for g in ((guess, guess - 1) if guess is not None else ()) if g is not None]
     while lo < bound:
@@ -140,14 +149,14 @@ def translate(
             continue
         seen = True
         if found[1] < committed:
-            lo = found[0] + 1
+            lo, below = found[0] + 1, found[1]
         else:
             best, bound = found, mid
     if best is not None:
         return Translation(best[0], best[1])
     if not seen and floor == low:  # nothing the sync wrote: the next copy lands at the end
         return Translation(high, None)
-    return Translation(lo, None)
+    return Translation(lo, None, below)
 
 
 @dataclass(frozen=True)
@@ -168,13 +177,45 @@ def place(
     position: int | None,
     start: int | None = None,
     guess: int | None = None,
+    settled: bool = True,
 ) -> Placement:
     """The translation of source offset `committed`, once the copy has reached it (`position`: the next source
-    offset the copy reads) and if every record the source holds from it to the record found was copied."""
+    offset the copy reads) and if every record the source holds from it to the record found was copied.
+
+    Placed past every copied record (none stamped c or more), the group must also find before its place every
+    record it read that the copy wrote: an exactly-once copy's transaction is visible to read-committed consumers
+    only once the target has written its markers, a moment after the copy's commit (and `position`) returned, and
+    a place taken before that would come before those records, which the group would read again. So the last
+    copied record seen must be the copy of the last record below c the sync copies; with none seen, the target
+    partition must be `settled` (its end as read committed is its end: no transaction open or being completed)."""
     if position is None or position < committed:
         copied = "nothing yet" if position is None else f"up to offset {position}"
         return Placement(False, None, f"the group has read up to offset {committed}, the sync has copied {copied}")
     found = translate(target, low, high, committed, start, guess)
+    if found.source is None:
+        if found.below is not None:
+            unseen = source.first_copied(found.below + 1, committed)
+            if unseen is not None:
+                return Placement(
+                    False,
+                    None,
+                    f"source record {unseen}, which the group has read and the sync has copied, is not visible on the "
+                    "target yet (read committed: a transaction of the copy still being completed), or the sync never "
+                    "copied it (an offset reset skipped it)",
+                )
+        elif not settled:
+            return Placement(
+                False,
+                None,
+                "the target partition holds records read-committed consumers cannot see yet (a transaction of the "
+                "copy still open or being completed)",
+            )
+        if found.offset < high:
+            # What follows may be only offsets no consumer reads (the transaction marker after an exactly-once
+            # copy's last batch, aborted records). The group goes to the first record there is to read, or to the
+            # end: a group that has read everything is at the end, with nothing to read.
+            following = target.first_record(found.offset, high)
+            found = Translation(high if following is None else following, None)
     gap_end = found.source if found.source is not None else position
     if gap_end > committed:
         missing = source.first_copied(committed, gap_end)
@@ -285,6 +326,10 @@ class TargetPartition:
         message = self.probe.first(self.topic, self.partition, start, end, wanted)
         return None if message is None else (int(message.offset()), found["source"])
 
+    def first_record(self, start: int, end: int) -> int | None:
+        message = self.probe.first(self.topic, self.partition, start, end, lambda _: True)
+        return None if message is None else int(message.offset())
+
 
 @dataclass
 class SourcePartition:
@@ -346,6 +391,19 @@ def _ends(admin: AdminClient, partitions: Iterable[TP]) -> dict[TP, tuple[int, i
         for tp, future in listed.items():
             found[(tp.topic, tp.partition)][index] = int(_result(future).offset)
     return {key: (low, high) for key, (low, high) in found.items()}
+
+
+def _written_ends(admin: AdminClient, partitions: Iterable[TP]) -> dict[TP, int]:
+    """Each partition's end with what read-committed consumers cannot see yet (open or completing transactions)."""
+    keys = sorted(set(partitions))
+    if not keys:
+        return {}
+    listed = admin.list_offsets(
+        {TopicPartition(t, p): OffsetSpec.latest() for t, p in keys},  # type: ignore[no-untyped-call]
+        isolation_level=IsolationLevel.READ_UNCOMMITTED,
+        request_timeout=ADMIN_TIMEOUT,
+    )
+    return {(tp.topic, tp.partition): int(_result(future).offset) for tp, future in listed.items()}
 
 
 class ProbeStopped(Exception):
@@ -537,6 +595,7 @@ class GroupSync:
             positions.update({k: high for k, (low, high) in _ends(source, unstarted).items() if low == high})
         with _asking(target_bootstrap):
             ends = _ends(target, {(routes[t][0], p) for t, p in wanted})
+            written = _written_ends(target, ends)
         for group, offsets in sorted(committed.items()):
             if group in views:
                 continue
@@ -550,7 +609,7 @@ class GroupSync:
                     problems=[f"{members} consuming on the target: {LEFT_ALONE}"],
                 )
                 continue
-            views[group] = self._group(target, group, offsets, mine, routes, positions, ends)
+            views[group] = self._group(target, group, offsets, mine, routes, positions, ends, written)
         self.memory = {k: v for k, v in self.memory.items() if k[0] in committed}
         return [views[g] for g in sorted(views)][:MAX_REPORTED_PARTITIONS]
 
@@ -581,6 +640,7 @@ class GroupSync:
         routes: dict[str, tuple[str, int]],
         positions: dict[TP, int],
         ends: dict[TP, tuple[int, int]],
+        written: dict[TP, int],
     ) -> GroupView:
         view = GroupView(group, NOT_READY, partitions=len(offsets))
         keys = sorted(k for k in offsets if k in mine)
@@ -612,6 +672,7 @@ class GroupSync:
                     positions.get((topic, partition)),
                     start,
                     guess,
+                    settled=written.get((target_topic, partition), high) <= high,
                 )
             if not found.ready or found.translation is None:
                 view.problems.append(f"{topic}[{partition}]: {found.why}")
@@ -767,7 +828,7 @@ def failover_ready(task: Task, status: dict[str, Any]) -> list[KindCondition]:
             True,
             reason="ConsumerGroupsReady",
             message=f"{len(groups)} consumer group{'s' if len(groups) != 1 else ''} ({names}) can move to the "
-            f"target and read on exactly where they are on the source ({lag} records to read there)",
+            f"target and read on exactly where they are on the source (translated lag {lag})",
         )
     message = f"{len(waiting)} of {len(groups)} consumer groups not ready: {_listed([_why(g) for g in waiting])}"
     if all(g.get("state") == ACTIVE for g in waiting):
