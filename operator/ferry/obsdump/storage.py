@@ -13,8 +13,6 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Protocol
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -59,6 +57,11 @@ def s3_client(
     secret_key_role: str = SECRET_KEY_ROLE,
 ) -> Any:
     """A boto3 client with deadlines on every request; the keys from `secrets` by their roles."""
+    # Imported here, where a client is made (in a worker): the operator imports this module with the kinds'
+    # plug-ins and never makes a client, and boto3 with botocore's configuration is 23 MB of its memory.
+    import boto3
+    from botocore.config import Config
+
     config = Config(
         s3={"addressing_style": "path" if target.path_style else "virtual"},
         retries={"mode": "standard", "max_attempts": ATTEMPTS},
