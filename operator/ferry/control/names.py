@@ -50,13 +50,9 @@ def check_task_name(task: Task, peers: list[dict[str, Any]]) -> TaskError | None
     )
 
 
-def name_taken(task: Task, peers: list[dict[str, Any]]) -> str | None:
-    """The webhook's rule: why the task may not take its name (another live task of the kind in its namespace
-    carries it, whichever was created first), or None."""
-    name = task.spec.task_name
-    if name is None:
-        return None
-    users = sorted(
+def _holders(task: Task, name: str, peers: list[dict[str, Any]]) -> list[str]:
+    """The other live tasks of the kind in the task's namespace that carry `name`, by task name."""
+    return sorted(
         peer["metadata"]["name"]
         for peer in peers
         if (peer["metadata"].get("namespace") or "default") == task.namespace
@@ -64,6 +60,15 @@ def name_taken(task: Task, peers: list[dict[str, Any]]) -> str | None:
         and not peer["metadata"].get("deletionTimestamp")
         and task_name_of(peer) == name
     )
+
+
+def name_taken(task: Task, peers: list[dict[str, Any]]) -> str | None:
+    """The webhook's rule: why the task may not take its name (another live task of the kind in its namespace
+    carries it, whichever was created first), or None."""
+    name = task.spec.task_name
+    if name is None:
+        return None
+    users = _holders(task, name, peers)
     if not users:
         return None
     kind = task.definition.kind
@@ -82,14 +87,7 @@ def renamed_into_use(task: Task, accepted: Mapping[str, Any] | None, peers: list
     name = task.spec.task_name
     if name is None or accepted is None or accepted.get("taskName") == name:
         return None
-    holders = sorted(
-        peer["metadata"]["name"]
-        for peer in peers
-        if (peer["metadata"].get("namespace") or "default") == task.namespace
-        and peer["metadata"]["name"] != task.name
-        and not peer["metadata"].get("deletionTimestamp")
-        and task_name_of(peer) == name
-    )
+    holders = _holders(task, name, peers)
     if not holders:
         return None
     kind, before = task.definition.kind, accepted.get("taskName")
