@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import signal
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -239,6 +239,32 @@ def test_the_api_server_refuses_what_the_model_refuses(kube: KubeEnv) -> None:
         assert server.update(manifest, {**manifest, "spec": {**manifest["spec"], "state": "Paused"}}).admitted
 
 
+def apply_restore(
+    cluster: Cluster, ns: str, name: str, store: SeaweedFS, spec: dict[str, Any]
+) -> tuple[client.BatchV1Api, Callable[[], dict[str, Any] | None]]:
+    """Apply the ObsRestoreTask `name` with the Secret of the store's keys; its Jobs' API, and a reader of its Job
+    (None while there is none)."""
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "obs-credentials", "namespace": ns},
+        "stringData": {"accessKey": store.access_key, "secretKey": store.secret_key},
+    }
+    manifest = {
+        "apiVersion": "ferry.dev/v1alpha1",
+        "kind": "ObsRestoreTask",
+        "metadata": {"name": name, "namespace": ns},
+    }
+    cluster.apply(secret, {**manifest, "spec": spec})
+    batch = client.BatchV1Api(cluster.api_client)
+
+    def read_job() -> dict[str, Any] | None:
+        found = batch.list_namespaced_job(ns).items
+        return cluster.api_client.sanitize_for_serialization(found[0]) if found else None
+
+    return batch, read_job
+
+
 @pytest.fixture(scope="module")
 def cluster(kube: KubeEnv, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     with running_cluster(kube, tmp_path_factory.mktemp("cluster")) as running:
@@ -263,24 +289,8 @@ def test_the_operator_runs_a_restore_as_a_job_to_succeeded(
         state="Paused",
         target={"bootstrapServers": kafka.bootstrap, "topic": target},
     )
-    secret = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": "obs-credentials", "namespace": ns},
-        "stringData": {"accessKey": object_store.access_key, "secretKey": object_store.secret_key},
-    }
     name, plural = "restore", "obsrestoretasks"
-    manifest = {
-        "apiVersion": "ferry.dev/v1alpha1",
-        "kind": "ObsRestoreTask",
-        "metadata": {"name": name, "namespace": ns},
-    }
-    cluster.apply(secret, {**manifest, "spec": spec})
-    batch = client.BatchV1Api(cluster.api_client)
-
-    def read_job() -> dict[str, Any] | None:
-        found = batch.list_namespaced_job(ns).items
-        return cluster.api_client.sanitize_for_serialization(found[0]) if found else None
+    _, read_job = apply_restore(cluster, ns, name, object_store, spec)
 
     # Created paused: defined, no Job.
     wait_for(lambda: cluster.status(ns, name, plural).get("state") == "Paused", timeout=30, what="Paused")
@@ -340,24 +350,8 @@ def test_a_restore_paused_mid_way_and_one_whose_job_gave_up_both_continue_from_t
         maxRecordsPerSecond=500,  # about 12 s of restoring, for the pause and the kill to land in
         target={"bootstrapServers": kafka.bootstrap, "topic": target},
     )
-    secret = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": "obs-credentials", "namespace": ns},
-        "stringData": {"accessKey": object_store.access_key, "secretKey": object_store.secret_key},
-    }
     name, plural = "restore", "obsrestoretasks"
-    manifest = {
-        "apiVersion": "ferry.dev/v1alpha1",
-        "kind": "ObsRestoreTask",
-        "metadata": {"name": name, "namespace": ns},
-    }
-    cluster.apply(secret, {**manifest, "spec": spec})
-    batch = client.BatchV1Api(cluster.api_client)
-
-    def read_job() -> dict[str, Any] | None:
-        found = batch.list_namespaced_job(ns).items
-        return cluster.api_client.sanitize_for_serialization(found[0]) if found else None
+    batch, read_job = apply_restore(cluster, ns, name, object_store, spec)
 
     def workers() -> list[Any]:
         return [c for p in cluster.kubelet.pods.values() if p.namespace == ns for c in p.containers if c.running]
@@ -451,20 +445,8 @@ def test_a_restore_deleted_mid_way_is_terminating_until_its_worker_stopped(
         maxRecordsPerSecond=300,
         target={"bootstrapServers": kafka.bootstrap, "topic": target},
     )
-    secret = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": "obs-credentials", "namespace": ns},
-        "stringData": {"accessKey": object_store.access_key, "secretKey": object_store.secret_key},
-    }
     name, plural = "restore", "obsrestoretasks"
-    manifest = {
-        "apiVersion": "ferry.dev/v1alpha1",
-        "kind": "ObsRestoreTask",
-        "metadata": {"name": name, "namespace": ns},
-    }
-    cluster.apply(secret, {**manifest, "spec": spec})
-    batch = client.BatchV1Api(cluster.api_client)
+    batch, _ = apply_restore(cluster, ns, name, object_store, spec)
 
     def restored() -> int:
         return int((cluster.status(ns, name, plural).get("resumePoint") or {}).get("records") or 0)
