@@ -36,6 +36,22 @@ def cluster(kube: KubeEnv, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         yield running
 
 
+def scaled_workers(cluster: Cluster, ns: str, name: str, plural: str) -> str:
+    """The task's state and worker reports, and each of its pods' containers with the end of their logs."""
+    status = cluster.status(ns, name, plural)
+    lines = [f"status: {status.get('state')} {status.get('reason')}: {status.get('message')}"]
+    for worker, report in (status.get("workers") or {}).items():
+        lines.append(f"  worker {worker}: {report.get('phase')} at {report.get('heartbeatTime')}")
+    for key, pod in cluster.kubelet.pods.items():
+        if pod.namespace != ns or not pod.name.startswith(name):
+            continue
+        for c in pod.containers:
+            code = None if c.process is None else c.process.poll()
+            tail = c.log_path.read_text(errors="replace")[-1500:] if c.log_path.exists() else ""
+            lines.append(f"  pod {key} {c.name}: running={c.running} exit={code} restarts={c.restarts}\n{tail}")
+    return "\n".join(lines)
+
+
 def task(kind: str, namespace: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
     return {
         "apiVersion": "ferry.dev/v1alpha1",
@@ -288,7 +304,10 @@ def test_kubectl_scale_sets_the_replicas_of_the_copy_kinds_and_shows_the_workers
     cluster.kubectl("scale", "topicsync", "wide", "-n", ns, "--replicas=2")
     assert (cluster.task(ns, "wide", "topicsyncs") or {})["spec"]["replicas"] == 2
     wait_for(lambda: (cluster.deployment(ns, "wide-topicsync") or {})["spec"]["replicas"] == 2, 30, what="Deployment")
-    wait_for(lambda: scale("topicsync", "wide", ".status.replicas") == "2", WAIT, what="2 workers reporting")
+    try:
+        wait_for(lambda: scale("topicsync", "wide", ".status.replicas") == "2", WAIT, what="2 workers reporting")
+    except AssertionError as timed_out:  # what the status and the pods show, for a failure seen only under CI
+        raise AssertionError(f"{timed_out}\n{scaled_workers(cluster, ns, 'wide', 'topicsyncs')}") from None
     assert scale("topicsync", "wide", ".spec.replicas") == "2"
     selector = scale("topicsync", "wide", ".status.selector")
     pods = cluster.kubectl("get", "pods", "-n", ns, "-l", selector, "-o", "name").stdout.split()
