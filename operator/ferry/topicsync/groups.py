@@ -376,21 +376,22 @@ def _offsets(admin: AdminClient, group: str, partitions: list[TP] | None = None)
     }
 
 
+def _listed_offsets(admin: AdminClient, keys: list[TP], spec: Any, isolation: IsolationLevel) -> dict[TP, int]:
+    """Each partition's offset by `spec` (earliest, latest) as a consumer of `isolation` sees it."""
+    listed = admin.list_offsets(
+        {TopicPartition(t, p): spec for t, p in keys}, isolation_level=isolation, request_timeout=ADMIN_TIMEOUT
+    )
+    return {(tp.topic, tp.partition): int(_result(future).offset) for tp, future in listed.items()}
+
+
 def _ends(admin: AdminClient, partitions: Iterable[TP]) -> dict[TP, tuple[int, int]]:
     """Each partition's (earliest, end) offsets as a read-committed consumer sees them."""
     keys = sorted(set(partitions))
     if not keys:
         return {}
-    found: dict[TP, list[int]] = {key: [0, 0] for key in keys}
-    for index, spec in enumerate((OffsetSpec.earliest(), OffsetSpec.latest())):  # type: ignore[no-untyped-call]
-        listed = admin.list_offsets(
-            {TopicPartition(t, p): spec for t, p in keys},
-            isolation_level=IsolationLevel.READ_COMMITTED,
-            request_timeout=ADMIN_TIMEOUT,
-        )
-        for tp, future in listed.items():
-            found[(tp.topic, tp.partition)][index] = int(_result(future).offset)
-    return {key: (low, high) for key, (low, high) in found.items()}
+    low = _listed_offsets(admin, keys, OffsetSpec.earliest(), IsolationLevel.READ_COMMITTED)  # type: ignore[no-untyped-call]
+    high = _listed_offsets(admin, keys, OffsetSpec.latest(), IsolationLevel.READ_COMMITTED)  # type: ignore[no-untyped-call]
+    return {key: (low[key], high[key]) for key in keys}
 
 
 def _written_ends(admin: AdminClient, partitions: Iterable[TP]) -> dict[TP, int]:
@@ -398,12 +399,7 @@ def _written_ends(admin: AdminClient, partitions: Iterable[TP]) -> dict[TP, int]
     keys = sorted(set(partitions))
     if not keys:
         return {}
-    listed = admin.list_offsets(
-        {TopicPartition(t, p): OffsetSpec.latest() for t, p in keys},  # type: ignore[no-untyped-call]
-        isolation_level=IsolationLevel.READ_UNCOMMITTED,
-        request_timeout=ADMIN_TIMEOUT,
-    )
-    return {(tp.topic, tp.partition): int(_result(future).offset) for tp, future in listed.items()}
+    return _listed_offsets(admin, keys, OffsetSpec.latest(), IsolationLevel.READ_UNCOMMITTED)  # type: ignore[no-untyped-call]
 
 
 class ProbeStopped(Exception):
