@@ -533,10 +533,12 @@ def test_a_node_selector_entry_dropped_from_the_spec_is_removed_from_the_deploym
 
 
 def test_secret_env_entries_dropped_with_the_credentials_are_removed_from_the_deployment(
-    cluster: Cluster, kafka: KafkaCluster
+    cluster: Cluster, kafka: KafkaCluster, topic_factory: TopicFactory
 ) -> None:
     ns = cluster.namespace()
     spec = data_access_spec(kafka.bootstrap)
+    # Topics that exist: the change below (to the source) is checked against the brokers before it rolls out.
+    spec["source"]["dts"]["topic"], spec["target"]["topic"] = topic_factory(), topic_factory()
     dts = spec["source"]["dts"]
     dts.update(securityProtocol="SASL_PLAINTEXT", credentialsSecretRef={"name": "dts-account"})
     cluster.apply(kafka_secret(ns, "dts-account"), task("DataAccessTask", ns, "creds", spec))

@@ -114,10 +114,14 @@ def test_a_change_naming_a_missing_secret_keeps_the_old_spec_running_until_the_s
     assert held.deployment == first.deployment  # nothing rolls
     assert not held.annotations and not [e for e in held.events if e.reason == "SpecChanged"]
     assert [(e.type, e.reason) for e in held.events] == [("Warning", "SecretNotFound")]
-    # The Secret is created: the new spec is accepted, recorded and rolled out.
-    rolled = run(
-        TOPIC_SYNC, changed, deployment=first.deployment, secrets={**ACCOUNTS, "dr-new": {"username", "password"}}
-    )
+    # The Secret is created: the new target is checked against the brokers (tests/test_spec_checks.py), then,
+    # once the check passed, accepted, recorded and rolled out.
+    secrets = {**ACCOUNTS, "dr-new": {"username", "password"}}
+    checking = run(TOPIC_SYNC, changed, deployment=first.deployment, secrets=secrets)
+    assert checking.deployment == first.deployment and len(checking.jobs) == 1
+    passed = {**checking.status["specCheck"], "result": "Passed", "checkedAt": "2026-11-21T12:00:05Z"}
+    changed["status"]["specCheck"] = passed
+    rolled = run(TOPIC_SYNC, changed, deployment=first.deployment, secrets=secrets)
     assert rolled.status["state"] == "Unassigned"
     assert deployed_spec(rolled.deployment)["target"]["credentialsSecretRef"]["name"] == "dr-new"  # type: ignore[index]
     assert json.loads(rolled.annotations[ACCEPTED_SPEC_ANNOTATION])["target"]["bootstrapServers"] == "dr-sasl:9093"

@@ -1,4 +1,4 @@
-"""`ferry operator | worker | run | crds`."""
+"""`ferry operator | worker | check | run | crds`."""
 
 from __future__ import annotations
 
@@ -37,6 +37,10 @@ def main(argv: list[str] | None = None) -> None:
     op.add_argument("--liveness", default="http://0.0.0.0:8081/healthz", help="Kopf liveness endpoint")
 
     sub.add_parser("worker", help="run one task's worker (configured by env, as in the worker Deployment)")
+    sub.add_parser(
+        "check",
+        help="check a spec change against the brokers before it rolls out (configured by env, as in the check Job)",
+    )
 
     run = sub.add_parser("run", help="run a task from manifests, no Kubernetes needed")
     run.add_argument(
@@ -78,6 +82,8 @@ def main(argv: list[str] | None = None) -> None:
             _operator(args)
         elif args.command == "worker":
             _worker(settings)
+        elif args.command == "check":
+            _check(settings)
         elif args.command == "run":
             _run(args, settings)
         else:
@@ -145,6 +151,39 @@ def _worker(settings: WorkerSettings) -> None:
         worker_id=worker_id,
         resume=resume,
     )
+
+
+def _check(settings: WorkerSettings) -> None:
+    """In a check Job's pod (ferry.control.preflight): the worker's start-up checks for FERRY_TASK's spec, and their
+    outcome in the task's status.specCheck, if this check is still the one the operator waits for."""
+    from kubernetes import client, config
+
+    from ferry.control.preflight import CHECK_DIGEST_ENV, CHECK_JOB_ENV, FAILED, PASSED, record_outcome
+    from ferry.reporting import utc_now
+
+    task = parse_task(json.loads(os.environ["FERRY_TASK"]), PLUGINS)
+    plugin = PLUGINS[task.definition.kind]
+    if plugin.preflight is None:
+        sys.exit(f"ferry check: {task.definition.kind} has no start-up checks to make")
+    error: TaskError | None = None
+    try:
+        plugin.preflight(task, credentials.from_environment(plugin.secret_refs(task.spec)), settings)
+    except TaskError as err:
+        error = err
+    outcome = {
+        "result": PASSED if error is None else FAILED,
+        "reason": None if error is None else error.reason,
+        "message": None if error is None else error.message,
+        "checkedAt": utc_now(),
+    }
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    job, wanted = os.environ[CHECK_JOB_ENV], os.environ[CHECK_DIGEST_ENV]
+    written = record_outcome(client.CustomObjectsApi(), task, job, wanted, outcome)
+    said = "passed" if error is None else f"failed: {error.reason}: {error.message}"
+    log.info("spec check %s%s", said, "" if written else " (not recorded: the task waits for another check now)")
 
 
 def _set_path(doc: dict[str, Any], assignment: str) -> None:

@@ -144,6 +144,13 @@ class CopyPipeline(WorkerPipeline):
         self.target_cluster: str | None = None
         # exactlyOnce: the transactions and the target-side group that assigns the partitions; None: at least once.
         self.transactions = TransactionalCopy(self, worker_id) if delivery == Delivery.EXACTLY_ONCE else None
+        self.checking = False  # `ferry check`: _prepare looks, and creates nothing
+
+    def check(self) -> None:
+        """`ferry check` (ferry.control.preflight): the start-up checks against the brokers, with nothing consumed,
+        written or created; raises the TaskError a worker would report."""
+        self.checking = True
+        self._prepare()
 
     # -- what a kind decides ---------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from ferry.control.accepted import running_body, secret_names
 from ferry.control.names import task_name_of
 from ferry.control.operations import RESET_ANNOTATION, RESTART_ANNOTATION
 from ferry.control.peers import Key, component, key_of, slim, status_changes, tokens
+from ferry.control.preflight import PASSED
 from ferry.control.reconcile import Observed, Outcome, decide, named, owner_of
 from ferry.control.render import SPEC_HASH_ANNOTATION, Owner, selector_labels, worker_name
 from ferry.metrics import TaskStateMetrics
@@ -443,6 +444,19 @@ def _ensure(desired: dict[str, Any], remembered: bool = False, new: bool = False
     return True
 
 
+def _create_check_job(job: dict[str, Any]) -> bool:
+    """A check of a spec change (ferry.control.preflight): one Job per attempt, never changed once created."""
+    meta = job["metadata"]
+    try:
+        client.BatchV1Api(_Client.get()).create_namespaced_job(meta["namespace"], job)
+    except ApiException as err:
+        if err.status != 409:  # 409: this attempt's Job exists already
+            raise
+        return False
+    log.info("created check Job %s/%s", meta["namespace"], meta["name"])
+    return True
+
+
 def _post_events(body: kopf.Body, outcome: Outcome) -> None:
     for event in outcome.events:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
@@ -472,6 +486,8 @@ def reconcile(
             wrote = _ensure(obj, remembered, new=trigger == "create" and observed.deployment is None) or wrote
         if outcome.deployment is not None:
             wrote = _apply_deployment(outcome.deployment, observed.deployment) or wrote
+        for job in outcome.jobs:
+            wrote = _create_check_job(job) or wrote
         _post_events(body, outcome)
         changes = status_changes(raw.get("status") or {}, outcome.status)
         patch.status.update(changes)
@@ -532,7 +548,10 @@ def _unchanged(plugin: KindPlugin, raw: dict[str, Any], indexes: Mapping[str, An
     """Whether a periodic reconcile can stop at comparing versions: nothing decide() reads has changed since
     a reconcile that found nothing to do, no worker reports (their heartbeats age with the clock), and that
     reconcile is more recent than the recheck interval (then access objects and Secrets are read again)."""
-    if raw["metadata"].get("deletionTimestamp") or (raw.get("status") or {}).get("workers"):
+    status = raw.get("status") or {}
+    if raw["metadata"].get("deletionTimestamp") or status.get("workers"):
+        return False
+    if (status.get("specCheck") or {}).get("result") not in (None, PASSED):  # a check to wait for or to retry
         return False
     owner = owner_of(raw)
     last = _QUIET.get((owner.kind, owner.namespace, owner.name))

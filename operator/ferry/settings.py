@@ -63,6 +63,10 @@ class OperatorSettings:
     # of the Secrets it read without reading them again; 0: 20 reconcile intervals. A change of the task, or a
     # Secret missing or lacking a key, is read at once.
     recheck_interval: float = 0.0
+    # A change to what workers check at start (source, target, topics) is checked by a Job first
+    # (ferry.control.preflight): how long its outcome may take, and how often a failed check runs again.
+    spec_check_timeout: float = 180.0
+    spec_check_retry: float = 60.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorSettings:

@@ -53,6 +53,17 @@ class WorkerContext:
     resume: ResumeStore | None = None
 
 
+class _Unreported:
+    def report(self, progress: Any) -> None:
+        """A check reports its outcome itself, once (ferry.cli)."""
+
+
+def check_context(task: Task, secrets: dict[str, Sensitive], settings: WorkerSettings) -> WorkerContext:
+    """What a pipeline built only for `ferry check` gets: no progress reports, no consumer group of the task's."""
+    metrics = WorkerMetrics(task.definition.kind, f"{task.namespace}/{task.name}", task.spec.task_name or "")
+    return WorkerContext(secrets, "ferry-check", _Unreported(), metrics, settings)
+
+
 @dataclass(frozen=True)
 class KindCondition:
     """A condition only some kinds have; by default True ones are also announced by a Warning Event (a finding such
@@ -103,6 +114,10 @@ class KindPlugin:
     # A task that runs once to completion, as a Job (ObsRestoreTask): the operator serves it with its own reconcile
     # (ferry.obsrestore.control), not the worker Deployment of the others; its workers get a ResumeStore.
     one_shot: bool = False
+    # The start-up checks a worker makes against the brokers, run by `ferry check` (ferry.control.preflight) before a
+    # change to `preflight_fields` (top-level spec fields, wire names) rolls out; raises TaskError.
+    preflight: Callable[[Task, dict[str, Sensitive], WorkerSettings], None] | None = None
+    preflight_fields: frozenset[str] = frozenset()
 
 
 def validation_message(err: ValidationError) -> str:

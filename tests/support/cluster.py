@@ -35,6 +35,7 @@ TEST_VALUES: dict[str, Any] = {
         "heartbeatTimeout": 15,
         "flushTimeout": 60,
         "worker": {"reportInterval": 0.5, "topicRefreshInterval": 2, "sessionTimeoutMs": 10000},
+        "specCheck": {"timeout": 60, "retry": 3},
     },
     "image": {"pullPolicy": "Never"},  # nothing is pulled: the process kubelet runs `python -m ferry`
 }

@@ -463,6 +463,18 @@ class WorkerReport(ApiModel):
     error: WorkerError | None = None
 
 
+class SpecCheck(ApiModel):
+    """The check of a spec change against the brokers before it rolls out (ferry.control.preflight)."""
+
+    digest: str = Field(description="Identifies the checked part of the spec (source, target, topics).")
+    result: str = Field(description="Checking, Passed or Failed.")
+    reason: str | None = Field(None, description="Why the check failed (the reason a worker would report).")
+    message: str | None = Field(None, description="What the check found, and what to fix.")
+    job: str | None = Field(None, description="The Job of the latest attempt.")
+    started_at: str | None = Field(None, description="When the latest attempt started.")
+    checked_at: str | None = Field(None, description="When the latest attempt gave its outcome.")
+
+
 class TaskStatus(ApiModel):
     """Status common to every kind; the operator owns state and conditions, the worker its progress."""
 
@@ -514,6 +526,11 @@ class TaskStatus(ApiModel):
         None,
         description="The bytes cap the live workers enforce: their shares of spec.maxBytesPerSecond added up "
         "(the whole cap once every replica reports). Unset without that cap.",
+    )
+    spec_check: SpecCheck | None = Field(
+        None,
+        description="The latest check of a change to what the workers check at start (source, target, topics), "
+        "made by a Job before the change rolls out; the workers keep running the last accepted spec meanwhile.",
     )
     workers: dict[str, WorkerReport] | None = Field(
         None, description="Each worker pod's own report, keyed by pod name; the fields above summarise them."

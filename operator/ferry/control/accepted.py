@@ -12,10 +12,9 @@ time the operator accepts a spec. Pausing and scaling (`spec.state`, `spec.repli
 apply to the accepted spec at once (for kinds with immutable specs, only the fields they allow to change).
 
 A task that never had a spec accepted has nothing to keep running: it is Failed as before (no worker for a
-missing Secret, no Deployment change for an invalid spec). Checks only a worker can make against the brokers or
-the store (a target topic or bucket that does not exist, refused credentials) cannot hold a change back: the new
-spec rolls out and its workers report Failed with the reason, and keep retrying, so fixing the cause (or reverting
-the spec) is enough.
+missing Secret, no Deployment change for an invalid spec). What only the brokers can tell (a target topic that
+does not exist, refused credentials) is checked by a Job before a change rolls out (ferry.control.preflight, which
+holds the change back the same way, with `hold_back`).
 
 Other tasks of the kind (per-instance limits, one task per consumer group, replication loops, unique task names)
 see a task as its workers run it (`running_body`): a change held back does not claim what the new spec names.

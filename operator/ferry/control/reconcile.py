@@ -35,6 +35,7 @@ from ferry.control.operations import (
     restart_value,
     take_reset,
 )
+from ferry.control.preflight import PASSED, judge, needs_check, render_check_job
 from ferry.control.render import (
     Owner,
     deployed_spec,
@@ -77,6 +78,8 @@ class Outcome:
     events: list[Event] = field(default_factory=list)
     # The workers' ServiceAccount, Role and RoleBinding (with the Deployment).
     access: list[dict[str, Any]] = field(default_factory=list)
+    # The Job to create that checks a spec change before it rolls out (ferry.control.preflight).
+    jobs: list[dict[str, Any]] = field(default_factory=list)
 
 
 def named(message: str, task_name: str | None) -> str:
@@ -254,6 +257,27 @@ def decide(
         runs = [running_body(plugin, p) for p in observed.peers]
         renamed = renamed_into_use(choice.task, accepted_doc(body), runs)
         choice = (hold_back(plugin, body, renamed) or choice) if renamed is not None else choice
+    # A change to what workers check at start waits for a check Job's outcome (ferry.control.preflight).
+    current_spec = dict(body.get("spec") or {})
+    check, candidate = None, choice.task
+    if choice.task is not None and choice.held is None and choice.record is not None:
+        if needs_check(plugin, accepted_doc(body), current_spec):
+            check = judge(plugin, owner.name, current_spec, status.get("specCheck"), now, settings)
+            if check.passed:
+                message = "the new spec passed its check against the brokers: it rolls out"
+                events.append(Event("Normal", "SpecCheckPassed", message))
+            else:
+                waiting = TaskError("CheckingSpec", "the new spec is being checked against the brokers")
+                failed_check = check.error
+                if failed_check is not None:
+                    failed_check = TaskError(
+                        failed_check.reason,
+                        f"the new spec's check failed: {failed_check.message}; it is checked again every "
+                        f"{settings.spec_check_retry:.0f} s and rolls out once it passes",
+                    )
+                choice = hold_back(plugin, body, failed_check or waiting) or choice
+    elif (status.get("specCheck") or {}).get("result") not in (None, PASSED):
+        patch["specCheck"] = None  # reverted to the accepted spec: the failed or pending check no longer matters
     if choice.task is None:
         assert choice.held is not None
         failed = _Verdict(Phase.FAILED, choice.held.reason, choice.held.message, 0)
@@ -348,7 +372,10 @@ def decide(
         verdict = _running_verdict(spec, live, epoch, observed)
     if held is not None:
         pending = spec_changes(accepted_doc(body), dict(body.get("spec") or {}))
-        verdict = _held_back(held, verdict, spec.state == TaskState.PAUSED, pending)
+        if check is not None and check.error is None and held.reason == "CheckingSpec":
+            verdict = _checking(verdict, check.checking or "", pending)
+        else:
+            verdict = _held_back(held, verdict, spec.state == TaskState.PAUSED, pending)
 
     # ferry.dev/reset-offsets on a paused task whose workers have stopped: recorded under a new offset epoch.
     stopped = spec.state == TaskState.PAUSED and _stopped(observed.deployment, observed.pods)
@@ -406,6 +433,22 @@ def decide(
         outcome.status["conditions"].append(entry)
     outcome.events = [Event(e.type, e.reason, named(e.message, spec.task_name)) for e in outcome.events]
     outcome.access = render_worker_access(plugin, owner)
+    if check is not None and check.status is not None:
+        outcome.status["specCheck"] = check.status
+    if check is not None and check.start and candidate is not None:
+        name = check.start["job"]
+        wanted = check.status["digest"] if check.status else ""
+        checked = render_worker_deployment(
+            plugin, owner, candidate.spec, group=group, epoch=epoch, replicas=1, settings=settings
+        )
+        outcome.jobs.append(render_check_job(checked, owner, name, wanted, settings))
+        if check.error is None:
+            changes = "; ".join(spec_changes(accepted_doc(body), current_spec)[:5])
+            message = (
+                f"checking the new spec against the brokers before it rolls out (Job {name}): {changes}; the "
+                "workers keep running the last accepted spec meanwhile"
+            )
+            outcome.events.append(Event("Normal", "CheckingSpec", named(message, spec.task_name)))
     return outcome
 
 
@@ -437,6 +480,15 @@ def _held_back(held: TaskError, verdict: _Verdict, paused: bool, pending: list[s
     else:
         meanwhile = f"; the last accepted spec does not run either ({verdict.reason}: {verdict.message})"
     return _Verdict(Phase.FAILED, held.reason, held.message + meanwhile, verdict.replicas)
+
+
+def _checking(verdict: _Verdict, job: str, pending: list[str]) -> _Verdict:
+    """A change being checked before it rolls out: the state is the running spec's, the message says what waits."""
+    waits = f" ({'; '.join(pending[:5])})" if pending else ""
+    message = (
+        f"{verdict.message}; a spec change{waits} is being checked against the brokers (Job {job}) before it rolls out"
+    )
+    return _Verdict(verdict.phase, verdict.reason, message, verdict.replicas)
 
 
 # Changes that do not roll the workers: pausing and scaling have their own events.

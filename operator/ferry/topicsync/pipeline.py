@@ -113,6 +113,8 @@ class SyncPipeline(CopyPipeline):
                 f"topics {', '.join(missing_targets)} do not exist on {self.target_bootstrap} and createTopics "
                 "is false",
             )
+        if self.checking:  # the missing targets would be created: nothing else to check
+            return
         brokers = broker_count(target_admin, self.target_bootstrap)
         try:
             self.topics = self.target_topics.ensure(target_admin, targets, shapes, existing, brokers)
