@@ -122,3 +122,37 @@ def test_the_status_reset_ledger_turns_api_failures_into_a_reason_the_worker_rep
     assert ledger.applied_epoch() == 2
     ledger.record(3)
     assert answering.patched == [{"status": {"offsetResetEpoch": 3}}]
+
+
+def test_progress_reports_go_out_on_a_thread_of_their_own_latest_first_and_close_sends_the_last() -> None:
+    """A slow API server never holds up the data path that reports: `report` returns at once while a patch
+    hangs, reports made meanwhile collapse into the latest, and `close` sends it before the worker exits."""
+    import threading
+    import time
+
+    from ferry.reporting import KubernetesReporter, Progress, Totals
+
+    release = threading.Event()
+
+    class Slow:
+        def __init__(self) -> None:
+            self.sent: list[int] = []
+
+        def patch_namespaced_custom_object_status(self, *args: object, **kwargs: object) -> None:
+            release.wait(30)  # the API server answers only once released
+            body: dict[str, dict[str, dict[str, dict[str, object]]]] = args[-1]  # type: ignore[assignment]
+            self.sent.append(int(body["status"]["workers"]["pod-1"]["totals"]["records"]))  # type: ignore[call-overload]
+
+    def progress(records: int) -> Progress:
+        return Progress(phase="Running", partitions=[], totals=Totals(records=records, bytes=0), epoch=0)
+
+    api = Slow()
+    reporter = KubernetesReporter(api, "topicsyncs", "ns", "t", "pod-1")
+    started = time.monotonic()
+    for records in range(1, 6):
+        reporter.report(progress(records))
+    assert time.monotonic() - started < 1.0  # five reports while the first patch hangs: none waited for it
+    release.set()
+    reporter.close()
+    # At most the one the sender took first (in flight), then the latest: the others were superseded unsent.
+    assert api.sent[-1] == 5 and len(api.sent) <= 2 and api.sent == sorted(api.sent), api.sent

@@ -137,20 +137,23 @@ def _worker(settings: WorkerSettings) -> None:
         from ferry.obsrestore.resume import StatusResume
 
         resume = StatusResume(client.CustomObjectsApi(), task.definition.plural, task.namespace, task.name)
-    run_task(
-        plugin,
-        task,
-        secrets,
-        os.environ["FERRY_CONSUMER_GROUP"],
-        reporter,
-        settings,
-        stop,
-        epoch=int(os.environ.get("FERRY_OFFSET_EPOCH", "0")),
-        resets=reporter,
-        reset_to=os.environ.get("FERRY_OFFSET_RESET") or None,
-        worker_id=worker_id,
-        resume=resume,
-    )
+    try:
+        run_task(
+            plugin,
+            task,
+            secrets,
+            os.environ["FERRY_CONSUMER_GROUP"],
+            reporter,
+            settings,
+            stop,
+            epoch=int(os.environ.get("FERRY_OFFSET_EPOCH", "0")),
+            resets=reporter,
+            reset_to=os.environ.get("FERRY_OFFSET_RESET") or None,
+            worker_id=worker_id,
+            resume=resume,
+        )
+    finally:
+        reporter.close()  # its last report (Stopped) sent before the process exits
 
 
 def _check(settings: WorkerSettings) -> None:

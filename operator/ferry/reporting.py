@@ -235,6 +235,10 @@ class KubernetesReporter:
     Progress: merge-patch this worker's entry in the CR's `status.workers` map. Each pod writes only its
     own key, so replicas never overwrite each other; the operator aggregates the entries into the task's
     top-level status. It is also the task's ResetLedger, in `status.offsetResetEpoch` and `lastOffsetReset`.
+
+    Progress is sent by a thread of its own, the latest report first and any older one not yet sent dropped, so
+    that a slow API server never holds up the data path that reports (a patch may take its timeouts, 15 s).
+    `close()` sends the last report before the worker exits.
     """
 
     def __init__(self, api: Any, plural: str, namespace: str, name: str, worker_id: str) -> None:
@@ -243,6 +247,10 @@ class KubernetesReporter:
         self.namespace = namespace
         self.name = name
         self.worker_id = worker_id
+        self._pending: Progress | None = None
+        self._closed = False
+        self._sending = threading.Condition()
+        self._sender: threading.Thread | None = None
 
     def _patch(self, status: dict[str, Any]) -> None:
         from ferry.api import GROUP, VERSION
@@ -253,10 +261,34 @@ class KubernetesReporter:
         )
 
     def report(self, progress: Progress) -> None:
-        try:
-            self._patch({"workers": {self.worker_id: progress.wire()}})
-        except Exception as err:  # a missed heartbeat must never stop the data path
-            log.warning("status report failed: %s", type(err).__name__)
+        with self._sending:
+            self._pending = progress  # latest wins: an older report not sent yet says nothing the new one does not
+            if self._sender is None:
+                self._sender = threading.Thread(target=self._send_reports, name="status-reports", daemon=True)
+                self._sender.start()
+            self._sending.notify()
+
+    def close(self, timeout: float = 20.0) -> None:
+        """Send the last report (a Stopped worker says so before it exits), waiting at most `timeout`."""
+        with self._sending:
+            self._closed = True
+            self._sending.notify()
+            sender = self._sender
+        if sender is not None:
+            sender.join(timeout)
+
+    def _send_reports(self) -> None:
+        while True:
+            with self._sending:
+                while self._pending is None and not self._closed:
+                    self._sending.wait()
+                progress, self._pending = self._pending, None
+            if progress is None:  # closed, and everything sent
+                return
+            try:
+                self._patch({"workers": {self.worker_id: progress.wire()}})
+            except Exception as err:  # a missed heartbeat must never stop the worker
+                log.warning("status report failed: %s", type(err).__name__)
 
     def applied_epoch(self) -> int:
         from ferry.api import GROUP, VERSION
