@@ -1,8 +1,11 @@
 """The operator at scale (issue 10): peers from watch-fed indexes give the same answers as a list of every task,
-a steady-state reconcile sends nothing to the API server, and an unchanged status is not patched."""
+a steady-state reconcile sends nothing to the API server, an unchanged status is not patched, and what the operator
+keeps per task is kept small."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -11,7 +14,7 @@ from typing import Any
 
 import kopf
 import pytest
-from ferry import operator
+from ferry import malloc, operator
 from ferry.control.peers import component, key_of, slim, status_changes, tokens
 from ferry.control.reconcile import Observed, decide
 from ferry.obsdump.worker import PLUGIN as DUMP
@@ -113,6 +116,60 @@ def test_status_changes_leave_out_what_would_not_change() -> None:
     assert status_changes(current, changed) == changed
 
 
+# Memory at scale: what is kept per task.
+
+
+def parsed(body: dict[str, Any]) -> dict[str, Any]:
+    """As a watch event brings it: its own copy of every string."""
+    return json.loads(json.dumps(body))
+
+
+def test_a_watched_task_is_kept_without_its_managed_fields_and_with_shared_strings() -> None:
+    managed = [{"manager": "kubectl", "operation": "Update", "fieldsV1": {"f:spec": {"f:topics": {}}}}]
+    bodies = []
+    for i in (1, 2):
+        task = dump(i, "kafka:9092", status={"state": "Running", "reason": "Running"})
+        task["metadata"]["managedFields"] = managed
+        body = kopf.Body(parsed(task))
+        spec = body.spec  # a view, as Kopf's handlers hold them: it sees the new source
+        operator._shrink(body)
+        del task["metadata"]["managedFields"]
+        assert dict(body) == task and spec == task["spec"]
+        bodies.append(body)
+    one, two = (b["status"]["reason"] for b in bodies)
+    assert one == two and one is two  # one string for both tasks
+    assert next(iter(bodies[0]["spec"]["target"])) is next(iter(bodies[1]["spec"]["target"]))
+
+
+def test_index_entries_share_their_strings() -> None:
+    env = [{"name": "FERRY_TASK", "value": json.dumps({"spec": {"topics": ["orders"]}})}, {"name": "X", "value": "1"}]
+    deployment = {
+        "metadata": {"name": "w", "namespace": "ns", "resourceVersion": "7", "managedFields": [{"manager": "k"}]},
+        "spec": {"replicas": 1, "template": {"metadata": {}, "spec": {"containers": [{"name": "w", "env": env}]}}},
+        "status": {"replicas": 1, "conditions": [{"type": "Available", "status": "True"}]},
+    }
+    pod = {"metadata": {"name": "w-1", "namespace": "ns"}, "spec": {"containers": [{"name": "w", "env": env}]}}
+    entry = asyncio.run(operator._index_deployment("ns", "w", kopf.Body(parsed(deployment))))[("ns", "w")]
+    assert entry == operator._slim_workload(deployment) and "managedFields" not in entry["metadata"]
+    labels = {"ferry.dev/kind": "obsdumptask", "ferry.dev/task": "t"}
+    (pod_entry,) = asyncio.run(operator._index_pod("ns", labels, kopf.Body(parsed(pod)))).values()
+    assert pod_entry == operator._slim_workload(pod)
+    mine = entry["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"]
+    assert mine is pod_entry["spec"]["containers"][0]["env"][0]["value"]  # the pod's FERRY_TASK is the Deployment's
+
+
+def test_the_allocator_is_trimmed_in_one_thread() -> None:
+    trim = malloc.trimmer()
+    if trim is None:  # a C library without malloc_trim (musl): nothing to start, and nothing runs
+        assert malloc.start_trimming(3600) is None
+        return
+    assert trim(0) in (0, 1)
+    assert malloc.start_trimming(0) is None
+    thread = malloc.start_trimming(3600)
+    assert thread is not None and thread.daemon and thread.is_alive()
+    assert malloc.start_trimming(3600) is thread
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Against the real API server: one task's reconciles, with indexes as the watches fill them.
 
@@ -191,6 +248,8 @@ def test_a_steady_state_reconcile_sends_nothing(api: client.ApiClient, monkeypat
     time.sleep(1.1)  # a new second: a status patch carrying a timestamp would differ now
     steady = reconcile("timer")
     assert calls == [] and not steady.get("status") and not steady.get("metadata")
+    fingerprint, _ = operator._QUIET[("ObsDumpTask", namespace, "dump")]
+    assert isinstance(fingerprint, bytes) and len(fingerprint) == 16  # a digest of the versions, kept per task
     assert [e.reason for e in posted] == ["WaitingForWorker"]  # from the first reconcile only
     # The next periodic run stops at comparing versions, in the event loop; a change of the task ends that.
     task = custom.get_namespaced_custom_object("ferry.dev", "v1alpha1", namespace, "obsdumptasks", "dump")
