@@ -116,16 +116,13 @@ def _operator(args: argparse.Namespace) -> None:
 
 def _worker(settings: WorkerSettings) -> None:
     """In a worker pod: task from FERRY_TASK, secrets from env, progress to the CR's status."""
-    from kubernetes import client, config
+    from kubernetes import client
 
     doc = json.loads(os.environ["FERRY_TASK"])
     task = parse_task(doc, PLUGINS)
     plugin = PLUGINS[task.definition.kind]
     secrets = credentials.from_environment(plugin.secret_refs(task.spec))
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
+    _load_kube_config()
     worker_id = os.environ.get("FERRY_WORKER_ID") or os.environ.get("HOSTNAME", "worker")
     reporter = KubernetesReporter(
         client.CustomObjectsApi(), task.definition.plural, task.namespace, task.name, worker_id
@@ -156,10 +153,21 @@ def _worker(settings: WorkerSettings) -> None:
         reporter.close()  # its last report (Stopped) sent before the process exits
 
 
+def _load_kube_config() -> None:
+    """The API server as a worker or check pod reaches it: its ServiceAccount's token, else the kubeconfig it was
+    given (KUBECONFIG, as the tests' process kubelet gives one)."""
+    from kubernetes import config
+
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+
+
 def _check(settings: WorkerSettings) -> None:
     """In a check Job's pod (ferry.control.preflight): the worker's start-up checks for FERRY_TASK's spec, and their
     outcome in the task's status.specCheck, if this check is still the one the operator waits for."""
-    from kubernetes import client, config
+    from kubernetes import client
 
     from ferry.control.preflight import CHECK_DIGEST_ENV, CHECK_JOB_ENV, FAILED, PASSED, record_outcome
     from ferry.reporting import utc_now
@@ -179,10 +187,7 @@ def _check(settings: WorkerSettings) -> None:
         "message": None if error is None else error.message,
         "checkedAt": utc_now(),
     }
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
+    _load_kube_config()
     job, wanted = os.environ[CHECK_JOB_ENV], os.environ[CHECK_DIGEST_ENV]
     written = record_outcome(client.CustomObjectsApi(), task, job, wanted, outcome)
     said = "passed" if error is None else f"failed: {error.reason}: {error.message}"

@@ -58,10 +58,17 @@ class _Unreported:
         """A check reports its outcome itself, once (ferry.cli)."""
 
 
-def check_context(task: Task, secrets: dict[str, Sensitive], settings: WorkerSettings) -> WorkerContext:
-    """What a pipeline built only for `ferry check` gets: no progress reports, no consumer group of the task's."""
-    metrics = WorkerMetrics(task.definition.kind, f"{task.namespace}/{task.name}", task.spec.task_name or "")
-    return WorkerContext(secrets, "ferry-check", _Unreported(), metrics, settings)
+def start_up_checks(
+    build_pipeline: Callable[[Task, WorkerContext], Any],
+) -> Callable[[Task, dict[str, Sensitive], WorkerSettings], None]:
+    """A kind's `preflight`: its pipeline, built only for `ferry check` (no progress reports, no consumer group of the
+    task's), makes the worker's start-up checks (`check()`)."""
+
+    def preflight(task: Task, secrets: dict[str, Sensitive], settings: WorkerSettings) -> None:
+        metrics = WorkerMetrics(task.definition.kind, f"{task.namespace}/{task.name}", task.spec.task_name or "")
+        build_pipeline(task, WorkerContext(secrets, "ferry-check", _Unreported(), metrics, settings)).check()
+
+    return preflight
 
 
 @dataclass(frozen=True)

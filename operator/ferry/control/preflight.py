@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -68,7 +68,7 @@ class Verdict:
     error: TaskError | None = None  # the last attempt's failure: the change is held back (Failed)
     checking: str | None = None  # the Job of the attempt under way (the change is held back meanwhile)
     status: dict[str, Any] | None = None  # `status.specCheck` to write (None: leave it)
-    start: dict[str, Any] = field(default_factory=dict)  # the attempt to start: {"job": name, "startedAt": time}
+    start: bool = False  # an attempt to start now, as Job `checking`
 
 
 def _time(text: Any) -> datetime | None:
@@ -100,7 +100,7 @@ def judge(
         stamp = _stamp(now)
         name = job_name(owner_name, kind, wanted, stamp)
         status = {"digest": wanted, "result": CHECKING, "reason": None, "message": None, "checkedAt": None}
-        return Verdict(checking=name, status={**status, "job": name, "startedAt": stamp}, start={"job": name})
+        return Verdict(checking=name, status={**status, "job": name, "startedAt": stamp}, start=True)
     result = before.get("result")
     if result == PASSED:
         return Verdict(passed=True)
@@ -129,9 +129,7 @@ def judge(
         return Verdict(error=failure)
     stamp = _stamp(now)
     name = job_name(owner_name, kind, wanted, stamp)
-    return Verdict(
-        error=failure, checking=name, status={**before, "job": name, "startedAt": stamp}, start={"job": name}
-    )
+    return Verdict(error=failure, checking=name, status={**before, "job": name, "startedAt": stamp}, start=True)
 
 
 def render_check_job(

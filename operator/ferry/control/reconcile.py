@@ -371,8 +371,8 @@ def decide(
             patch["pausedAt"] = None
         verdict = _running_verdict(spec, live, epoch, observed)
     if held is not None:
-        pending = spec_changes(accepted_doc(body), dict(body.get("spec") or {}))
-        if check is not None and check.error is None and held.reason == "CheckingSpec":
+        pending = spec_changes(accepted_doc(body), current_spec)
+        if check is not None and check.error is None:  # held only while its check runs
             verdict = _checking(verdict, check.checking or "", pending)
         else:
             verdict = _held_back(held, verdict, spec.state == TaskState.PAUSED, pending)
@@ -435,8 +435,8 @@ def decide(
     outcome.access = render_worker_access(plugin, owner)
     if check is not None and check.status is not None:
         outcome.status["specCheck"] = check.status
-    if check is not None and check.start and candidate is not None:
-        name = check.start["job"]
+    if check is not None and check.start and check.checking and candidate is not None:
+        name = check.checking
         wanted = check.status["digest"] if check.status else ""
         checked = render_worker_deployment(
             plugin, owner, candidate.spec, group=group, epoch=epoch, replicas=1, settings=settings

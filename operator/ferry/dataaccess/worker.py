@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from ferry.credentials import SecretRef, Sensitive
+from ferry.credentials import SecretRef
 from ferry.dataaccess.admission import check_group, check_onto_itself
 from ferry.dataaccess.model import DATA_ACCESS_TASK, DataAccessTaskSpec
 from ferry.dataaccess.pipeline import AccessPipeline
 from ferry.kafka import client_config, endpoint_secret_refs
 from ferry.reporting import latest, sum_rates, sum_throttling
-from ferry.settings import WorkerSettings
-from ferry.tasks import KindPlugin, Task, WorkerContext, check_context
+from ferry.tasks import KindPlugin, Task, WorkerContext, start_up_checks
 
 
 def secret_refs(spec: DataAccessTaskSpec) -> dict[str, SecretRef]:
@@ -54,10 +53,6 @@ def summarize(reports: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def preflight(task: Task, secrets: dict[str, Sensitive], settings: WorkerSettings) -> None:
-    build_pipeline(task, check_context(task, secrets, settings)).check()
-
-
 PLUGIN = KindPlugin(
     definition=DATA_ACCESS_TASK,
     secret_refs=secret_refs,
@@ -66,6 +61,6 @@ PLUGIN = KindPlugin(
     summarize=summarize,
     fixed_group=consumer_group,
     onto_itself=check_onto_itself,
-    preflight=preflight,
+    preflight=start_up_checks(build_pipeline),
     preflight_fields=frozenset({"source", "target"}),
 )

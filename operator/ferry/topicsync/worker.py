@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ferry.credentials import SecretRef, Sensitive
+from ferry.credentials import SecretRef
 from ferry.kafka import client_config, endpoint_secret_refs
 from ferry.reporting import latest, sum_rates, sum_throttling
-from ferry.settings import WorkerSettings
-from ferry.tasks import KindCondition, KindPlugin, Task, WorkerContext, check_context
+from ferry.tasks import KindCondition, KindPlugin, Task, WorkerContext, start_up_checks
 from ferry.topicsync.admission import check_onto_itself
 from ferry.topicsync.attributes import account_changes, topics_in_sync
 from ferry.topicsync.groups import failover_ready, merge_groups
@@ -58,10 +57,6 @@ def status_conditions(task: Task, status: dict[str, Any]) -> list[KindCondition]
     return [*failover_ready(task, status), *topics_in_sync(task, status)]
 
 
-def preflight(task: Task, secrets: dict[str, Sensitive], settings: WorkerSettings) -> None:
-    build_pipeline(task, check_context(task, secrets, settings)).check()
-
-
 PLUGIN = KindPlugin(
     definition=TOPIC_SYNC,
     secret_refs=secret_refs,
@@ -69,7 +64,7 @@ PLUGIN = KindPlugin(
     summarize=summarize,
     conditions=replication_loop,
     onto_itself=check_onto_itself,
-    preflight=preflight,
+    preflight=start_up_checks(build_pipeline),
     preflight_fields=frozenset(
         {"source", "target", "topics", "topicPattern", "excludePattern", "targetTopicName", "createTopics"}
     ),
