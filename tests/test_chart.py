@@ -431,6 +431,7 @@ def test_operator_container_defaults(rendered: dict[str, list[dict[str, Any]]]) 
         "FERRY_OPERATOR_WORKER_REPORT_INTERVAL": "10",
         "FERRY_OPERATOR_WORKER_TOPIC_REFRESH_INTERVAL": "30",
         "FERRY_OPERATOR_WORKER_SESSION_TIMEOUT_MS": "45000",
+        "FERRY_OPERATOR_SPEC_CHECK_ENABLED": "true",
         "FERRY_OPERATOR_SPEC_CHECK_TIMEOUT": "180",
         "FERRY_OPERATOR_SPEC_CHECK_RETRY": "60",
         "FERRY_OPERATOR_METRICS_PORT": "8080",

@@ -5,6 +5,7 @@ outcome in `status.specCheck` leads to. tests/test_spec_checks_live.py runs the 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from datetime import timedelta
 from typing import Any
@@ -195,6 +196,36 @@ def test_a_paused_task_is_checked_too_so_its_resume_runs_a_spec_that_passed() ->
     moved = changed(body, state="Paused", target={**body["spec"]["target"], "bootstrapServers": "kafka-b:9092"})
     held = run(DATA_ACCESS, moved, deployment=first.deployment)
     assert len(held.jobs) == 1 and not held.annotations
+
+
+def test_with_checks_turned_off_a_change_rolls_out_unchecked_and_a_pending_check_is_dropped() -> None:
+    from ferry.control.reconcile import Observed, decide
+
+    from tests.test_held_changes import ACCOUNTS
+
+    unchecked = dataclasses.replace(SETTINGS, spec_check_enabled=False)
+    assert OperatorSettings.from_env({"FERRY_OPERATOR_SPEC_CHECK_ENABLED": "false"}).spec_check_enabled is False
+    assert OperatorSettings.from_env({}).spec_check_enabled is True
+    body, first = accepted(TOPIC_SYNC, sync())
+    moved = changed(body, topics=["payments"], createTopics=False)
+    held = run(TOPIC_SYNC, moved, deployment=first.deployment)  # checked while the setting was on
+    assert held.jobs and held.status["specCheck"]["result"] == "Checking"
+    rolled = decide(
+        TOPIC_SYNC, after(moved, held), Observed(now=NOW, deployment=first.deployment, secrets=ACCOUNTS), unchecked
+    )
+    assert rolled.jobs == [] and rolled.status["specCheck"] is None  # the pending check no longer holds it
+    assert deployed_spec(rolled.deployment)["topics"] == ["payments"]  # type: ignore[index]
+    assert json.loads(rolled.annotations[ACCEPTED_SPEC_ANNOTATION])["topics"] == ["payments"]
+    assert "SpecChanged" in [e.reason for e in rolled.events]
+    # A change with no check under way: straight out, with nothing written to status.specCheck.
+    fresh = decide(
+        TOPIC_SYNC,
+        changed(body, topics=["refunds"]),
+        Observed(now=NOW, deployment=first.deployment, secrets=ACCOUNTS),
+        unchecked,
+    )
+    assert fresh.jobs == [] and "specCheck" not in fresh.status
+    assert deployed_spec(fresh.deployment)["topics"] == ["refunds"]  # type: ignore[index]
 
 
 def test_judge_needs_the_digest_of_the_current_spec() -> None:

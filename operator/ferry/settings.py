@@ -64,7 +64,9 @@ class OperatorSettings:
     # Secret missing or lacking a key, is read at once.
     recheck_interval: float = 0.0
     # A change to what workers check at start (source, target, topics) is checked by a Job first
-    # (ferry.control.preflight): how long its outcome may take, and how often a failed check runs again.
+    # (ferry.control.preflight): how long its outcome may take, and how often a failed check runs again. Off, such
+    # changes roll out unchecked, as other changes do (where no check pod can run: a ResourceQuota, say).
+    spec_check_enabled: bool = True
     spec_check_timeout: float = 180.0
     spec_check_retry: float = 60.0
 
