@@ -243,6 +243,14 @@ def run(args: argparse.Namespace, cp: ControlPlane, workdir: Path) -> dict[str, 
             custom.create_namespaced_custom_object("ferry.dev", "v1alpha1", doc["metadata"]["namespace"], plural, doc)
             created[(doc["metadata"]["namespace"], doc["metadata"]["name"])] = time.monotonic()
 
+        processes = {
+            "operator": operator.pid,
+            "kube-apiserver": cp.apiserver.pid,
+            "etcd": cp.etcd.pid,
+            "kube-controller-manager": cp.controller_manager.pid,
+            "bench": os.getpid(),
+        }
+        cpu_before = {name: proc_stats(pid)[0] for name, pid in processes.items()}
         initial, (cpu_start, _) = metrics(api), proc_stats(operator.pid)
         start = time.monotonic()
         with ThreadPoolExecutor(8) as pool:
@@ -262,7 +270,12 @@ def run(args: argparse.Namespace, cp: ControlPlane, workdir: Path) -> dict[str, 
             access = count_access(api, namespaces)
         all_access = time.monotonic() - start
         created_all, (cpu_created, _) = metrics(api), proc_stats(operator.pid)
+        cpu_creating = {name: round(proc_stats(pid)[0] - cpu_before[name], 1) for name, pid in processes.items()}
         latencies = [watcher.seen[k] - created[k] for k in created if k in watcher.seen]
+        events: Counter[str] = Counter()
+        for ns in namespaces:
+            for ev in core.list_namespaced_event(ns).items:
+                events[f"{ev.source.component or ev.reporting_component} {ev.reason}"] += ev.count or 1
         watcher.stop.set()
         print(f"deployments {len(watcher.seen)}/{len(docs)} in {all_deployments:.1f}s", flush=True)
         time.sleep(max(2 * args.interval, args.settle))  # let the first timer rounds pass
@@ -297,7 +310,9 @@ def run(args: argparse.Namespace, cp: ControlPlane, workdir: Path) -> dict[str, 
             "create_to_deployment_p95_s": round(percentile(latencies, 0.95), 2) if latencies else None,
             "creation_requests_per_task": dict(sorted(per_task.items(), key=lambda kv: -kv[1])),
             "creation_requests_per_task_total": round(sum(per_task.values()), 2),
+            "creation_events_per_task": {k: round(v / len(docs), 2) for k, v in events.most_common()},
             "creation_operator_cpu_s": round(cpu_created - cpu_start, 1),
+            "creation_cpu_s_by_process": cpu_creating,
             "steady_window_s": round(elapsed, 1),
             "steady_requests_per_s": dict(sorted(rates.items(), key=lambda kv: -kv[1])),
             "steady_requests_per_s_total": round(sum(rates.values()), 2),
