@@ -63,7 +63,9 @@ def test_an_obsdump_worker_whose_broker_stops_says_kafka_unreachable_with_unknow
             last = running.recorder.last
             return last.phase == "Running" and bool(last.partitions) and last.lag == 0
 
-        wait_for(lambda: running.recorder.reports and settled(), timeout=60, what="Running with lag 0")
+        # Lag 0 needs the first object committed: its cut comes at the next multiple of the 60 s period on the
+        # clock, up to 60 s after the start, then its upload, commit and a report.
+        wait_for(lambda: running.recorder.reports and settled(), timeout=60 + 30, what="Running with lag 0")
         stopped_at = time.monotonic()
         doomed.stop()
         assert_unreachable_within_bound(running.recorder, doomed.bootstrap, stopped_at)
