@@ -260,11 +260,9 @@ def decide(
     # A change to what workers check at start waits for a check Job's outcome (ferry.control.preflight).
     current_spec = dict(body.get("spec") or {})
     check, candidate = None, choice.task
-    if choice.task is not None and choice.held is None and choice.record is not None:
-        if not settings.spec_check_enabled:  # turned off: no check to wait for, and none pending
-            if (status.get("specCheck") or {}).get("result") not in (None, PASSED):
-                patch["specCheck"] = None
-        elif needs_check(plugin, accepted_doc(body), current_spec):
+    new_spec = choice.task is not None and choice.held is None and choice.record is not None
+    if new_spec and settings.spec_check_enabled:
+        if needs_check(plugin, accepted_doc(body), current_spec):
             check = judge(plugin, owner.name, current_spec, status.get("specCheck"), now, settings)
             if check.passed:
                 message = "the new spec passed its check against the brokers: it rolls out"
@@ -280,7 +278,8 @@ def decide(
                     )
                 choice = hold_back(plugin, body, failed_check or waiting) or choice
     elif (status.get("specCheck") or {}).get("result") not in (None, PASSED):
-        patch["specCheck"] = None  # reverted to the accepted spec: the failed or pending check no longer matters
+        # Reverted to the accepted spec, or checks turned off: the failed or pending check no longer matters.
+        patch["specCheck"] = None
     if choice.task is None:
         assert choice.held is not None
         failed = _Verdict(Phase.FAILED, choice.held.reason, choice.held.message, 0)
