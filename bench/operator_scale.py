@@ -23,6 +23,11 @@ limit of 18), so every task gets a Deployment. Then it prints:
   the oldest reconcile age: the operator's ferry_operator_oldest_reconcile_age_seconds gauge at the end of
       the window (n/a for an operator without it).
 
+--other-pods N first creates N pods that are not Ferry's (a cluster's other workloads; Pending, as no kubelet
+runs), before the operator starts, and --other-churn R changes R of them a second (a label) through the settle
+time and the window, as kubelets and controllers change pods all the time; with them the bench also prints the
+operator's RSS before the first task (after its start-up listing) and its CPU seconds per minute in the window.
+
 --source runs the operator from another copy of the package (e.g. an older tree, for a baseline).
 """
 
@@ -52,6 +57,7 @@ from kubernetes import client, watch
 from tests.support import controlplane
 from tests.support.cluster import CRDS, kubectl
 from tests.support.controlplane import ControlPlane, start_control_plane
+from tests.support.servers import stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
 LINE = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
@@ -179,6 +185,48 @@ class DeploymentWatch:
                 version = ""
 
 
+def create_other_pods(core: client.CoreV1Api, count: int) -> list[tuple[str, str]]:
+    """Pods of other workloads, 500 to a namespace (Pending: no kubelet runs)."""
+    names = [(f"others-{i // 500}", f"other-{i}") for i in range(count)]
+    for namespace in sorted({ns for ns, _ in names}):
+        core.create_namespace({"metadata": {"name": namespace}})
+        while not core.list_namespaced_service_account(namespace).items:  # a pod needs its "default" one
+            time.sleep(0.2)
+
+    def create(key: tuple[str, str]) -> None:
+        namespace, name = key
+        pod = {
+            "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "web", "app": name}},
+            "spec": {"containers": [{"name": "web", "image": "nginx:1.27", "ports": [{"containerPort": 80}]}]},
+        }
+        core.create_namespaced_pod(namespace, pod)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(create, names))
+    if names:
+        print(f"created {len(names)} other pods", flush=True)
+    return names
+
+
+class Churn:
+    """Changes `rate` of the other pods a second (a label), round robin, until stopped."""
+
+    def __init__(self, core: client.CoreV1Api, pods: list[tuple[str, str]], rate: float) -> None:
+        self.core, self.pods, self.rate = core, pods, rate
+        self.stop = threading.Event()
+        self.changes = 0
+        self.start = time.monotonic()
+        if pods and rate > 0:
+            threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            namespace, name = self.pods[self.changes % len(self.pods)]
+            self.core.patch_namespaced_pod(name, namespace, {"metadata": {"labels": {"generation": str(self.changes)}}})
+            self.changes += 1
+            self.stop.wait(max(0.0, self.start + self.changes / self.rate - time.monotonic()))
+
+
 def count_access(api: client.ApiClient, namespaces: set[str]) -> int:
     rbac = client.RbacAuthorizationV1Api(api)
     return sum(
@@ -214,6 +262,7 @@ def run(args: argparse.Namespace, cp: ControlPlane, workdir: Path) -> dict[str, 
                 "stringData": {"accessKey": "bench", "secretKey": "bench-secret"},
             },
         )
+    others = create_other_pods(core, args.other_pods)
     metrics_port = free_port()
     env = {
         **os.environ,
@@ -233,7 +282,8 @@ def run(args: argparse.Namespace, cp: ControlPlane, workdir: Path) -> dict[str, 
         cwd=workdir,
     )
     try:
-        time.sleep(5)  # Kopf lists what it serves before handling
+        time.sleep(5 + args.other_pods / 1000)  # Kopf lists what it serves before handling
+        rss_at_start = proc_stats(operator.pid)[1]
         watcher = DeploymentWatch(api)
         custom = client.CustomObjectsApi(api)
         created: dict[tuple[str, str], float] = {}
@@ -278,12 +328,14 @@ def run(args: argparse.Namespace, cp: ControlPlane, workdir: Path) -> dict[str, 
                 events[f"{ev.source.component or ev.reporting_component} {ev.reason}"] += ev.count or 1
         watcher.stop.set()
         print(f"deployments {len(watcher.seen)}/{len(docs)} in {all_deployments:.1f}s", flush=True)
+        churn = Churn(core, others, args.other_churn)
         time.sleep(max(2 * args.interval, args.settle))  # let the first timer rounds pass
         before, (cpu0, _) = metrics(api), proc_stats(operator.pid)
         t0 = time.monotonic()
         time.sleep(args.window)
         elapsed = time.monotonic() - t0
         after, (cpu1, rss) = metrics(api), proc_stats(operator.pid)
+        churn.stop.set()
         oldest = operator_gauge(metrics_port, "ferry_operator_oldest_reconcile_age_seconds")
         rates = {
             f"{verb} {resource}": round((after[(verb, resource)] - before.get((verb, resource), 0)) / elapsed, 2)
@@ -316,17 +368,16 @@ def run(args: argparse.Namespace, cp: ControlPlane, workdir: Path) -> dict[str, 
             "steady_window_s": round(elapsed, 1),
             "steady_requests_per_s": dict(sorted(rates.items(), key=lambda kv: -kv[1])),
             "steady_requests_per_s_total": round(sum(rates.values()), 2),
+            "other_pods": len(others),
+            "other_pod_changes_per_s": round(churn.changes / (time.monotonic() - churn.start), 1),
+            "operator_rss_mb_before_the_tasks": round(rss_at_start / 2**20),
             "operator_rss_mb": round(rss / 2**20),
             "operator_cpu_s_per_min": round((cpu1 - cpu0) / elapsed * 60, 1),
             "oldest_reconcile_age_s": oldest,
             "operator_running": operator.poll() is None,
         }
     finally:
-        operator.terminate()
-        try:
-            operator.wait(30)
-        except subprocess.TimeoutExpired:
-            operator.kill()
+        stop_process(operator)
         log.close()
 
 
@@ -337,6 +388,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=float, default=60.0, help="steady-state measurement window (s)")
     parser.add_argument("--settle", type=float, default=60.0, help="quiet time before the window (s)")
     parser.add_argument("--timeout", type=float, default=900.0, help="give up waiting for Deployments after (s)")
+    parser.add_argument("--other-pods", type=int, default=0, help="pods not Ferry's, created first")
+    parser.add_argument("--other-churn", type=float, default=0.0, help="changes of those pods a second")
     parser.add_argument("--source", help="run the operator from this directory's ferry package")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (operator.log)")
     args = parser.parse_args(argv)

@@ -5,11 +5,16 @@ keeps per task is kept small."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import kopf
@@ -24,6 +29,7 @@ from ferry.topicsync.worker import PLUGIN as SYNC
 from kubernetes import client, config
 
 from tests.support.cluster import KubeEnv
+from tests.support.servers import stop_process
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 FIELDS = operator.CLUSTER_ID_FIELDS
@@ -261,3 +267,147 @@ def test_a_steady_state_reconcile_sends_nothing(api: client.ApiClient, monkeypat
     assert sorted(c.rsplit("/", 2)[-2] for c in calls) == ["rolebindings", "roles", "secrets", "serviceaccounts"]
     assert all(c.startswith("GET") for c in calls) and not changed.get("status")
     core.delete_namespace(namespace)
+
+
+def test_the_api_server_sends_only_ferrys_deployments_and_worker_pods(
+    api: client.ApiClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kopf's `labels=` filters act on its side, after it has parsed an event and given the object a memory: the
+    operator asks the API server for its own Deployments and pods only, with the same labels as the indexes'."""
+    monkeypatch.setattr(config, "load_incluster_config", lambda: (_ for _ in ()).throw(config.ConfigException()))
+    monkeypatch.setattr(config, "load_kube_config", lambda: None)  # the fixture loaded the real one
+    monkeypatch.setattr(operator, "SETTINGS", dataclasses.replace(operator.SETTINGS, metrics_port=-1))
+    settings = kopf.OperatorSettings()
+    operator.configure(settings=settings)
+    operator._Client.api = api
+
+    def selector(group: str, plural: str, kind: str) -> str:
+        resource = kopf.Resource(group, "v1", plural, kind=kind, namespaced=True, verbs=["list", "watch"])
+        return ",".join(settings.watching.label_selectors.collect(resource))
+
+    # Every handler of those kinds asks for the labels the API server filters by, and the tasks are not filtered.
+    handlers = [h for r in (kopf.get_default_registry()._indexing,) for h in r.get_all_handlers()]
+    by_plural = {h.selector.any_name: h.labels for h in handlers if h.selector.any_name in ("deployments", "pods")}
+    assert by_plural == {"deployments": operator.MANAGED, "pods": operator.WORKER_PODS}
+    assert selector("apps", "deployments", "Deployment") == "app.kubernetes.io/managed-by=ferry-operator"
+    assert selector("", "pods", "Pod") == "app.kubernetes.io/name=ferry-worker"
+    assert selector("ferry.dev", "obsdumptasks", "ObsDumpTask") == ""
+
+    # And the real API server, given it, sends the worker pod and not the other one.
+    namespace = f"scale-{uuid.uuid4().hex[:8]}"
+    core = client.CoreV1Api(api)
+    core.create_namespace({"metadata": {"name": namespace}})
+    deadline = time.monotonic() + 30
+    while not core.list_namespaced_service_account(namespace).items and time.monotonic() < deadline:
+        time.sleep(0.2)  # a pod is admitted once its namespace has its "default" ServiceAccount
+    for name, labels in (("worker", operator.WORKER_PODS), ("other", {"app.kubernetes.io/name": "nginx"})):
+        pod = {"metadata": {"name": name, "labels": labels}, "spec": {"containers": [{"name": "c", "image": "x"}]}}
+        core.create_namespaced_pod(namespace, pod)
+    listed = core.list_namespaced_pod(namespace, label_selector=selector("", "pods", "Pod")).items
+    assert [p.metadata.name for p in listed] == ["worker"]
+    core.delete_namespace(namespace)
+
+
+@pytest.mark.parametrize(
+    "extra_fields",
+    [[], [("metadata", "annotations", operator.RESTART_ANNOTATION)], ["status.state"], [("status", "workers")]],
+)
+def test_the_diff_base_is_kopfs_without_copying_what_it_drops(extra_fields: list[Any]) -> None:
+    body = dump(7, "kafka:9092", status={"state": "Running", "workers": {"pod-a": {"phase": "Running"}}})
+    body["metadata"].update(
+        labels={"team": "data"},
+        annotations={
+            "ferry.dev/last-handled-configuration": '{"spec":{}}\n',
+            "kubectl.kubernetes.io/last-applied-configuration": "{}",
+            operator.RESTART_ANNOTATION: "2026-11-27T10:00:00Z",
+            "note": "kept",
+        },
+        ownerReferences=[{"kind": "Application", "name": "app", "uid": "u", "apiVersion": "argoproj.io/v1alpha1"}],
+        managedFields=[{"manager": "kubectl", "operation": "Apply", "fieldsV1": {"f:spec": {}}}],
+    )
+    kopfs = kopf.AnnotationsDiffBaseStorage(prefix="ferry.dev").build(body=kopf.Body(body), extra_fields=extra_fields)
+    ours = operator.DiffBase(prefix="ferry.dev").build(body=kopf.Body(body), extra_fields=extra_fields)
+    assert ours == kopfs
+    assert "spec" in ours and "managedFields" not in json.dumps(ours)
+    assert ("status" in ours) == any("status" in str(f) for f in extra_fields)
+    assert body["metadata"]["managedFields"] and body["status"]["workers"]  # the body itself is left as it was
+
+
+def test_the_secret_names_are_parsed_once_per_version_of_a_task(monkeypatch: pytest.MonkeyPatch) -> None:
+    parsed: list[str] = []
+    real = operator.secret_names
+
+    def counted(plugin: KindPlugin, raw: dict[str, Any]) -> set[str]:
+        parsed.append(raw["metadata"]["resourceVersion"])
+        return real(plugin, raw)
+
+    monkeypatch.setattr(operator, "secret_names", counted)
+    body = dump(8, "kafka:9092")
+    body["metadata"]["resourceVersion"] = "100"
+    owner = operator.owner_of(body)
+    assert operator._secret_names(DUMP, owner, body) == {"obs"}
+    assert operator._secret_names(DUMP, owner, body) == {"obs"}
+    assert parsed == ["100"]
+    body["spec"]["target"]["credentialsSecretRef"] = {"name": "obs-2"}
+    body["metadata"]["resourceVersion"] = "101"
+    assert operator._secret_names(DUMP, owner, body) == {"obs-2"}
+    assert parsed == ["100", "101"]
+    operator._forget(owner)
+    assert operator._secret_names(DUMP, owner, body) == {"obs-2"} and parsed == ["100", "101", "101"]
+
+
+def test_an_operator_started_with_more_tasks_than_kopfs_worker_places_handles_them_all(
+    kube: KubeEnv, api: client.ApiClient, tmp_path: Path
+) -> None:
+    """An operator started (or restarted) on a cluster that already has tasks lists them first. Kopf lets no
+    handler run until every listed object is indexed, and with a `worker_limit` below the number of listed
+    objects, the workers holding the places wait for the objects that cannot get one (nolar/kopf#1243): with 64
+    places and 80 tasks of one kind, no task was ever handled."""
+    namespace = f"scale-{uuid.uuid4().hex[:8]}"
+    core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
+    core.create_namespace({"metadata": {"name": namespace}})
+    names = [f"dump-{i:03d}" for i in range(80)]
+    for i, name in enumerate(names):  # their Secret does not exist: each is handled to Failed, no worker starts
+        body = dump(0, f"kafka-{i}:9092")  # one Kafka instance each: under the dump tasks' limit per instance
+        body["metadata"] = {"name": name, "namespace": namespace}
+        custom.create_namespaced_custom_object("ferry.dev", "v1alpha1", namespace, "obsdumptasks", body)
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(kube.kubeconfig),
+        "PYTHONPATH": str(Path(operator.__file__).resolve().parents[1]),
+        "FERRY_OPERATOR_METRICS_PORT": "-1",
+    }
+    with (tmp_path / "operator.log").open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "ferry", "operator", "--namespace", namespace], env=env, stdout=log, stderr=log
+        )
+    try:
+
+        def handled() -> list[str]:
+            items = custom.list_namespaced_custom_object("ferry.dev", "v1alpha1", namespace, "obsdumptasks")["items"]
+            return [t["metadata"]["name"] for t in items if (t.get("status") or {}).get("state")]
+
+        deadline = time.monotonic() + 90
+        while len(handled()) < len(names) and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(1)
+        assert sorted(handled()) == names, (tmp_path / "operator.log").read_text()[-3000:]
+        items = custom.list_namespaced_custom_object("ferry.dev", "v1alpha1", namespace, "obsdumptasks")["items"]
+        assert {(t["status"]["state"], t["status"].get("reason")) for t in items} == {("Failed", "SecretNotFound")}
+    finally:
+        stop_process(process)
+        core.delete_namespace(namespace)
+
+
+def test_kopfs_worker_places_are_never_fewer_than_the_objects_listed_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    counts = iter([3, 0, 700, 0, 900, 12])  # tasks of each kind, worker Deployments, worker pods
+    monkeypatch.setattr(operator, "_count", lambda *args, **kwargs: next(counts))
+    monkeypatch.setattr(operator, "PLUGINS", dict(list(operator.PLUGINS.items())[:4]))
+    assert operator._worker_limit() == 1800
+    monkeypatch.setattr(operator, "_count", lambda *args, **kwargs: 5)
+    assert operator._worker_limit() == 4 * operator.MAX_WORKERS  # a few objects: the places a burst needs
+
+    def forbidden(*args: Any, **kwargs: Any) -> int:
+        raise client.ApiException(status=403, reason="Forbidden")
+
+    monkeypatch.setattr(operator, "_count", forbidden)
+    assert operator._worker_limit() is None  # no limit rather than a possible deadlock

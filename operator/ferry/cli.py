@@ -102,6 +102,7 @@ def _operator(args: argparse.Namespace) -> None:
     import ferry.operator  # (registers the handlers)
 
     ferry.operator.CLUSTERWIDE = not args.namespace  # the peer checks need every namespace's tasks
+    ferry.operator.NAMESPACES = list(args.namespace or [])
 
     kopf.configure(verbose=False)
     # A line per successful periodic reconcile would drown the log; failures still show.

@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 import kopf
 import prometheus_client
@@ -52,9 +52,17 @@ DEPLOYMENTS_INDEX = "ferry_deployments"
 PODS_INDEX = "ferry_worker_pods"
 MANAGED = {"app.kubernetes.io/managed-by": "ferry-operator"}
 WORKER_PODS = {"app.kubernetes.io/name": "ferry-worker"}
+DEPLOYMENT_RESOURCE: tuple[str, str, str] = ("apps", "v1", "deployments")
+POD_RESOURCE: tuple[str, str] = ("v1", "pods")
+# What the operator watches of them: the same labels as the indexes' filters, sent to the API server (configure).
+WATCH_SELECTORS: dict[tuple[str, str, str] | tuple[str, str], dict[str, str]] = {
+    DEPLOYMENT_RESOURCE: MANAGED,
+    POD_RESOURCE: WORKER_PODS,
+}
 # False with `ferry operator --namespace`: the indexes see only the served namespaces, and the cross-task checks
 # need every task of a kind, so they read a cluster-wide list (at most once per reconcile interval).
 CLUSTERWIDE = True
+NAMESPACES: list[str] = []  # the served namespaces with `ferry operator --namespace` (else every namespace)
 # The Deployment the operator's own apply returned stands in for the watch's until the watch brings that version
 # (then only the watch counts, so a Deployment deleted behind the operator's back is applied again), or at most
 # this long.
@@ -166,6 +174,75 @@ def _recheck() -> float:
     return SETTINGS.recheck_interval or 20 * SETTINGS.reconcile_interval
 
 
+def _worker_limit() -> int | None:
+    """Kopf's worker places per watched kind: 64, or more when the operator starts with more objects of one kind.
+
+    Objects processed at once (each a few requests): a thousand tasks created together would otherwise send a
+    thousand finalizer patches at once, and while they wait their events are taken together, so a burst costs
+    fewer reconciles (1,000 tasks at once: 72 s to all Deployments and 13 requests a task with 64 places, 114 s
+    and 21 without a limit). But Kopf runs no handler until every object its first listing found is indexed, and
+    with fewer places than listed objects of one kind the workers holding the places wait forever for those
+    without one (nolar/kopf#1243): an operator restarted with more tasks, worker Deployments or worker pods than
+    places handled nothing. So the places are never fewer than twice the largest of those counts (objects
+    created between this count and Kopf's own listing need a place too); None (no limit) if they cannot be
+    counted."""
+    try:
+        listed = max(
+            [
+                _count(_custom().list_cluster_custom_object, GROUP, VERSION, p.definition.plural)
+                for p in PLUGINS.values()
+            ]
+            + [_count_served(_apps().list_namespaced_deployment, _apps().list_deployment_for_all_namespaces, MANAGED)]
+            + [_count_served(_core().list_namespaced_pod, _core().list_pod_for_all_namespaces, WORKER_PODS)]
+        )
+    except ApiException as err:  # e.g. no cluster-wide list allowed: no limit rather than a possible deadlock
+        log.warning("could not count the objects to watch (%s): no limit on Kopf's workers", err.reason)
+        return None
+    return max(4 * MAX_WORKERS, 2 * listed)
+
+
+def _count(list_call: Any, *args: Any, **kwargs: Any) -> int:
+    """How many objects a list call returns, read a page of 500 at a time and not kept."""
+    found, token = 0, None
+    while True:
+        response = list_call(*args, limit=500, _continue=token, _preload_content=False, **kwargs)
+        page = json.loads(response.data)
+        found += len(page.get("items") or [])
+        token = (page.get("metadata") or {}).get("continue")
+        if not token:
+            return found
+
+
+def _count_served(namespaced: Any, everywhere: Any, labels: Mapping[str, str]) -> int:
+    """Ferry's objects with these labels in the served namespaces (all, or those of `--namespace`)."""
+    if not NAMESPACES:
+        return _count(everywhere, label_selector=_labels(labels))
+    return sum(_count(namespaced, namespace, label_selector=_labels(labels)) for namespace in NAMESPACES)
+
+
+def _labels(labels: Mapping[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in labels.items())
+
+
+class DiffBase(kopf.AnnotationsDiffBaseStorage):
+    """Kopf's diff base (what it compares to detect a change of the spec), built without first deep-copying
+    what it throws away.
+
+    On every watch event of a task Kopf deep-copies the whole body, status and managedFields included, and then
+    keeps only the spec, the labels, the annotations and the fields its handlers watch: at 10,000 tasks that
+    copy was a sixth of the operator's CPU. Given the body without what it drops, it builds the same essence,
+    so the diff bases stored on the tasks compare as before."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Iterable[Any] | None = None) -> kopf.BodyEssence:
+        raw, fields = dict(body), list(extra_fields or ())
+        watched = {(f.split(".") if isinstance(f, str) else list(f))[0] for f in fields if f}
+        trimmed = {k: v for k, v in raw.items() if k != "status" or "status" in watched}
+        meta = raw.get("metadata")
+        if isinstance(meta, dict) and "managedFields" in meta:
+            trimmed["metadata"] = {k: v for k, v in meta.items() if k != "managedFields"}
+        return super().build(body=kopf.Body(cast(kopf.RawBody, trimmed)), extra_fields=fields)
+
+
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     try:
@@ -177,21 +254,23 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
             raise kopf.PermanentError(
                 f"no Kubernetes configuration ({err}): run in a pod with a ServiceAccount, or set KUBECONFIG"
             ) from None
+    _Client.api = None  # built on first use, from the configuration loaded above
     # Keep Kopf's bookkeeping out of the status that users and Argo CD read.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="ferry.dev")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="ferry.dev")
+    settings.persistence.diffbase_storage = DiffBase(prefix="ferry.dev")
     settings.persistence.finalizer = FINALIZER
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 300
     settings.execution.max_workers = MAX_WORKERS
-    # Tasks processed at once (each a few requests): a thousand created together would otherwise send a thousand
-    # finalizer patches at once, and an API server on a small machine answers part of them with timeouts.
-    settings.queueing.worker_limit = 4 * MAX_WORKERS
-    # A task's, Deployment's or pod's worker holds one of those places until it has been idle this long (Kopf's
-    # default is 5 s): with 64 places, at most ~13 objects a second went through each watch when many arrive at
-    # once. A worker stays at least until Kopf sees the version its own patch made (consistency_timeout).
+    settings.queueing.worker_limit = _worker_limit()
+    # A worker exits after this long idle (Kopf's default is 5 s; it stays at least until Kopf sees the version
+    # its own patch made, consistency_timeout): fewer idle workers hold places through a burst.
     settings.queueing.idle_timeout = 0.5
-    _Client.api = None  # built on first use, from the configuration loaded above
+    # The API server sends only Ferry's own Deployments and worker pods. The indexes' `labels=` filters are
+    # Kopf's, applied after it has parsed each event and given the object a memory: without these the operator
+    # watched, parsed and remembered every Deployment and pod of the cluster.
+    for resource, labels in WATCH_SELECTORS.items():
+        settings.watching.label_selectors[resource] = _labels(labels)
     if SETTINGS.metrics_port >= 0:
         prometheus_client.start_http_server(SETTINGS.metrics_port, registry=TASK_STATES.registry)
         log.info("operator metrics on port %d", SETTINGS.metrics_port)
@@ -558,7 +637,7 @@ def _fingerprint(plugin: KindPlugin, raw: dict[str, Any], indexes: Mapping[str, 
     owner = owner_of(raw)
     name = worker_name(owner)
     secrets = []
-    for secret in sorted(secret_names(plugin, raw)):
+    for secret in sorted(_secret_names(plugin, owner, raw)):
         known, keys = SECRETS.get((owner.namespace, secret), _recheck())
         if not known or keys is None:
             return None
@@ -580,6 +659,21 @@ def _fingerprint(plugin: KindPlugin, raw: dict[str, Any], indexes: Mapping[str, 
     return hashlib.blake2b(repr(versions).encode(), digest_size=16).digest()
 
 
+# Per task: the Secrets its version names (secret_names parses the spec; the timer asks on every tick).
+_SECRET_NAMES: dict[tuple[str, str, str], tuple[str, frozenset[str]]] = {}
+
+
+def _secret_names(plugin: KindPlugin, owner: Owner, raw: dict[str, Any]) -> frozenset[str]:
+    key, version = (owner.kind, owner.namespace, owner.name), _version(raw)
+    known = _SECRET_NAMES.get(key)
+    if known is not None and known[0] == version:
+        return known[1]
+    names = frozenset(secret_names(plugin, raw))
+    if version is not None:
+        _SECRET_NAMES[key] = (version, names)
+    return names
+
+
 def _unchanged(plugin: KindPlugin, raw: dict[str, Any], indexes: Mapping[str, Any]) -> bool:
     """Whether a periodic reconcile can stop at comparing versions: nothing decide() reads has changed since
     a reconcile that found nothing to do, no worker reports (their heartbeats age with the clock), and that
@@ -598,6 +692,7 @@ def _unchanged(plugin: KindPlugin, raw: dict[str, Any], indexes: Mapping[str, An
 
 def _forget(owner: Owner) -> None:
     _QUIET.pop((owner.kind, owner.namespace, owner.name), None)
+    _SECRET_NAMES.pop((owner.kind, owner.namespace, owner.name), None)
     RECONCILED.at.pop((owner.kind, owner.namespace, owner.name), None)
     name = worker_name(owner)
     ACCESS.forget(lambda k: k[1:] == (owner.namespace, name))
@@ -703,8 +798,8 @@ def _register(plugin: KindPlugin) -> None:
     kopf.on.delete(*resource, id="flush-worker", timeout=SETTINGS.flush_timeout + 60)(on_delete)
 
 
-kopf.index("apps", "v1", "deployments", id=DEPLOYMENTS_INDEX, labels=MANAGED)(_index_deployment)
-kopf.index("v1", "pods", id=PODS_INDEX, labels=WORKER_PODS)(_index_pod)
+kopf.index(*DEPLOYMENT_RESOURCE, id=DEPLOYMENTS_INDEX, labels=MANAGED)(_index_deployment)
+kopf.index(*POD_RESOURCE, id=PODS_INDEX, labels=WORKER_PODS)(_index_pod)
 for _plugin in PLUGINS.values():
     if not _plugin.one_shot:  # those run as Jobs: ferry.obsrestore.handlers
         _register(_plugin)

@@ -282,6 +282,11 @@ def _terminate(pids: Iterable[int], procs: dict[int, subprocess.Popen[bytes]], t
         _wait(pid, procs.get(pid), kill_deadline)
 
 
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 30.0) -> None:
+    """SIGTERM a process this caller started (its group if it leads one), SIGKILL it after timeout, and wait."""
+    _terminate([proc.pid], {proc.pid: proc}, timeout)
+
+
 def _still_running(pid: int, proc: subprocess.Popen[bytes] | None) -> bool:
     return proc.poll() is None if proc is not None else _alive(pid)
 
