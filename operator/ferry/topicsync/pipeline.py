@@ -78,6 +78,7 @@ class SyncPipeline(CopyPipeline):
         self.spec = spec
         # Until the brokers have said which clusters they are: the spelled identities.
         self.source_instance = spec.source.instance
+        self.origin = self.source_instance.encode()  # the ferry.origin header of the records copied from it
         self.target_identities = {spec.target.instance}
         self.topics: dict[str, TopicState] = {}
         self.loop_skipped = 0
@@ -94,6 +95,7 @@ class SyncPipeline(CopyPipeline):
         self.source_cluster, self.target_cluster = source_cluster, target_cluster
         # Provenance by cluster id unless the user named the instances: two spellings of one cluster agree.
         self.source_instance = self.spec.source.instance_id or source_cluster
+        self.origin = self.source_instance.encode()
         self.target_identities = {self.spec.target.instance_id or target_cluster, self.spec.target.instance}
         if self.spec.topics is not None:
             require_topics(self.spec.topics, available, self.source_bootstrap, "SourceTopicNotFound")
@@ -140,14 +142,14 @@ class SyncPipeline(CopyPipeline):
             if name in (ORIGIN_HEADER, OFFSET_HEADER):
                 break
         else:  # the common case, no provenance yet (per record: the loop below does the same, slower)
-            headers.append((ORIGIN_HEADER, self.source_instance.encode()))
+            headers.append((ORIGIN_HEADER, self.origin))
             headers.append((OFFSET_HEADER, b"%d" % offset))
             return headers
         if not self.copies(headers):
             self.loop_skipped += 1
             return None
         if origin_of(headers) is None:
-            headers.append((ORIGIN_HEADER, self.source_instance.encode()))
+            headers.append((ORIGIN_HEADER, self.origin))
         return stamp(headers, offset)  # ferry.offset: what consumer group offsets are translated by
 
     def copies(self, headers: Headers) -> bool:
