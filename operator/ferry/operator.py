@@ -28,7 +28,7 @@ from ferry.control.operations import RESET_ANNOTATION, RESTART_ANNOTATION
 from ferry.control.peers import Key, component, key_of, slim, status_changes, tokens
 from ferry.control.preflight import PASSED
 from ferry.control.reconcile import Observed, Outcome, decide, named, owner_of
-from ferry.control.render import SPEC_HASH_ANNOTATION, Owner, selector_labels, worker_name
+from ferry.control.render import SPEC_HASH_ANNOTATION, Owner, label_selector, selector, selector_labels, worker_name
 from ferry.metrics import TaskStateMetrics
 from ferry.registry import PLUGINS
 from ferry.settings import OperatorSettings
@@ -216,12 +216,8 @@ def _count(list_call: Any, *args: Any, **kwargs: Any) -> int:
 def _count_served(namespaced: Any, everywhere: Any, labels: Mapping[str, str]) -> int:
     """Ferry's objects with these labels in the served namespaces (all, or those of `--namespace`)."""
     if not NAMESPACES:
-        return _count(everywhere, label_selector=_labels(labels))
-    return sum(_count(namespaced, namespace, label_selector=_labels(labels)) for namespace in NAMESPACES)
-
-
-def _labels(labels: Mapping[str, str]) -> str:
-    return ",".join(f"{k}={v}" for k, v in labels.items())
+        return _count(everywhere, label_selector=selector(labels))
+    return sum(_count(namespaced, namespace, label_selector=selector(labels)) for namespace in NAMESPACES)
 
 
 class DiffBase(kopf.AnnotationsDiffBaseStorage):
@@ -270,7 +266,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Kopf's, applied after it has parsed each event and given the object a memory: without these the operator
     # watched, parsed and remembered every Deployment and pod of the cluster.
     for resource, labels in WATCH_SELECTORS.items():
-        settings.watching.label_selectors[resource] = _labels(labels)
+        settings.watching.label_selectors[resource] = selector(labels)
     if SETTINGS.metrics_port >= 0:
         prometheus_client.start_http_server(SETTINGS.metrics_port, registry=TASK_STATES.registry)
         log.info("operator metrics on port %d", SETTINGS.metrics_port)
@@ -278,8 +274,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 
 
 def _worker_pods(owner: Owner) -> list[Any]:
-    selector = ",".join(f"{k}={v}" for k, v in selector_labels(owner).items())
-    return list(_core().list_namespaced_pod(owner.namespace, label_selector=selector).items)
+    return list(_core().list_namespaced_pod(owner.namespace, label_selector=label_selector(owner)).items)
 
 
 _WORKLOAD_META = ("name", "namespace", "uid", "resourceVersion", "generation", "deletionTimestamp", "annotations")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,9 +47,14 @@ def selector_labels(owner: Owner) -> dict[str, str]:
     return {"ferry.dev/kind": owner.kind.lower(), "ferry.dev/task": fit(owner.name)}
 
 
+def selector(labels: Mapping[str, str]) -> str:
+    """Labels as a label selector string (equality only), as the API's labelSelector parameters take it."""
+    return ",".join(f"{key}={value}" for key, value in labels.items())
+
+
 def label_selector(owner: Owner) -> str:
     """The worker pods' selector as a string (status.labelSelector, for the scale subresource)."""
-    return ",".join(f"{key}={value}" for key, value in selector_labels(owner).items())
+    return selector(selector_labels(owner))
 
 
 def worker_labels(owner: Owner) -> dict[str, str]:
