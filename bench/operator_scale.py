@@ -56,7 +56,7 @@ from kubernetes import client, watch
 
 from tests.support import controlplane
 from tests.support.cluster import CRDS, kubectl
-from tests.support.controlplane import ControlPlane, start_control_plane
+from tests.support.controlplane import ControlPlane, start_control_plane, wait_for_default_service_account
 from tests.support.servers import stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -190,8 +190,7 @@ def create_other_pods(core: client.CoreV1Api, count: int) -> list[tuple[str, str
     names = [(f"others-{i // 500}", f"other-{i}") for i in range(count)]
     for namespace in sorted({ns for ns, _ in names}):
         core.create_namespace({"metadata": {"name": namespace}})
-        while not core.list_namespaced_service_account(namespace).items:  # a pod needs its "default" one
-            time.sleep(0.2)
+        wait_for_default_service_account(core.api_client, namespace)
 
     def create(key: tuple[str, str]) -> None:
         namespace, name = key

@@ -27,6 +27,7 @@ from kubernetes import client
 
 from tests.conftest import BucketFactory, TopicFactory
 from tests.support.cluster import CRDS, Cluster, KubeEnv, running_cluster
+from tests.support.controlplane import wait_for_default_service_account
 from tests.support.dumps import spec_for, wait_for
 from tests.support.kafka import KafkaCluster
 from tests.support.servers import ObjectStore as SeaweedFS
@@ -368,6 +369,33 @@ def test_deleting_a_running_task_stays_terminating_with_the_finalizer_until_its_
 
     wait_for(released, timeout=WAIT, what="the task released after its worker pod is gone")
     assert cluster.deployment(ns, "held-obsdumptask") is None
+
+
+def test_a_pod_deleted_before_the_node_started_it_is_removed_and_never_started(cluster: Cluster) -> None:
+    """The test node (tests/support/kubelet.py) confirms the removal of a pod it was given but never started, as a
+    kubelet does. A Recreate Deployment whose replicas and template change in one update (`kubectl scale` of a
+    task: the worker's share of the caps is in its template) scales its old ReplicaSet up, then at once to zero:
+    a pod bound in between used to stay Terminating for good, and the new ReplicaSet waited for it."""
+    ns = cluster.namespace()
+    wait_for_default_service_account(cluster.api_client, ns)
+    core = client.CoreV1Api(cluster.api_client)
+    pod = {
+        "metadata": {"name": "short-lived"},
+        "spec": {
+            "nodeName": cluster.kubelet.node_name,
+            "containers": [{"name": "c", "image": "none", "command": ["sleep", "600"]}],
+        },
+    }
+    with cluster.kubelet.paused():
+        uid = core.create_namespaced_pod(ns, pod).metadata.uid
+        core.delete_namespaced_pod("short-lived", ns)  # bound: a graceful deletion, left to the node
+        assert core.read_namespaced_pod("short-lived", ns).metadata.deletion_timestamp is not None
+
+    def removed() -> bool:
+        return not core.list_namespaced_pod(ns, field_selector="metadata.name=short-lived").items
+
+    wait_for(removed, timeout=30, what="the pod removed by the node")
+    assert uid not in cluster.kubelet.pods
 
 
 # -- 3. the status subresource --------------------------------------------------------------------

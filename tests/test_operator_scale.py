@@ -29,6 +29,7 @@ from ferry.topicsync.worker import PLUGIN as SYNC
 from kubernetes import client, config
 
 from tests.support.cluster import KubeEnv
+from tests.support.controlplane import wait_for_default_service_account
 from tests.support.servers import stop_process
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
@@ -297,9 +298,7 @@ def test_the_api_server_sends_only_ferrys_deployments_and_worker_pods(
     namespace = f"scale-{uuid.uuid4().hex[:8]}"
     core = client.CoreV1Api(api)
     core.create_namespace({"metadata": {"name": namespace}})
-    deadline = time.monotonic() + 30
-    while not core.list_namespaced_service_account(namespace).items and time.monotonic() < deadline:
-        time.sleep(0.2)  # a pod is admitted once its namespace has its "default" ServiceAccount
+    wait_for_default_service_account(api, namespace)
     for name, labels in (("worker", operator.WORKER_PODS), ("other", {"app.kubernetes.io/name": "nginx"})):
         pod = {"metadata": {"name": name, "labels": labels}, "spec": {"containers": [{"name": "c", "image": "x"}]}}
         core.create_namespaced_pod(namespace, pod)

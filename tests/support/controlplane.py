@@ -90,6 +90,7 @@ __all__ = [
     "kubernetes_version",
     "main",
     "start_control_plane",
+    "wait_for_default_service_account",
 ]
 
 TESTBED = Path(__file__).resolve().parents[1] / "testbed" / "kubernetes"
@@ -660,6 +661,17 @@ def _rss(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def wait_for_default_service_account(api: kubernetes.client.ApiClient, namespace: str, timeout: float = 30) -> None:
+    """Wait until the serviceaccount controller made `default` in a new namespace: ServiceAccount admission
+    refuses the namespace's pods until then."""
+    core = kubernetes.client.CoreV1Api(api)
+    deadline = time.monotonic() + timeout
+    while not core.list_namespaced_service_account(namespace, field_selector="metadata.name=default").items:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no ServiceAccount {namespace}/default after {timeout:.0f}s")
+        time.sleep(0.2)
 
 
 def start_control_plane(workdir: Path) -> ControlPlane:

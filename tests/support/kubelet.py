@@ -41,7 +41,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -301,6 +301,7 @@ class ProcessKubelet:
     runs: Callable[[dict[str, Any]], bool] = lambda pod: True
     pods: dict[str, PodProcesses] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
+    _syncing: threading.Lock = field(default_factory=threading.Lock)
     _thread: threading.Thread | None = None
     _lease_renewed: float = 0.0
     errors: list[str] = field(default_factory=list)
@@ -326,6 +327,12 @@ class ProcessKubelet:
                 if container.process is not None:
                     container.process.wait(10)
 
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """No sync pass while inside: what the API server does meanwhile is seen at once by the next pass."""
+        with self._syncing:
+            yield
+
     @property
     def core(self) -> client.CoreV1Api:
         return client.CoreV1Api(self.api_client)
@@ -333,7 +340,8 @@ class ProcessKubelet:
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
-                self.sync()
+                with self._syncing:
+                    self.sync()
             except Exception as err:  # an API hiccup or a race with a deletion: the next pass retries
                 self.errors.append(f"{type(err).__name__}: {err}")
                 print(f"process kubelet: {type(err).__name__}: {err}", file=sys.stderr)
@@ -395,7 +403,13 @@ class ProcessKubelet:
             pod = serialize(item)
             key = pod["metadata"]["uid"]
             seen.add(key)
-            if key not in self.pods and pod["metadata"].get("deletionTimestamp") is None:
+            if key not in self.pods and pod["metadata"].get("deletionTimestamp") is not None:
+                # Deleted before it was started here (a Recreate Deployment whose replicas and template change at
+                # once scales its old ReplicaSet up, then down at once): nothing runs, so the removal is confirmed
+                # now, as a kubelet does. Left alone, the pod would stay Terminating and hold the rollout.
+                self._remove(pod["metadata"]["namespace"], pod["metadata"]["name"], key)
+                continue
+            if key not in self.pods:
                 phase = (pod.get("status") or {}).get("phase")
                 if phase not in ("Succeeded", "Failed"):
                     self.pods[key] = self._admit(pod)
@@ -521,9 +535,13 @@ class ProcessKubelet:
         if pod.running:
             return
         del self.pods[pod.uid]
-        options = {"gracePeriodSeconds": 0, "preconditions": {"uid": pod.uid}}
+        self._remove(pod.namespace, pod.name, pod.uid)
+
+    def _remove(self, namespace: str, name: str, uid: str) -> None:
+        """Confirm a deleted pod's removal: nothing of it runs here any more."""
+        options = {"gracePeriodSeconds": 0, "preconditions": {"uid": uid}}
         with contextlib.suppress(ApiException):  # 404/409: gone already
-            self.core.delete_namespaced_pod(pod.name, pod.namespace, body=options)
+            self.core.delete_namespaced_pod(name, namespace, body=options)
 
     # -- containers -----------------------------------------------------------------------------
 
