@@ -18,11 +18,13 @@ from typing import Any
 
 import duckdb
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 from ferry.api.crd import crd_for
 from ferry.control.accepted import ACCEPTED_SPEC_ANNOTATION, accepted_spec
+from ferry.metrics import WorkerMetrics
 from ferry.obsdump.compression import Compression, compression_of, decompress
 from ferry.obsdump.model import OBS_DUMP_TASK, TASKS_PER_INSTANCE, ObsDumpTarget, ObsDumpTaskSpec
+from ferry.obsdump.pipeline import DumpPipeline
 from ferry.obsdump.records import Record, contains_separator, decode_records, dump_batch_key, object_key_pattern
 from ferry.obsdump.storage import ObjectStore, s3_client
 from ferry.obsdump.worker import PLUGIN, summarize
@@ -181,6 +183,84 @@ def test_status_adds_up_the_records_containing_the_separator() -> None:
     reports = [{"recordsContainingSeparator": 2}, {"recordsContainingSeparator": 0}, {}]
     assert summarize(reports)["recordsContainingSeparator"] == 2
     assert "recordsContainingSeparator" not in summarize([{"recordsContainingSeparator": None}])
+
+
+class _Upload:
+    """An object being written, in memory: what _take and _take_run hand it is all this compares."""
+
+    def __init__(self, key: str) -> None:
+        self.key, self.data = key, bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+
+class _Uploads:
+    part_bytes = 8 * 1024 * 1024
+
+    def open(self, key: str, pool: object) -> _Upload:
+        return _Upload(key)
+
+
+def _taken(messages: list[Message], separator: str, by_runs: bool) -> tuple[dict[Any, Any], int]:
+    spec = ObsDumpTaskSpec.model_validate(base_spec({"recordSeparator": separator}))
+    pipeline = DumpPipeline(
+        spec, {"bootstrap.servers": "k:9092"}, "g", _Uploads(), None, WorkerMetrics("ObsDumpTask", "g")
+    )  # type: ignore[arg-type]
+    if by_runs:
+        pipeline._take_all(messages)
+    else:
+        for message in messages:
+            pipeline._take(message)
+    batches = {}
+    for key, state in pipeline.partitions.items():
+        b = state.batch
+        assert b is not None
+        upload: Any = b.upload
+        batches[key] = (
+            upload.key,
+            bytes(upload.data),
+            b.start_offset,
+            b.last_offset,
+            b.records,
+            b.payload_bytes,
+            b.encoded_bytes,
+            b.separator_records,
+        )
+    return batches, len(pipeline.errors)
+
+
+@pytest.mark.parametrize("separator", ["\n", "\r\n"])
+def test_a_consumed_batch_taken_by_runs_writes_what_record_by_record_writes(separator: str) -> None:
+    """Value-only objects take each run of one partition's records in one write (DumpPipeline._take_all): the
+    bytes, offsets and counts must be the ones record by record gives, for runs that are interleaved, hold empty
+    and missing values and keys, a value holding the separator (counted), and end-of-partition events. In memory
+    (no broker or store can hand the pipeline this exact batch); the dump tests below run both paths for real."""
+    eof = KafkaError(KafkaError._PARTITION_EOF)
+    messages, offsets = [], {0: 100, 1: 7, 2: 0}
+    for run, (partition, length) in enumerate([(0, 50), (1, 1), (0, 3), (2, 40), (1, 60), (0, 1)]):
+        for i in range(length):
+            n = offsets[partition]
+            offsets[partition] += 1
+            value = (
+                None
+                if n % 17 == 0
+                else b""
+                if n % 13 == 0
+                else b"v-%d" % n + (b"\n-in-it" if (run, i) == (3, 5) else b"")
+            )
+            key = None if n % 5 == 0 else b"key-%d" % n
+            messages.append(
+                Message(topic="t", partition=partition, offset=n, key=key, value=value, timestamp=(1, 1000 + n))
+            )
+        if run == 2:
+            messages.append(Message(topic="t", partition=0, offset=offsets[0], error=eof))
+    by_record, by_runs = _taken(messages, separator, False), _taken(messages, separator, True)
+    assert by_runs == by_record
+    batches, errors = by_runs
+    assert errors == 0 and sorted(batches) == [("t", 0), ("t", 1), ("t", 2)]
+    assert [batches[("t", p)][4] for p in range(3)] == [54, 61, 40]
+    assert batches[("t", 2)][7] == (1 if separator == "\n" else 0)  # the value with a newline in it
 
 
 # -- against Kafka and SeaweedFS -------------------------------------------------------------------

@@ -272,8 +272,7 @@ class DumpPipeline(WorkerPipeline):
             else:
                 self._resume_after_budget(self.consumer)
                 messages = self._consume(self.consumer, CONSUME_BATCH, wait)
-            for message in messages:
-                self._take(message)
+            self._take_all(messages)
             if self.clock() >= next_cut:
                 self._close_all()
                 next_cut = (self.clock() // period + 1) * period
@@ -336,6 +335,85 @@ class DumpPipeline(WorkerPipeline):
                 self._drop_all(state)
 
     # -- records ---------------------------------------------------------------------------------
+
+    def _take_all(self, messages: list[Message]) -> None:
+        """A consumed batch, in order. Value-only objects with a one-byte separator take each run of one partition's
+        records at once (_take_run); the rest, and a run _take_run leaves, go record by record (_take)."""
+        if self.format is not ObjectFormat.RAW or len(self.separator) != 1:
+            for message in messages:
+                self._take(message)
+            return
+        start, count = 0, len(messages)
+        while start < count:
+            first = messages[start]
+            end = start + 1
+            if first.error() is None:
+                topic, partition = first.topic(), first.partition()
+                while end < count:
+                    message = messages[end]
+                    if message.partition() != partition or message.error() is not None or message.topic() != topic:
+                        break
+                    end += 1
+                if self._take_run(messages[start:end]):
+                    start = end
+                    continue
+            for message in messages[start:end]:
+                self._take(message)
+            start = end
+
+    def _take_run(self, run: list[Message]) -> bool:
+        """Consecutive records of one partition, none an error, appended as one write: the values joined by the
+        separator. Exactly what _take does for each of them, when none of them needs it to do more: False (and
+        nothing taken) when a value holds the separator (it is counted and warned about), a value or key is
+        text, the run is larger than a part, or it would reach the object's record or byte cap (a cut inside)."""
+        first = run[0]
+        topic, partition = first.topic(), first.partition()
+        assert topic is not None and partition is not None
+        key = (topic, partition)
+        if key in self.sought_back:
+            return True  # sought back during this consume() result: these records come again
+        separator, count = self.separator, len(run)
+        try:
+            data = separator.join([message.value() or b"" for message in run]) + separator
+            key_bytes = len(b"".join(filter(None, [message.key() for message in run])))
+        except TypeError:  # a text value or key: _take encodes it
+            return False
+        if data.count(separator) != count:  # a value holds the separator
+            return False
+        if len(data) > self.store.part_bytes:  # large records (their bytes outweigh the per-record cost): one by one,
+            return False  # so that no write fills more than one part and the parts in flight stay within the budget
+        state = self.partitions.get(key)
+        batch = state.batch if state is not None else None
+        records = batch.records if batch is not None else 0
+        encoded = batch.encoded_bytes if batch is not None else 0
+        if (self.max_records is not None and records + count >= self.max_records) or (
+            self.max_bytes is not None and encoded + len(data) >= self.max_bytes
+        ):
+            return False
+        if self.errors:
+            self._clear(KAFKA)
+        if state is None:
+            state = self.partitions[key] = PartitionState()
+        if batch is None:
+            _, timestamp = first.timestamp()
+            offset = first.offset()
+            assert offset is not None
+            batch = state.batch = self._open_batch(topic, partition, offset, timestamp)
+        try:  # a full part is handed to the pool: this does not wait for the store
+            batch.upload.write(data)
+        except Exception as failure:
+            self._redo(state, failure)
+            return True
+        if self.uploads.in_flight > self.uploads.budget_bytes:  # that part took the pool over the budget
+            with self._waiting_on_store(f"uploading the parts in flight, {batch.upload.key} among them"):
+                self.uploads.wait_for_parts()
+        last = run[-1].offset()
+        assert last is not None
+        batch.last_offset = last
+        batch.records += count
+        batch.payload_bytes += len(data) - count + key_bytes
+        batch.encoded_bytes += len(data)
+        return True
 
     def _take(self, message: Message) -> None:
         err = message.error()

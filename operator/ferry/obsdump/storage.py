@@ -308,13 +308,18 @@ class ObjectUpload:
             data = self.compressor.compress(data)
         self.buffer += data
         self.size += len(data)
-        if len(self.buffer) >= self.store.part_bytes:
-            self._send_part()
+        part = self.store.part_bytes
+        while len(self.buffer) >= part:  # one write (a run of records) may fill more than one part
+            self._send_part(part)
 
-    def _send_part(self) -> None:
+    def _send_part(self, size: int) -> None:
+        """Send the first `size` bytes of the buffer as the next part: every part but the last is part_bytes."""
         self.numbered += 1
-        number, body = self.numbered, self.buffer  # handed over as it is, not copied: a new buffer takes its place
-        self.buffer = bytearray()
+        number = self.numbered
+        if len(self.buffer) == size:  # handed over as it is, not copied: a new buffer takes its place
+            body, self.buffer = self.buffer, bytearray()
+        else:
+            body, self.buffer = self.buffer[:size], self.buffer[size:]
         if self.pool is None:
             self._upload_part(number, body)
             return
