@@ -39,6 +39,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from itertools import groupby
 from typing import Any
 
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -343,23 +344,18 @@ class DumpPipeline(WorkerPipeline):
             for message in messages:
                 self._take(message)
             return
-        start, count = 0, len(messages)
-        while start < count:
-            first = messages[start]
-            end = start + 1
-            if first.error() is None:
-                topic, partition = first.topic(), first.partition()
-                while end < count:
-                    message = messages[end]
-                    if message.partition() != partition or message.error() is not None or message.topic() != topic:
-                        break
-                    end += 1
-                if self._take_run(messages[start:end]):
-                    start = end
-                    continue
-            for message in messages[start:end]:
-                self._take(message)
-            start = end
+        # Grouped by C calls (groupby, map over the Message methods) rather than a Python loop over the records.
+        for _, same_partition in groupby(messages, Message.partition):
+            group = list(same_partition)
+            runs = (
+                [group]
+                if len(set(map(Message.topic, group))) == 1
+                else [list(r) for _, r in groupby(group, Message.topic)]
+            )
+            for run in runs:
+                if any(map(Message.error, run)) or not self._take_run(run):
+                    for message in run:
+                        self._take(message)
 
     def _take_run(self, run: list[Message]) -> bool:
         """Consecutive records of one partition, none an error, appended as one write: the values joined by the
