@@ -366,6 +366,8 @@ class DumpPipeline(WorkerPipeline):
         topic, partition = first.topic(), first.partition()
         assert topic is not None and partition is not None
         key = (topic, partition)
+        if self.errors:
+            self._clear(KAFKA)
         if key in self.sought_back:
             return True  # sought back during this consume() result: these records come again
         separator, count = self.separator, len(run)
@@ -386,8 +388,6 @@ class DumpPipeline(WorkerPipeline):
             self.max_bytes is not None and encoded + len(data) >= self.max_bytes
         ):
             return False
-        if self.errors:
-            self._clear(KAFKA)
         if state is None:
             state = self.partitions[key] = PartitionState()
         if batch is None:
@@ -400,15 +400,9 @@ class DumpPipeline(WorkerPipeline):
         except Exception as failure:
             self._redo(state, failure)
             return True
-        if self.uploads.in_flight > self.uploads.budget_bytes:  # that part took the pool over the budget
-            with self._waiting_on_store(f"uploading the parts in flight, {batch.upload.key} among them"):
-                self.uploads.wait_for_parts()
         last = run[-1].offset()
         assert last is not None
-        batch.last_offset = last
-        batch.records += count
-        batch.payload_bytes += len(data) - count + key_bytes
-        batch.encoded_bytes += len(data)
+        self._appended(batch, last, count, len(data) - count + key_bytes, len(data))
         return True
 
     def _take(self, message: Message) -> None:
@@ -474,19 +468,24 @@ class DumpPipeline(WorkerPipeline):
         except Exception as failure:
             self._redo(state, failure)
             return
-        if self.uploads.in_flight > self.uploads.budget_bytes:  # that part took the pool over the budget
-            with self._waiting_on_store(f"uploading the parts in flight, {batch.upload.key} among them"):
-                self.uploads.wait_for_parts()
-        batch.last_offset = offset
-        batch.records += 1
-        batch.payload_bytes += len(value or b"") + len(record_key or b"")
-        batch.encoded_bytes += size
+        self._appended(batch, offset, 1, len(value or b"") + len(record_key or b""), size)
         if ambiguous:
             self._ambiguous_record(batch, offset)
         if (self.max_records is not None and batch.records >= self.max_records) or (
             self.max_bytes is not None and batch.encoded_bytes >= self.max_bytes
         ):
             self._cut(key)
+
+    def _appended(self, batch: Batch, last_offset: int, records: int, payload_bytes: int, encoded_bytes: int) -> None:
+        """After records were written to the batch's object (_take, _take_run): wait while the part that write
+        handed over took the pool over the budget, then count them in the batch."""
+        if self.uploads.in_flight > self.uploads.budget_bytes:
+            with self._waiting_on_store(f"uploading the parts in flight, {batch.upload.key} among them"):
+                self.uploads.wait_for_parts()
+        batch.last_offset = last_offset
+        batch.records += records
+        batch.payload_bytes += payload_bytes
+        batch.encoded_bytes += encoded_bytes
 
     def _open_batch(self, topic: str, partition: int, offset: int, timestamp: int) -> Batch:
         upload = self.store.open(dump_batch_key(self.target, topic, partition, offset, timestamp), self.uploads)
