@@ -537,6 +537,39 @@ def test_a_worker_is_admitted_in_a_restricted_namespace_and_runs(
 # -- 6. server-side apply of the children ---------------------------------------------------------
 
 
+def test_a_worker_deployment_deleted_or_scaled_behind_the_operators_back_is_put_back_by_the_periodic_sweep(
+    cluster: Cluster, kafka: KafkaCluster
+) -> None:
+    """No handler runs on a Deployment's events (the operator only indexes them): only the periodic sweep over
+    every task (reconcile interval 1 s here) can notice that its Deployment was deleted or scaled."""
+    ns = cluster.namespace()
+    cluster.apply(task("TopicSync", ns, "kept", topic_sync_spec(kafka.bootstrap)))
+    wait_state(cluster, ns, "kept", "topicsyncs", "Paused")
+    wait_for(lambda: cluster.deployment(ns, "kept-topicsync"), timeout=WAIT, what="the Deployment")
+    first = cluster.deployment(ns, "kept-topicsync") or {}
+    assert first["spec"]["replicas"] == 0  # Paused
+
+    cluster.kubectl("delete", "deployment", "kept-topicsync", "-n", ns)
+
+    def uid() -> str | None:
+        deployment = cluster.deployment(ns, "kept-topicsync")
+        return None if deployment is None else str(deployment["metadata"]["uid"])
+
+    def put_back(condition: Callable[[], bool], what: str) -> None:
+        try:
+            wait_for(condition, timeout=WAIT, what=what)
+        except AssertionError as err:
+            raise AssertionError(f"{err}\noperator:\n{cluster.operator_output()[-3000:]}") from None
+
+    put_back(lambda: uid() not in (None, first["metadata"]["uid"]), "the Deployment again")
+    cluster.kubectl("scale", "deployment", "kept-topicsync", "-n", ns, "--replicas=2")
+    put_back(
+        lambda: (cluster.deployment(ns, "kept-topicsync") or {}).get("spec", {}).get("replicas") == 0,
+        "the Deployment scaled back to 0",
+    )
+    assert state(cluster, ns, "kept", "topicsyncs") == "Paused"
+
+
 def test_a_node_selector_entry_dropped_from_the_spec_is_removed_from_the_deployment(
     cluster: Cluster, kafka: KafkaCluster
 ) -> None:

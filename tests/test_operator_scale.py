@@ -21,7 +21,7 @@ import kopf
 import pytest
 from ferry import malloc, operator
 from ferry.control.peers import component, key_of, slim, status_changes, tokens
-from ferry.control.reconcile import Observed, decide
+from ferry.control.reconcile import Observed, decide, owner_of
 from ferry.obsdump.worker import PLUGIN as DUMP
 from ferry.settings import OperatorSettings
 from ferry.tasks import KindPlugin
@@ -221,7 +221,7 @@ def test_a_steady_state_reconcile_sends_nothing(api: client.ApiClient, monkeypat
     body["metadata"] = {"name": "dump", "namespace": namespace}
     custom.create_namespaced_custom_object("ferry.dev", "v1alpha1", namespace, "obsdumptasks", body)
     posted: list[Any] = []
-    monkeypatch.setattr(operator, "_post_events", lambda body, outcome: posted.extend(outcome.events))
+    monkeypatch.setattr(operator, "_post_events", lambda body, events: posted.extend(events))
     calls: list[str] = []
     real = api.call_api
 
@@ -267,6 +267,56 @@ def test_a_steady_state_reconcile_sends_nothing(api: client.ApiClient, monkeypat
     changed = reconcile("change")
     assert sorted(c.rsplit("/", 2)[-2] for c in calls) == ["rolebindings", "roles", "secrets", "serviceaccounts"]
     assert all(c.startswith("GET") for c in calls) and not changed.get("status")
+    core.delete_namespace(namespace)
+
+
+def test_a_periodic_reconcile_of_an_outdated_version_of_a_task_patches_nothing(
+    api: client.ApiClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sweep decides from the task index, which lags the API while Kopf has the task's events queued. Its
+    patch carries the version it decided from: the API server refuses it for a newer version, so a status decided
+    from an old one cannot overwrite a newer report, and the sweep tries again later."""
+    namespace = f"scale-{uuid.uuid4().hex[:8]}"
+    core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
+    core.create_namespace({"metadata": {"name": namespace}})
+    core.create_namespaced_secret(
+        namespace, {"metadata": {"name": "obs"}, "stringData": {"accessKey": "a", "secretKey": "s"}}
+    )
+    body = dump(1, "kafka:9092")
+    body["metadata"] = {"name": "dump", "namespace": namespace}
+    custom.create_namespaced_custom_object("ferry.dev", "v1alpha1", namespace, "obsdumptasks", body)
+    posted: list[Any] = []
+    monkeypatch.setattr(operator, "_post_events", lambda body, events: posted.extend(events))
+    target = ("ferry.dev", "v1alpha1", namespace, "obsdumptasks", "dump")
+    key = ("ObsDumpTask", namespace, "dump")
+    created = custom.get_namespaced_custom_object(*target)
+    # A new task (no status, no accepted spec): its annotations are patched first, then the status.
+    custom.patch_namespaced_custom_object_status(*target, {"status": {"message": "newer"}})
+    assert operator._periodic(DUMP, created, indexes_from_api(api, namespace, created)) is False
+    now = custom.get_namespaced_custom_object(*target)
+    assert now["status"] == {"message": "newer"} and "annotations" not in now["metadata"]
+    assert posted == []  # the Events of a refused reconcile are not posted
+    assert key not in operator.RECONCILED.at  # not counted as reconciled: due again soon
+
+    # Decided from the version the API has, the same reconcile is applied, its Events posted once.
+    assert operator._periodic(DUMP, now, indexes_from_api(api, namespace, now)) is True
+    reconciled = custom.get_namespaced_custom_object(*target)
+    assert reconciled["status"]["state"] == "Unassigned" and reconciled["metadata"]["annotations"]
+    assert [e.reason for e in posted] == ["WaitingForWorker"]
+    assert key in operator.RECONCILED.at
+
+    # The index saw a version whose status the operator would set right; a newer one is in the API already.
+    custom.patch_namespaced_custom_object_status(*target, {"status": {"message": "seen by the index"}})
+    seen = custom.get_namespaced_custom_object(*target)
+    custom.patch_namespaced_custom_object_status(*target, {"status": {"message": "newer"}})
+    newer = custom.get_namespaced_custom_object(*target)
+    assert operator._periodic(DUMP, seen, indexes_from_api(api, namespace, seen)) is False
+    now = custom.get_namespaced_custom_object(*target)
+    assert now["metadata"]["resourceVersion"] == newer["metadata"]["resourceVersion"]
+    assert now["status"]["message"] == "newer"
+    assert operator._periodic(DUMP, now, indexes_from_api(api, namespace, now)) is True
+    assert custom.get_namespaced_custom_object(*target)["status"]["message"] == reconciled["status"]["message"]
+    operator._forget(owner_of(newer))
     core.delete_namespace(namespace)
 
 

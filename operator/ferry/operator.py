@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import hashlib
 import json
 import logging
@@ -27,8 +28,9 @@ from ferry.control.names import task_name_of
 from ferry.control.operations import RESET_ANNOTATION, RESTART_ANNOTATION
 from ferry.control.peers import Key, component, key_of, slim, status_changes, tokens
 from ferry.control.preflight import PASSED
-from ferry.control.reconcile import Observed, Outcome, decide, named, owner_of
+from ferry.control.reconcile import Observed, decide, named, owner_of
 from ferry.control.render import SPEC_HASH_ANNOTATION, Owner, label_selector, selector, selector_labels, worker_name
+from ferry.control.sweep import Schedule
 from ferry.metrics import TaskStateMetrics
 from ferry.registry import PLUGINS
 from ferry.settings import OperatorSettings
@@ -124,7 +126,9 @@ _oldest = prometheus_client.Gauge(
 _oldest.set_function(RECONCILED.oldest_age)
 _reconciles = prometheus_client.Counter(
     "ferry_operator_reconciles",
-    "Reconciles of worker-Deployment tasks, by what woke them and whether they sent anything to the API.",
+    "Reconciles of worker-Deployment tasks, by what woke them (create, change, timer: the periodic sweep) and"
+    " whether they sent anything to the API (yes, no; for the sweep also unchanged: versions compared only, and"
+    " stale: the task had changed since the index saw it, nothing patched).",
     ["trigger", "wrote"],
     registry=TASK_STATES.registry,
 )
@@ -156,6 +160,10 @@ class _Remembered:
     def put(self, key: Any, value: Any) -> None:
         with self.lock:
             self.entries[key] = (value, time.monotonic())
+
+    def drop(self, key: Any) -> None:
+        with self.lock:
+            self.entries.pop(key, None)
 
     def forget(self, match: Any) -> None:
         with self.lock:
@@ -328,19 +336,23 @@ def _compact(obj: Any) -> Any:
     return obj
 
 
-def _shrink(body: kopf.Body) -> None:
-    """Make a watched task's body small, for as long as Kopf keeps it: Kopf holds the latest body of every task
-    with a timer (the timer's `body`), and the body its index handlers get is that one. As parsed from the
-    watch it takes ~20 kB, half of it metadata.managedFields, which neither Kopf nor Ferry reads; without them
-    and compacted (_compact), ~5 kB. The source is swapped in one step, so a reconcile reading the body in a
-    thread sees either the old or the new dict: the same content, managedFields aside."""
+def _shrink(body: kopf.Body) -> dict[str, Any]:
+    """Make a watched task's body small, and return it: the task index keeps it for the periodic sweep, and the
+    handlers of the same event get it too. As parsed from the watch it takes ~20 kB, half of it
+    metadata.managedFields, which neither Kopf nor Ferry reads; without them and compacted (_compact), ~5 kB."""
     raw = dict(body)
     meta = {k: v for k, v in (raw.get("metadata") or {}).items() if k != "managedFields"}
-    body._replace_with(_compact({**raw, "metadata": meta}))
+    shrunk: dict[str, Any] = _compact({**raw, "metadata": meta})
+    body._replace_with(cast(kopf.RawBody, shrunk))
+    return shrunk
 
 
 async def _index_deployment(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
-    return {(namespace or "default", name): _compact(_slim_workload(body))}
+    key, slim_body = (namespace or "default", name), _compact(_slim_workload(body))
+    applied = DEPLOYMENTS.get(key, APPLIED_TRUST)[1]
+    if applied is not None and _newest(slim_body, applied) is slim_body:
+        DEPLOYMENTS.drop(key)  # the watch has caught up: a deletion from now on is seen as one
+    return {key: slim_body}
 
 
 async def _index_pod(
@@ -389,7 +401,7 @@ def _deployment(indexes: Mapping[str, Any], namespace: str, name: str) -> dict[s
         return indexed
     newest = _newest(indexed, applied)
     if newest is indexed:  # the watch has caught up
-        DEPLOYMENTS.forget(lambda k: k == (namespace, name))
+        DEPLOYMENTS.drop((namespace, name))
     return newest
 
 
@@ -493,11 +505,15 @@ def _server_side_apply(patch: Any, desired: dict[str, Any]) -> dict[str, Any]:
 
 
 def _apply_deployment(desired: dict[str, Any], current: dict[str, Any] | None) -> bool:
-    """Apply the worker Deployment unless the one there has the desired spec hash; True when it was sent."""
+    """Apply the worker Deployment unless the one there has the desired spec hash and replicas (a `kubectl scale
+    deployment` behind the operator's back is undone; the task's own scale is `kubectl scale <kind>`); True when
+    it was sent."""
     meta = desired["metadata"]
-    have = ((current or {}).get("metadata", {}).get("annotations") or {}).get(SPEC_HASH_ANNOTATION)
-    if current is not None and have == meta["annotations"][SPEC_HASH_ANNOTATION]:
-        return False
+    wanted = (meta["annotations"][SPEC_HASH_ANNOTATION], desired["spec"]["replicas"])
+    if current is not None:
+        have = (current["metadata"].get("annotations") or {}).get(SPEC_HASH_ANNOTATION)
+        if (have, current["spec"].get("replicas")) == wanted:
+            return False
     applied = _server_side_apply(_apps().patch_namespaced_deployment, desired)
     # Until the watch brings it, the next reconcile compares with what the API returned.
     DEPLOYMENTS.put((meta["namespace"], meta["name"]), _slim_workload(applied))
@@ -565,8 +581,8 @@ def _create_check_job(job: dict[str, Any]) -> bool:
     return True
 
 
-def _post_events(body: kopf.Body, outcome: Outcome) -> None:
-    for event in outcome.events:
+def _post_events(body: kopf.Body, events: Iterable[Any]) -> None:
+    for event in events:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
 
 
@@ -576,11 +592,13 @@ def reconcile(
     patch: kopf.Patch,
     indexes: Mapping[str, Any] | None = None,
     trigger: str = "change",
+    events: list[Any] | None = None,
 ) -> None:
     """Read what is there, decide, apply children, and leave the status and annotations in `patch`.
 
     With the Kopf indexes (`indexes`), what is there comes from the watches: a reconcile that finds nothing
-    changed sends nothing, not even a status patch."""
+    changed sends nothing, not even a status patch. The Events are posted, or left in `events` when given (the
+    sweep posts them once its patch is applied)."""
     raw = dict(body)
     if raw["metadata"].get("deletionTimestamp"):
         return
@@ -596,7 +614,10 @@ def reconcile(
             wrote = _apply_deployment(outcome.deployment, observed.deployment) or wrote
         for job in outcome.jobs:
             wrote = _create_check_job(job) or wrote
-        _post_events(body, outcome)
+        if events is None:
+            _post_events(body, outcome.events)
+        else:
+            events.extend(outcome.events)
         changes = status_changes(raw.get("status") or {}, outcome.status)
         patch.status.update(changes)
         owner = owner_of(raw)
@@ -691,7 +712,7 @@ def _forget(owner: Owner) -> None:
     RECONCILED.at.pop((owner.kind, owner.namespace, owner.name), None)
     name = worker_name(owner)
     ACCESS.forget(lambda k: k[1:] == (owner.namespace, name))
-    DEPLOYMENTS.forget(lambda k: k == (owner.namespace, name))
+    DEPLOYMENTS.drop((owner.namespace, name))
 
 
 def finalize(plugin: KindPlugin, body: kopf.Body) -> None:
@@ -734,6 +755,138 @@ def finalize(plugin: KindPlugin, body: kopf.Body) -> None:
     log.info("%s %s/%s: workers stopped, finalizer released", plugin.definition.kind, owner.namespace, owner.name)
 
 
+def _patch_task(plugin: KindPlugin, raw: dict[str, Any], patch: kopf.Patch) -> None:
+    """Apply a periodic reconcile's patch as Kopf applies a handler's (annotations, then the status subresource),
+    on the condition that the task is still the version it was decided from: a newer one (Kopf has its events
+    queued) is answered 409 Conflict, and a status decided from an old one cannot overwrite a newer report."""
+    meta = raw["metadata"]
+    version = meta.get("resourceVersion")
+    target = (GROUP, VERSION, meta.get("namespace") or "default", plugin.definition.plural, meta["name"])
+    custom = _custom()
+    if patch.get("metadata"):
+        changed = {"metadata": {**dict(patch["metadata"]), "resourceVersion": version}}
+        version = custom.patch_namespaced_custom_object(*target, changed)["metadata"]["resourceVersion"]
+    if patch.get("status"):
+        changed = {"status": dict(patch["status"]), "metadata": {"resourceVersion": version}}
+        custom.patch_namespaced_custom_object_status(*target, changed)
+
+
+def _periodic(plugin: KindPlugin, raw: dict[str, Any], indexes: Mapping[str, Any]) -> bool:
+    """The sweep's full reconcile of one task, in a thread. False when the task had changed since the index saw
+    it, so nothing was patched: Kopf's handlers take the new version, and the sweep tries again soon."""
+    owner = owner_of(raw)
+    key = (owner.kind, owner.namespace, owner.name)
+    before = RECONCILED.at.get(key)
+    body, patch = kopf.Body(cast(kopf.RawBody, raw)), kopf.Patch()
+    events: list[Any] = []
+    reconcile(plugin, body, patch, indexes, "timer", events)
+    try:
+        _patch_task(plugin, raw, patch)
+    except ApiException as err:
+        if err.status not in (404, 409):
+            raise
+        if before is None:
+            RECONCILED.at.pop(key, None)
+        else:
+            RECONCILED.at[key] = before
+        _QUIET.pop(key, None)
+        _reconciles.labels("timer", "stale").inc()
+        return False
+    _post_events(body, events)
+    return True
+
+
+SWEPT: list[KindPlugin] = []  # the kinds the sweep reconciles (those with worker Deployments)
+
+
+class _Sweep:
+    """The periodic safety net: one loop over every task in the indexes, every tick, reconciling each task not
+    reconciled within the interval (ferry.control.sweep) instead of a Kopf timer per task.
+
+    A task whose versions are unchanged since a reconcile that found nothing to do is checked in the event loop
+    (_unchanged); the others are reconciled in the sweep's threads, at most MAX_WORKERS at once, the longest
+    waiting first; the rest wait for the next tick. A task its handler reconciles now, or that is being
+    deleted, is left to Kopf. It starts from the first handler: Kopf runs handlers once its indexes hold every
+    object it listed, and the handler's context is the one kopf.event posts through."""
+
+    def __init__(self) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.started = False
+        self.lock = threading.Lock()
+
+    def start(self, kwargs: Mapping[str, Any]) -> None:
+        with self.lock:
+            if self.started or self.loop is None:
+                return
+            self.started = True
+        indexes = {name: value for name, value in kwargs.items() if isinstance(value, kopf.Index)}
+        asyncio.run_coroutine_threadsafe(self.run(indexes), self.loop)  # in this handler's context
+
+    async def run(self, indexes: Mapping[str, Any]) -> None:
+        self.task = asyncio.current_task()
+        interval = SETTINGS.reconcile_interval
+        schedule: Schedule[tuple[str, str, str]] = Schedule(interval, min(1.0, interval / 10))
+        while True:
+            await asyncio.sleep(schedule.tick)
+            try:
+                self.sweep(schedule, indexes)
+            except Exception:  # a bug here must not end the safety net: log it, sweep again next tick
+                log.exception("periodic sweep failed")
+
+    def sweep(self, schedule: Schedule[tuple[str, str, str]], indexes: Mapping[str, Any]) -> None:
+        now = time.monotonic()
+        tasks: dict[tuple[str, str, str], tuple[KindPlugin, dict[str, Any]]] = {}
+        for plugin in SWEPT:
+            kind = plugin.definition.kind
+            for (namespace, name), store in indexes[f"ferry_{plugin.definition.plural}_tasks"].items():
+                for entry in store:
+                    tasks[(kind, namespace, name)] = (plugin, entry["raw"])
+        loop = asyncio.get_running_loop()
+        for key in schedule.due(now, tasks, RECONCILED.at):
+            plugin, raw = tasks[key]
+            lock = _locks.get(f"{key[1]}/{key[2]}/{key[0]}")
+            if raw["metadata"].get("deletionTimestamp") or (lock is not None and lock.locked()):
+                continue
+            if _unchanged(plugin, raw, indexes):
+                RECONCILED.at[key] = now
+                _reconciles.labels("timer", "unchanged").inc()
+            elif len(schedule.running) < MAX_WORKERS:
+                schedule.running.add(key)
+                context = contextvars.copy_context()
+                future = loop.run_in_executor(_TIMER_POOL, context.run, _periodic, plugin, raw, indexes)
+                future.add_done_callback(functools.partial(self.done, schedule, key))
+        schedule.forget_absent(tasks, RECONCILED.at, now)
+
+    def done(self, schedule: Schedule[tuple[str, str, str]], key: tuple[str, str, str], future: Any) -> None:
+        schedule.running.discard(key)
+        error = future.exception()
+        if error is None and future.result():
+            return
+        retry = min(5.0, schedule.interval / 3)
+        schedule.retry(key, time.monotonic(), retry)
+        if error is not None:
+            kind, namespace, name = key
+            log.error("%s %s/%s: periodic reconcile failed, again in %ss", kind, namespace, name, retry, exc_info=error)
+
+    def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+
+SWEEP = _Sweep()
+
+
+@kopf.on.startup()
+async def _sweep_loop(**_: Any) -> None:
+    SWEEP.loop = asyncio.get_running_loop()
+
+
+@kopf.on.cleanup()
+async def _stop_sweep(**_: Any) -> None:
+    SWEEP.stop()
+
+
 def _noticed(**_: Any) -> None:
     """The reconcile handler acts on the change (see _register)."""
 
@@ -743,31 +896,21 @@ def _register(plugin: KindPlugin) -> None:
 
     # The index handlers are coroutines: Kopf runs them in the event loop, not in its thread pool.
     async def index_task(body: kopf.Body, **_: Any) -> dict[Key, dict[str, Any]]:
-        _shrink(body)  # the body Kopf keeps for the task's timer
-        raw = dict(body)
-        return {key_of(raw): {"body": slim(raw, CLUSTER_ID_FIELDS), "tokens": tokens(plugin, raw, CLUSTER_ID_FIELDS)}}
+        raw = _shrink(body)  # the whole body, for the sweep (slim shares its spec and strings)
+        entry = {"body": slim(raw, CLUSTER_ID_FIELDS), "tokens": tokens(plugin, raw, CLUSTER_ID_FIELDS), "raw": raw}
+        return {key_of(raw): entry}
 
     async def index_tokens(body: kopf.Body, **_: Any) -> dict[str, Key]:
         raw = dict(body)
         return {token: key_of(raw) for token in tokens(plugin, raw, CLUSTER_ID_FIELDS)}
 
     def on_change(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
+        SWEEP.start(kwargs)
         reconcile(plugin, body, patch, kwargs, "change")
 
     def on_create(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
+        SWEEP.start(kwargs)
         reconcile(plugin, body, patch, kwargs, "create")
-
-    async def on_timer(body: kopf.Body, patch: kopf.Patch, **kwargs: Any) -> None:
-        # In the event loop, without a thread, when nothing changed: most periodic runs at scale.
-        if _unchanged(plugin, dict(body), kwargs):
-            owner = owner_of(dict(body))
-            RECONCILED.at[(owner.kind, owner.namespace, owner.name)] = time.monotonic()
-            _reconciles.labels("timer", "unchanged").inc()
-            return
-        context = contextvars.copy_context()  # Kopf's per-handler context (kopf.event posts through it)
-        await asyncio.get_running_loop().run_in_executor(
-            _TIMER_POOL, context.run, reconcile, plugin, body, patch, kwargs, "timer"
-        )
 
     def on_delete(body: kopf.Body, **_: Any) -> None:
         finalize(plugin, body)
@@ -786,10 +929,7 @@ def _register(plugin: KindPlugin) -> None:
         kopf.on.update(*resource, id=f"noticed-{name.rsplit('/', 1)[-1]}", field=("metadata", "annotations", name))(
             _noticed
         )
-    # The first periodic run one interval after the task is seen: the create or resume handler reconciles it
-    # first, and a timer starting at once reconciled a new task a second time (reading its access objects back).
-    interval = SETTINGS.reconcile_interval
-    kopf.timer(*resource, id="reconcile-timer", interval=interval, initial_delay=interval, sharp=False)(on_timer)
+    SWEPT.append(plugin)  # reconciled periodically by the sweep, not a Kopf timer per task
     kopf.on.delete(*resource, id="flush-worker", timeout=SETTINGS.flush_timeout + 60)(on_delete)
 
 
