@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 from ferry.metrics import TaskStateMetrics, WorkerMetrics
+from ferry.operator import TASK_STATES
 from prometheus_client import Counter
 
 from tests.support import tools
@@ -26,6 +27,7 @@ ALERTS = {
     "FerryLagGrowing",
     "FerryNoDump",
     "FerryConsumerGroupNotReadyForFailover",
+    "FerryOperatorBehind",
 }
 
 
@@ -63,7 +65,7 @@ def test_the_rule_is_off_by_default_and_valid_for_promtool(helm: Helm, rule: dic
 
 def exported_metrics() -> set[str]:
     """Every metric name a worker or the operator exposes (counters with their _total)."""
-    registries = [WorkerMetrics("ObsDumpTask", "ns/t").registry, TaskStateMetrics().registry]
+    registries = [WorkerMetrics("ObsDumpTask", "ns/t").registry, TaskStateMetrics().registry, TASK_STATES.registry]
     names = set()
     for registry in registries:
         for collector in list(registry._collector_to_names):  # the registered metrics, labelled or not
@@ -129,6 +131,11 @@ def test_each_alert_fires_on_the_series_that_should_fire_it_and_no_others(
         ),
         ('ferry_consumer_group_failover_ready{kind="TopicSync",task="d/dr",task_name="",group="g3",pod="w-1"}', "1x40"),
         ('ferry_consumer_group_failover_ready{kind="TopicSync",task="d/dr",task_name="",group="g3",pod="w-2"}', "1x40"),
+        # FerryOperatorBehind (interval 15 s by default: above 60 s): one operator behind from minute 6, one that
+        # stays within its interval, one behind for 5 minutes only (a burst of new tasks)
+        ('ferry_operator_oldest_reconcile_age_seconds{namespace="ferry",pod="op-behind"}', "14x5 100x35"),
+        ('ferry_operator_oldest_reconcile_age_seconds{namespace="ferry",pod="op-fine"}', "14x40"),
+        ('ferry_operator_oldest_reconcile_age_seconds{namespace="other",pod="op-burst"}', "14x5 300x5 14x30"),
     ]
     tests = [
         ("FerryTaskFailed", "9m", []),  # not Failed long enough yet
@@ -162,6 +169,8 @@ def test_each_alert_fires_on_the_series_that_should_fire_it_and_no_others(
             ],
         ),
     ]
+    behind = expected(rule, "FerryOperatorBehind", {"namespace": "ferry", "pod": "op-behind"})
+    tests += [("FerryOperatorBehind", "14m", []), ("FerryOperatorBehind", "20m", [behind])]
     unit = {
         "rule_files": [str(rules_file)],
         "evaluation_interval": "1m",

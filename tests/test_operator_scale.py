@@ -210,7 +210,8 @@ def indexes_from_api(api: client.ApiClient, namespace: str, task: dict[str, Any]
     }
 
 
-def test_a_steady_state_reconcile_sends_nothing(api: client.ApiClient, monkeypatch: pytest.MonkeyPatch) -> None:
+def new_dump(api: client.ApiClient, monkeypatch: pytest.MonkeyPatch) -> tuple[str, list[Any]]:
+    """A new namespace with the Secret and an ObsDumpTask `dump` that names it; the Events reconciles post, kept."""
     namespace = f"scale-{uuid.uuid4().hex[:8]}"
     core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
     core.create_namespace({"metadata": {"name": namespace}})
@@ -222,6 +223,12 @@ def test_a_steady_state_reconcile_sends_nothing(api: client.ApiClient, monkeypat
     custom.create_namespaced_custom_object("ferry.dev", "v1alpha1", namespace, "obsdumptasks", body)
     posted: list[Any] = []
     monkeypatch.setattr(operator, "_post_events", lambda body, events: posted.extend(events))
+    return namespace, posted
+
+
+def test_a_steady_state_reconcile_sends_nothing(api: client.ApiClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    namespace, posted = new_dump(api, monkeypatch)
+    core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
     calls: list[str] = []
     real = api.call_api
 
@@ -276,17 +283,8 @@ def test_a_periodic_reconcile_of_an_outdated_version_of_a_task_patches_nothing(
     """The sweep decides from the task index, which lags the API while Kopf has the task's events queued. Its
     patch carries the version it decided from: the API server refuses it for a newer version, so a status decided
     from an old one cannot overwrite a newer report, and the sweep tries again later."""
-    namespace = f"scale-{uuid.uuid4().hex[:8]}"
+    namespace, posted = new_dump(api, monkeypatch)
     core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
-    core.create_namespace({"metadata": {"name": namespace}})
-    core.create_namespaced_secret(
-        namespace, {"metadata": {"name": "obs"}, "stringData": {"accessKey": "a", "secretKey": "s"}}
-    )
-    body = dump(1, "kafka:9092")
-    body["metadata"] = {"name": "dump", "namespace": namespace}
-    custom.create_namespaced_custom_object("ferry.dev", "v1alpha1", namespace, "obsdumptasks", body)
-    posted: list[Any] = []
-    monkeypatch.setattr(operator, "_post_events", lambda body, events: posted.extend(events))
     target = ("ferry.dev", "v1alpha1", namespace, "obsdumptasks", "dump")
     key = ("ObsDumpTask", namespace, "dump")
     created = custom.get_namespaced_custom_object(*target)

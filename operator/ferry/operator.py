@@ -796,6 +796,15 @@ def _periodic(plugin: KindPlugin, raw: dict[str, Any], indexes: Mapping[str, Any
     return True
 
 
+def _swept(plugin: KindPlugin, key: tuple[str, str, str], indexes: Mapping[str, Any]) -> bool:
+    """_periodic on the task as the index has it when a thread is free for it (it may have waited in the queue)."""
+    _, namespace, name = key
+    entry = next(iter(indexes[f"ferry_{plugin.definition.plural}_tasks"].get((namespace, name), ())), None)
+    if entry is None or entry["raw"]["metadata"].get("deletionTimestamp"):
+        return True  # gone, or being deleted: Kopf's deletion handler has it
+    return _periodic(plugin, entry["raw"], indexes)
+
+
 SWEPT: list[KindPlugin] = []  # the kinds the sweep reconciles (those with worker Deployments)
 
 
@@ -804,10 +813,11 @@ class _Sweep:
     reconciled within the interval (ferry.control.sweep) instead of a Kopf timer per task.
 
     A task whose versions are unchanged since a reconcile that found nothing to do is checked in the event loop
-    (_unchanged); the others are reconciled in the sweep's threads, at most MAX_WORKERS at once, the longest
-    waiting first; the rest wait for the next tick. A task its handler reconciles now, or that is being
-    deleted, is left to Kopf. It starts from the first handler: Kopf runs handlers once its indexes hold every
-    object it listed, and the handler's context is the one kopf.event posts through."""
+    (_unchanged); the others are queued for the sweep's MAX_WORKERS threads, the longest waiting first, each
+    once until its reconcile ends, and reconciled as the index has it when a thread takes it. A task its
+    handler reconciles now, or that is being deleted, is left to Kopf. It starts from the first handler: Kopf
+    runs handlers once its indexes hold every object it listed, and the handler's context is the one kopf.event
+    posts through."""
 
     def __init__(self) -> None:
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -851,10 +861,10 @@ class _Sweep:
             if _unchanged(plugin, raw, indexes):
                 RECONCILED.at[key] = now
                 _reconciles.labels("timer", "unchanged").inc()
-            elif len(schedule.running) < MAX_WORKERS:
+            else:
                 schedule.running.add(key)
                 context = contextvars.copy_context()
-                future = loop.run_in_executor(_TIMER_POOL, context.run, _periodic, plugin, raw, indexes)
+                future = loop.run_in_executor(_TIMER_POOL, context.run, _swept, plugin, key, indexes)
                 future.add_done_callback(functools.partial(self.done, schedule, key))
         schedule.forget_absent(tasks, RECONCILED.at, now)
 
