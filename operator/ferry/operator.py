@@ -128,7 +128,7 @@ _reconciles = prometheus_client.Counter(
     "ferry_operator_reconciles",
     "Reconciles of worker-Deployment tasks, by what woke them (create, change, timer: the periodic sweep) and"
     " whether they sent anything to the API (yes, no; for the sweep also unchanged: versions compared only, and"
-    " stale: the task had changed since the index saw it, nothing patched).",
+    " stale: the task had changed since the index saw it, nothing patched; counted besides its yes or no).",
     ["trigger", "wrote"],
     registry=TASK_STATES.registry,
 )
