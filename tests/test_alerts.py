@@ -132,7 +132,7 @@ def test_each_alert_fires_on_the_series_that_should_fire_it_and_no_others(
         ('ferry_consumer_group_failover_ready{kind="TopicSync",task="d/dr",task_name="",group="g3",pod="w-1"}', "1x40"),
         ('ferry_consumer_group_failover_ready{kind="TopicSync",task="d/dr",task_name="",group="g3",pod="w-2"}', "1x40"),
         # FerryOperatorBehind (interval 15 s by default: above 60 s): one operator behind from minute 6, one that
-        # stays within its interval, one behind for 5 minutes only (a burst of new tasks)
+        # stays within its interval, one behind for 6 minutes only (a burst of new tasks)
         ('ferry_operator_oldest_reconcile_age_seconds{namespace="ferry",pod="op-behind"}', "14x5 100x35"),
         ('ferry_operator_oldest_reconcile_age_seconds{namespace="ferry",pod="op-fine"}', "14x40"),
         ('ferry_operator_oldest_reconcile_age_seconds{namespace="other",pod="op-burst"}', "14x5 300x5 14x30"),
