@@ -42,8 +42,8 @@ FINALIZER = "ferry.dev/flush-worker"
 FIELD_MANAGER = "ferry-operator"  # the server-side apply field manager of every child Ferry renders
 TASK_STATES = TaskStateMetrics()
 OPERATION_ANNOTATIONS = (RESTART_ANNOTATION, RESET_ANNOTATION)
-# One reconcile at a time per task, whichever handler (change, timer) triggers it.
-_locks: dict[str, threading.Lock] = {}
+# One reconcile at a time per task (kind, namespace, name), whichever handler or the sweep triggers it.
+_locks: dict[tuple[str, str, str], threading.Lock] = {}
 # Sync handlers run in Kopf's thread pool: enough threads that API round trips of some tasks do not hold up the
 # others (the steady state makes none).
 MAX_WORKERS = 16
@@ -602,8 +602,9 @@ def reconcile(
     raw = dict(body)
     if raw["metadata"].get("deletionTimestamp"):
         return
-    key = f"{raw['metadata'].get('namespace')}/{raw['metadata']['name']}/{plugin.definition.kind}"
-    with _locks.setdefault(key, threading.Lock()):
+    owner = owner_of(raw)
+    task = (owner.kind, owner.namespace, owner.name)
+    with _locks.setdefault(task, threading.Lock()):
         observed = _observe(plugin, raw, indexes, changed=trigger != "timer")
         outcome = decide(plugin, raw, observed, SETTINGS)
         wrote = False
@@ -620,7 +621,6 @@ def reconcile(
             events.extend(outcome.events)
         changes = status_changes(raw.get("status") or {}, outcome.status)
         patch.status.update(changes)
-        owner = owner_of(raw)
         # The name the workers run with (a rename held back keeps the old one), as the Events and worker metrics say.
         running_name = task_name_of(running_body(plugin, raw)) or ""
         TASK_STATES.set(owner.kind, owner.namespace, owner.name, outcome.status["state"], running_name)
@@ -628,16 +628,15 @@ def reconcile(
         for name, value in outcome.annotations.items():
             if annotations.get(name) != value or (value is None and name in annotations):
                 patch.metadata.annotations[name] = value
-        RECONCILED.at[(owner.kind, owner.namespace, owner.name)] = time.monotonic()
+        RECONCILED.at[task] = time.monotonic()
         sent = wrote or bool(changes) or bool(outcome.events) or bool(patch)
         _reconciles.labels(trigger, "yes" if sent else "no").inc()
-        quiet = (owner.kind, owner.namespace, owner.name)
         if sent or indexes is None:
-            _QUIET.pop(quiet, None)
+            _QUIET.pop(task, None)
         else:  # quiet since when (its recheck interval runs from the first of a row of identical ones)
-            fingerprint, previous, now = _fingerprint(plugin, raw, indexes), _QUIET.get(quiet), time.monotonic()
+            fingerprint, previous, now = _fingerprint(plugin, raw, indexes), _QUIET.get(task), time.monotonic()
             if previous is None or previous[0] != fingerprint or now - previous[1] >= _recheck():
-                _QUIET[quiet] = (fingerprint, now)
+                _QUIET[task] = (fingerprint, now)
 
 
 # Per task: what its last reconcile that sent nothing saw, and when (see _unchanged).
@@ -788,8 +787,7 @@ def _periodic(plugin: KindPlugin, raw: dict[str, Any], indexes: Mapping[str, Any
         if before is None:
             RECONCILED.at.pop(key, None)
         else:
-            RECONCILED.at[key] = before
-        _QUIET.pop(key, None)
+            RECONCILED.at[key] = before  # (a reconcile that had a patch to send left no _QUIET entry)
         _reconciles.labels("timer", "stale").inc()
         return False
     _post_events(body, events)
@@ -855,7 +853,7 @@ class _Sweep:
         loop = asyncio.get_running_loop()
         for key in schedule.due(now, tasks, RECONCILED.at):
             plugin, raw = tasks[key]
-            lock = _locks.get(f"{key[1]}/{key[2]}/{key[0]}")
+            lock = _locks.get(key)
             if raw["metadata"].get("deletionTimestamp") or (lock is not None and lock.locked()):
                 continue
             if _unchanged(plugin, raw, indexes):
