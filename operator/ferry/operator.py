@@ -43,7 +43,8 @@ FIELD_MANAGER = "ferry-operator"  # the server-side apply field manager of every
 TASK_STATES = TaskStateMetrics()
 OPERATION_ANNOTATIONS = (RESTART_ANNOTATION, RESET_ANNOTATION)
 # One reconcile at a time per task (kind, namespace, name), whichever handler or the sweep triggers it.
-_locks: dict[tuple[str, str, str], threading.Lock] = {}
+# Re-entrant: the sweep holds it while it reads the task from the index, then reconciles under it.
+_locks: dict[tuple[str, str, str], threading.RLock] = {}
 # Sync handlers run in Kopf's thread pool: enough threads that API round trips of some tasks do not hold up the
 # others (the steady state makes none).
 MAX_WORKERS = 16
@@ -604,7 +605,7 @@ def reconcile(
         return
     owner = owner_of(raw)
     task = (owner.kind, owner.namespace, owner.name)
-    with _locks.setdefault(task, threading.Lock()):
+    with _locks.setdefault(task, threading.RLock()):
         observed = _observe(plugin, raw, indexes, changed=trigger != "timer")
         outcome = decide(plugin, raw, observed, SETTINGS)
         wrote = False
@@ -795,12 +796,24 @@ def _periodic(plugin: KindPlugin, raw: dict[str, Any], indexes: Mapping[str, Any
 
 
 def _swept(plugin: KindPlugin, key: tuple[str, str, str], indexes: Mapping[str, Any]) -> bool:
-    """_periodic on the task as the index has it when a thread is free for it (it may have waited in the queue)."""
+    """_periodic on the task as the index has it when a thread is free for it (it may have waited in the queue),
+    read under the task's lock: a handler that held it has reconciled a newer version, which the index has by
+    then, and a version read before would apply the Deployment of the older spec over the newer one."""
     _, namespace, name = key
-    entry = next(iter(indexes[f"ferry_{plugin.definition.plural}_tasks"].get((namespace, name), ())), None)
-    if entry is None or entry["raw"]["metadata"].get("deletionTimestamp"):
-        return True  # gone, or being deleted: Kopf's deletion handler has it
-    return _periodic(plugin, entry["raw"], indexes)
+    with _locks.setdefault(key, threading.RLock()):
+        entry = next(iter(indexes[f"ferry_{plugin.definition.plural}_tasks"].get((namespace, name), ())), None)
+        if entry is None or entry["raw"]["metadata"].get("deletionTimestamp"):
+            return True  # gone, or being deleted: Kopf's deletion handler has it
+        return _periodic(plugin, entry["raw"], indexes)
+
+
+def _busy(key: tuple[str, str, str]) -> bool:
+    """Whether a reconcile of the task holds its lock now (an RLock has no locked() before Python 3.14)."""
+    lock = _locks.get(key)
+    if lock is None or not lock.acquire(blocking=False):
+        return lock is not None
+    lock.release()
+    return False
 
 
 SWEPT: list[KindPlugin] = []  # the kinds the sweep reconciles (those with worker Deployments)
@@ -853,8 +866,7 @@ class _Sweep:
         loop = asyncio.get_running_loop()
         for key in schedule.due(now, tasks, RECONCILED.at):
             plugin, raw = tasks[key]
-            lock = _locks.get(key)
-            if raw["metadata"].get("deletionTimestamp") or (lock is not None and lock.locked()):
+            if raw["metadata"].get("deletionTimestamp") or _busy(key):
                 continue
             if _unchanged(plugin, raw, indexes):
                 RECONCILED.at[key] = now
