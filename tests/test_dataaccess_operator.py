@@ -85,6 +85,8 @@ def test_a_target_change_rolls_the_workers_says_what_changed_and_keeps_the_group
     [event] = [e for e in after.events if e.reason == "SpecChanged"]
     assert "spec.target.topic: orders -> orders-v2" in event.message
     assert "consumer group dts-grp keeps its offsets" in event.message
+    assert event.applied  # posted even if the status patch is refused: the next reconcile finds it rolled
+    assert not [e for e in after.events if e.applied and e.reason != "SpecChanged"]
     assert env_of(after.deployment)["FERRY_CONSUMER_GROUP"] == "dts-grp"
     # Once the Deployment carries the new spec, nothing more is announced.
     assert not [

@@ -318,6 +318,37 @@ def test_a_periodic_reconcile_of_an_outdated_version_of_a_task_patches_nothing(
     core.delete_namespace(namespace)
 
 
+def test_a_refused_periodic_reconcile_still_says_what_it_did_to_the_workers(
+    api: client.ApiClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refused patch leaves the status as it was, but not the Deployment the reconcile applied before it: the
+    next reconcile finds the restart (or rollout) made and would not say it, so the refused one posts that Event.
+    Its other Events, decided from the old status, are the next reconcile's to decide again."""
+    namespace, posted = new_dump(api, monkeypatch)
+    apps, custom = client.AppsV1Api(api), client.CustomObjectsApi(api)
+    target = ("ferry.dev", "v1alpha1", namespace, "obsdumptasks", "dump")
+    first = custom.get_namespaced_custom_object(*target)
+    assert operator._periodic(DUMP, first, indexes_from_api(api, namespace, first)) is True
+    assert [e.reason for e in posted] == ["WaitingForWorker"]
+    posted.clear()
+    custom.patch_namespaced_custom_object(*target, {"metadata": {"annotations": {"ferry.dev/restart": "r1"}}})
+    seen = custom.get_namespaced_custom_object(*target)  # what the index has; a worker reports meanwhile
+    custom.patch_namespaced_custom_object_status(*target, {"status": {"message": "a newer report"}})
+
+    assert operator._periodic(DUMP, seen, indexes_from_api(api, namespace, seen)) is False
+    deployment = apps.read_namespaced_deployment("dump-obsdumptask", namespace).spec.template.metadata.annotations
+    assert deployment["ferry.dev/restart"] == "r1"  # applied before the patch was refused
+    assert custom.get_namespaced_custom_object(*target)["status"].get("restartedFor") is None
+    assert [(e.reason, e.applied) for e in posted] == [("Restarted", True)]
+    posted.clear()
+    now = custom.get_namespaced_custom_object(*target)
+    assert operator._periodic(DUMP, now, indexes_from_api(api, namespace, now)) is True
+    assert custom.get_namespaced_custom_object(*target)["status"]["restartedFor"] == "r1"
+    assert "Restarted" not in [e.reason for e in posted]  # said once, by the refused reconcile
+    operator._forget(owner_of(now))
+    client.CoreV1Api(api).delete_namespace(namespace)
+
+
 def test_the_api_server_sends_only_ferrys_deployments_and_worker_pods(
     api: client.ApiClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -773,7 +773,9 @@ def _patch_task(plugin: KindPlugin, raw: dict[str, Any], patch: kopf.Patch) -> N
 
 def _periodic(plugin: KindPlugin, raw: dict[str, Any], indexes: Mapping[str, Any]) -> bool:
     """The sweep's full reconcile of one task, in a thread. False when the task had changed since the index saw
-    it, so nothing was patched: Kopf's handlers take the new version, and the sweep tries again soon."""
+    it, so its status and annotations were not patched: Kopf's handlers take the new version, and the sweep tries
+    again soon. The Events of what it did to the workers all the same (a rollout, a restart) are posted: no later
+    reconcile, which finds the Deployment changed already, would say it."""
     owner = owner_of(raw)
     key = (owner.kind, owner.namespace, owner.name)
     before = RECONCILED.at.get(key)
@@ -790,6 +792,7 @@ def _periodic(plugin: KindPlugin, raw: dict[str, Any], indexes: Mapping[str, Any
         else:
             RECONCILED.at[key] = before  # (a reconcile that had a patch to send left no _QUIET entry)
         _reconciles.labels("timer", "stale").inc()
+        _post_events(body, [event for event in events if event.applied])
         return False
     _post_events(body, events)
     return True

@@ -7,7 +7,7 @@ answer, and a missed event is repaired by the next periodic run.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -68,6 +68,9 @@ class Event:
     type: str  # Normal or Warning
     reason: str
     message: str
+    # About a change this reconcile makes to the workers (a rollout, a restart): a later reconcile finds it made
+    # and does not say it again, so it is posted even when the status patch that goes with it is refused.
+    applied: bool = False
 
 
 @dataclass
@@ -411,7 +414,7 @@ def decide(
     )
     for notice in (restarting, reset_notice):
         if notice is not None:
-            events.append(Event(notice.type, notice.reason, notice.message))
+            events.append(Event(notice.type, notice.reason, notice.message, applied=notice is restarting))
     patch["replicas"] = len(live)
     patch["labelSelector"] = label_selector(owner)
     changed = spec_changes(deployed_spec(observed.deployment), spec.wire())
@@ -422,6 +425,7 @@ def decide(
                 "SpecChanged",
                 f"{'; '.join(changed)}: rolling the workers (the old ones flush and commit first); "
                 f"consumer group {group} keeps its offsets",
+                applied=True,
             )
         )
     extra = plugin.conditions(task, _with_self(others, me)) if plugin.conditions else []
@@ -433,7 +437,7 @@ def decide(
         previous = status.get("conditions") or []
         entry = _condition(previous, reset_state.type, value, reset_state.reason, reset_state.message, generation, now)
         outcome.status["conditions"].append(entry)
-    outcome.events = [Event(e.type, e.reason, named(e.message, spec.task_name)) for e in outcome.events]
+    outcome.events = [replace(e, message=named(e.message, spec.task_name)) for e in outcome.events]
     outcome.access = render_worker_access(plugin, owner)
     if check is not None and check.status is not None:
         outcome.status["specCheck"] = check.status
