@@ -1,10 +1,14 @@
-"""The periodic sweep's schedule (ferry.control.sweep): which tasks one loop over every task reconciles now.
+"""The periodic sweep's schedule (ferry.control.sweep): which tasks one loop over every task reconciles now, and
+its pruning of per-task locks.
 
-Pure scheduling, no cluster: the sweep itself runs against the real API server in test_operator_scale and
-test_cluster_live."""
+Pure, no cluster: the sweep itself runs against the real API server in test_operator_scale and test_cluster_live."""
 
 from __future__ import annotations
 
+import threading
+
+import pytest
+from ferry import operator
 from ferry.control.sweep import Schedule
 
 
@@ -56,3 +60,27 @@ def test_what_is_kept_of_a_task_that_is_gone_is_dropped_but_not_of_one_reconcile
     schedule.forget_absent(["here"], reconciled, before=30.0)
     assert reconciled == {"here": 10.0, "new": 30.5}
     assert schedule.held == {}
+
+
+def test_the_reconcile_locks_of_tasks_gone_from_the_index_are_dropped_unless_held(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    gone, held, here = ("ObsDumpTask", "ns", "gone"), ("ObsDumpTask", "ns", "held"), ("TopicSync", "ns", "here")
+    locks = {key: threading.RLock() for key in (gone, held, here)}
+    monkeypatch.setattr(operator, "_locks", dict(locks))
+    taken, release = threading.Event(), threading.Event()
+
+    def reconciling() -> None:  # a reconcile of a task deleted meanwhile, still under way in another thread
+        with locks[held]:
+            taken.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=reconciling)
+    thread.start()
+    assert taken.wait(10)
+    operator._forget_locks({here})
+    assert operator._locks == {held: locks[held], here: locks[here]}
+    release.set()
+    thread.join()
+    operator._forget_locks({here})
+    assert operator._locks == {here: locks[here]}

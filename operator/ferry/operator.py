@@ -11,7 +11,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
@@ -819,6 +819,17 @@ def _busy(key: tuple[str, str, str]) -> bool:
     return False
 
 
+def _forget_locks(present: Container[tuple[str, str, str]]) -> None:
+    """Drop the reconcile locks of tasks gone from the index that no reconcile holds (a handler of a task takes
+    its lock only once Kopf has indexed it, and the index cannot change while the sweep, in the event loop,
+    calls this). Otherwise every task ever deleted would keep one."""
+    for key in [k for k in _locks if k not in present]:
+        lock = _locks[key]
+        if lock.acquire(blocking=False):
+            del _locks[key]
+            lock.release()
+
+
 SWEPT: list[KindPlugin] = []  # the kinds the sweep reconciles (those with worker Deployments)
 
 
@@ -880,6 +891,7 @@ class _Sweep:
                 future = loop.run_in_executor(_TIMER_POOL, context.run, _swept, plugin, key, indexes)
                 future.add_done_callback(functools.partial(self.done, schedule, key))
         schedule.forget_absent(tasks, RECONCILED.at, now)
+        _forget_locks(tasks)
 
     def done(self, schedule: Schedule[tuple[str, str, str]], key: tuple[str, str, str], future: Any) -> None:
         schedule.running.discard(key)
