@@ -823,9 +823,9 @@ def _forget_locks(present: Container[tuple[str, str, str]]) -> None:
     """Drop the reconcile locks of tasks gone from the index that no reconcile holds (a handler of a task takes
     its lock only once Kopf has indexed it, and the index cannot change while the sweep, in the event loop,
     calls this). Otherwise every task ever deleted would keep one."""
-    for key in [k for k in _locks if k not in present]:
-        lock = _locks[key]
-        if lock.acquire(blocking=False):
+    for key in [k for k in list(_locks) if k not in present]:  # (a copy: handler threads add to it meanwhile)
+        lock = _locks.get(key)
+        if lock is not None and lock.acquire(blocking=False):
             del _locks[key]
             lock.release()
 
