@@ -45,6 +45,13 @@ OPERATION_ANNOTATIONS = (RESTART_ANNOTATION, RESET_ANNOTATION)
 # One reconcile at a time per task (kind, namespace, name), whichever handler or the sweep triggers it.
 # Re-entrant: the sweep holds it while it reads the task from the index, then reconciles under it.
 _locks: dict[tuple[str, str, str], threading.RLock] = {}
+
+
+def _task_lock(task: tuple[str, str, str]) -> threading.RLock:
+    """The task's reconcile lock, made on first use (the sweep drops those of tasks gone: _forget_locks)."""
+    return _locks.setdefault(task, threading.RLock())
+
+
 # Sync handlers run in Kopf's thread pool: enough threads that API round trips of some tasks do not hold up the
 # others (the steady state makes none).
 MAX_WORKERS = 16
@@ -605,7 +612,7 @@ def reconcile(
         return
     owner = owner_of(raw)
     task = (owner.kind, owner.namespace, owner.name)
-    with _locks.setdefault(task, threading.RLock()):
+    with _task_lock(task):
         observed = _observe(plugin, raw, indexes, changed=trigger != "timer")
         outcome = decide(plugin, raw, observed, SETTINGS)
         wrote = False
@@ -803,7 +810,7 @@ def _swept(plugin: KindPlugin, key: tuple[str, str, str], indexes: Mapping[str, 
     read under the task's lock: a handler that held it has reconciled a newer version, which the index has by
     then, and a version read before would apply the Deployment of the older spec over the newer one."""
     _, namespace, name = key
-    with _locks.setdefault(key, threading.RLock()):
+    with _task_lock(key):
         entry = next(iter(indexes[f"ferry_{plugin.definition.plural}_tasks"].get((namespace, name), ())), None)
         if entry is None or entry["raw"]["metadata"].get("deletionTimestamp"):
             return True  # gone, or being deleted: Kopf's deletion handler has it
